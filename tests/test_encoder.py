@@ -1,0 +1,163 @@
+"""TPEncoder on tiny random decoders of every supported family.
+
+The reference below is written independently of ``tpsearch.tp``: one unpadded sentence at a
+time, the full forward pass with ``output_hidden_states``, and the replacement done by forward
+hooks on the *previous* layer's output rather than pre-hooks on the layer itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CORPUS, TINY_ARCHS
+from tpsearch import TPEncoder
+from tpsearch.prompts import PLACEHOLDER
+
+TOL = 1e-5
+
+
+def layer_stack(model):
+    """The decoder layers, named per family (the reference must not reuse tpsearch's search)."""
+    return model.h if hasattr(model, "h") else model.layers
+
+
+def reference_embedding(enc: TPEncoder, text: str, tp_layers, output_layer: int) -> np.ndarray:
+    model, tok = enc.model, enc.tokenizer
+    prompt = enc.prompt.render(text)[0]
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    last = ids.shape[1] - 1
+    handles = []
+    if tp_layers is not None:
+        pst = ids[0].tolist().index(tok.convert_tokens_to_ids(PLACEHOLDER))
+        start, stop = tp_layers
+        assert start >= 1, "the reference replaces through the previous layer's output"
+
+        def replace(module, args, output):
+            h = output[0] if isinstance(output, tuple) else output
+            h = h.clone()
+            h[0, pst] = h[0, last]
+            return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+        layers = layer_stack(model)
+        for i in range(start, stop):
+            handles.append(layers[i - 1].register_forward_hook(replace))
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out.hidden_states[output_layer][0, last].float().numpy()
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_tp_matches_reference_and_early_exit(tiny_model_dir, arch):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), tp_layers=(1, 4), output_layer=-2,
+                                    device="cpu")
+    assert enc.plan.output_index == 5  # of 6 layers: layer 5 never runs
+    got = enc.encode(CORPUS, batch_size=4, normalize=False)
+    for i, text in enumerate(CORPUS):
+        ref = reference_embedding(enc, text, (1, 4), -2)
+        np.testing.assert_allclose(got[i], ref, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("output_layer", [0, 2, -2, -1])
+def test_early_exit_equals_full_forward(tiny_model_dir, arch, output_layer):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), tp_layers=None,
+                                    output_layer=output_layer, device="cpu")
+    got = enc.encode(CORPUS[:3], batch_size=3, normalize=False)
+    for i, text in enumerate(CORPUS[:3]):
+        np.testing.assert_allclose(got[i], reference_embedding(enc, text, None, output_layer),
+                                   atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_batch_and_padding_side_independence(tiny_model_dir, arch):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), tp_layers=(1, 3), output_layer=-1,
+                                    device="cpu")
+    alone = np.stack([enc.encode([t], normalize=False)[0] for t in CORPUS])
+    for side in ("left", "right"):
+        enc.padding_side = side
+        for bs in (2, 5, len(CORPUS)):
+            batched = enc.encode(CORPUS, batch_size=bs, normalize=False)
+            np.testing.assert_allclose(batched, alone, atol=TOL, rtol=0,
+                                       err_msg=f"padding {side}, batch size {bs}")
+
+
+def test_tp_changes_embedding_and_vanilla_has_no_placeholder(tiny_model_dir):
+    path = str(tiny_model_dir("llama"))
+    tp = TPEncoder.from_pretrained(path, tp_layers=(1, 4), device="cpu")
+    van = TPEncoder.from_pretrained(path, tp_layers=None, device="cpu")
+    assert PLACEHOLDER in tp.tokenizer.get_vocab()
+    assert all(PLACEHOLDER not in t for t in van.prompt.templates)
+    assert van.placeholder_id is None
+    a, b = tp.encode(CORPUS[:3]), van.encode(CORPUS[:3])
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_placeholder_row_is_seeded_normal(tiny_model_dir):
+    path = str(tiny_model_dir("qwen2"))
+    a = TPEncoder.from_pretrained(path, device="cpu", placeholder_seed=7)
+    b = TPEncoder.from_pretrained(path, device="cpu", placeholder_seed=7)
+    wa = a.model.get_input_embeddings().weight[a.placeholder_id]
+    wb = b.model.get_input_embeddings().weight[b.placeholder_id]
+    assert torch.equal(wa, wb)
+    expected = torch.randn(wa.shape[0], generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(wa, expected)
+
+
+def test_metaeol_is_mean_of_eight_prompts(tiny_model_dir):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir("llama")), prompt="metaeol", device="cpu")
+    assert len(enc.prompt.templates) == 8
+    got = enc.encode(CORPUS[:2], normalize=False)
+    tokenized = enc.tokenize(CORPUS[:2])
+    per_prompt = torch.stack([enc.forward_rows([r])[0] for r in tokenized.input_ids])
+    np.testing.assert_allclose(got, per_prompt.view(2, 8, -1).mean(1).numpy(), atol=TOL)
+
+
+def test_output_normalised_float32_in_input_order(tiny_model_dir):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir("gemma3_text")), device="cpu")
+    X = enc.encode(CORPUS, batch_size=3)
+    assert X.dtype == np.float32 and X.shape == (len(CORPUS), enc.dim)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    one = enc.encode(CORPUS[4])
+    np.testing.assert_allclose(one, X[4], atol=TOL)
+    assert enc.encode([]).shape == (0, enc.dim)
+
+
+def test_long_text_truncated_keeps_prompt(tiny_model_dir):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir("llama")), device="cpu", max_length=40)
+    long_text = " ".join(CORPUS)
+    tok = enc.tokenize([long_text, CORPUS[0]])
+    assert tok.truncated == [True, False]
+    assert len(tok.input_ids[0]) <= 40
+    text = enc.tokenizer.decode(tok.input_ids[0], skip_special_tokens=True)
+    assert text.startswith('This sentence : <PST> "A man is playing')
+    assert text.endswith('" means in one word:"')
+    assert enc.encode([long_text]).shape == (1, enc.dim)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(tp_layers=(0, 9)), "out of range"),
+        (dict(tp_layers=(3, 3)), "out of range"),
+        (dict(output_layer=7), "output layer 7 is out of range"),
+        (dict(output_layer=-8), "out of range"),
+        (dict(tp_layers=(4, 6), output_layer=3), "start at or after the output layer"),
+        (dict(prompt="no slot here"), "neither a method"),
+    ],
+)
+def test_bad_settings_refused(tiny_model_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TPEncoder.from_pretrained(str(tiny_model_dir("llama")), device="cpu", **kwargs)
+
+
+def test_default_preset_for_unknown_model(tiny_model_dir):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir("mistral")), device="cpu")
+    # 6 layers: TP 1..min(7, L-1) = 1..5, output layer -2.
+    assert enc.settings.tp_layers == (1, 5)
+    assert enc.settings.output_layer == -2

@@ -1,0 +1,346 @@
+"""TPEncoder: prompt-based sentence embeddings from a decoder LLM, with Token Prepending.
+
+Usage::
+
+    from tpsearch import TPEncoder
+    enc = TPEncoder.from_pretrained("gemma-3-270m")       # bundled default, works offline
+    X = enc.encode(["A man plays a guitar.", "..."])      # float32, L2-normalised rows
+
+The embedding of a text is the hidden state of the prompt's last token at the output layer.
+Inputs are padded by hand with position ids that skip the padding, so a text's embedding does
+not depend on its batch-mates or on the padding side (up to fp32 rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .loading import (
+    DEFAULT_MODEL,
+    ModelSource,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_source,
+)
+from .presets import Preset, fallback_preset, find_preset
+from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, normalize_sentence, resolve_prompt
+from .tp import (
+    EarlyExit,
+    ForwardPlan,
+    find_decoder_layers,
+    num_layers,
+    resolve_output_layer,
+    token_prepending,
+    validate_tp_layers,
+)
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Everything that decides an embedding; recorded in index manifests."""
+
+    model: str
+    prompt: str  # method name or user template, as given
+    templates: tuple[str, ...]  # what is actually fed to the model
+    tp_layers: tuple[int, int] | None  # None = vanilla
+    output_layer: int  # output_hidden_states-style index, as given
+    n_layers: int
+    max_length: int
+    normalize_sentences: bool
+    placeholder_seed: int
+    placeholder_init: str
+    pooling: str = "last"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["templates"] = list(self.templates)
+        d["tp_layers"] = list(self.tp_layers) if self.tp_layers else None
+        return d
+
+
+@dataclass
+class Tokenized:
+    """Token ids of prompted texts: ``n_templates`` consecutive rows per text."""
+
+    input_ids: list[list[int]]
+    n_templates: int
+    truncated: list[bool] = field(default_factory=list)  # one flag per text
+
+    @property
+    def num_texts(self) -> int:
+        return len(self.input_ids) // self.n_templates
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(x) for x in self.input_ids)
+
+
+class TPEncoder:
+    """Sentence encoder over a transformers decoder, with optional Token Prepending."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        prompt: str = "prompteol",
+        tp_layers: tuple[int, int] | None = (1, 7),
+        output_layer: int = -2,
+        max_length: int = 512,
+        normalize_sentences: bool = True,
+        placeholder_seed: int = 0,
+        placeholder_init: str = "randn",
+        model_name: str = "custom",
+        source: ModelSource | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.layers = find_decoder_layers(model)
+        n = num_layers(model)
+        output_index = resolve_output_layer(output_layer, n)
+        if tp_layers is not None:
+            tp_layers = (int(tp_layers[0]), int(tp_layers[1]))
+            validate_tp_layers(tp_layers, n, output_index)
+        self.plan = ForwardPlan(n_layers=n, output_index=output_index, tp_layers=tp_layers)
+        self.prompt: PromptSpec = resolve_prompt(prompt, tp=tp_layers is not None,
+                                                 normalize=normalize_sentences)
+        self.placeholder_id: int | None = None
+        if tp_layers is not None:
+            self.placeholder_id = add_placeholder_token(
+                model, tokenizer, seed=placeholder_seed, init=placeholder_init
+            )
+        if max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
+        self.settings = EncoderSettings(
+            model=model_name,
+            prompt=prompt,
+            templates=self.prompt.templates,
+            tp_layers=tp_layers,
+            output_layer=output_layer,
+            n_layers=n,
+            max_length=max_length,
+            normalize_sentences=normalize_sentences,
+            placeholder_seed=placeholder_seed,
+            placeholder_init=placeholder_init,
+        )
+        self.pad_id = _pad_id(tokenizer)
+        self.padding_side = "left"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        prompt: str | None = None,
+        tp_layers: tuple[int, int] | None | str = AUTO,
+        output_layer: int | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype | None = None,
+        max_length: int = 512,
+        attn_implementation: str | None = None,
+        **kwargs,
+    ) -> "TPEncoder":
+        """Load ``model`` (bundled name, GGUF file, directory or hub id) and set up TP.
+
+        ``tp_layers=None`` gives vanilla embeddings (same prompt, no placeholder); ``"auto"``
+        and ``output_layer=None`` take the model's preset, or TP 1..min(7, L-1) and output
+        layer -2 for a model without one.
+        """
+        source = resolve_source(model)
+        dev = resolve_device(device)
+        net, tokenizer = load_model(source, dev, resolve_dtype(dtype, dev), attn_implementation)
+        preset = find_preset(source.spec) or find_preset(source.path) or fallback_preset(num_layers(net))
+        return cls(
+            net,
+            tokenizer,
+            prompt=prompt or preset.prompt,
+            tp_layers=preset.tp_layers if tp_layers == AUTO else tp_layers,
+            output_layer=preset.output_layer if output_layer is None else output_layer,
+            max_length=max_length,
+            model_name=source.spec,
+            source=source,
+            **kwargs,
+        )
+
+    @staticmethod
+    def preset_for(model: str, n_layers: int) -> Preset:
+        return find_preset(model) or fallback_preset(n_layers)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def tp_enabled(self) -> bool:
+        return self.plan.tp_layers is not None
+
+    # ------------------------------------------------------------------ tokenisation
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        """Prompt, normalise and tokenise ``texts``; over-long sentences are cut to fit."""
+        rendered = [self.prompt.render(t) for t in texts]
+        flat = [p for group in rendered for p in group]
+        ids = self.tokenizer(flat, add_special_tokens=True)["input_ids"]
+        n_t = len(self.prompt.templates)
+        truncated = [False] * len(texts)
+        for j, row in enumerate(ids):
+            if len(row) > self.settings.max_length:
+                ids[j] = self._truncate(texts[j // n_t], self.prompt.templates[j % n_t], row)
+                truncated[j // n_t] = True
+        if self.placeholder_id is not None:
+            for j, row in enumerate(ids):
+                if self.placeholder_id not in row:
+                    raise ValueError(
+                        f"prompt {self.prompt.templates[j % n_t]!r} lost its {PLACEHOLDER} token "
+                        "when tokenised"
+                    )
+        return Tokenized(input_ids=ids, n_templates=n_t, truncated=truncated)
+
+    def _truncate(self, text: str, template: str, row: list[int]) -> list[int]:
+        """Shorten the sentence (never the prompt) until the prompted text fits max_length."""
+        limit = self.settings.max_length
+        sentence = normalize_sentence(text) if self.prompt.normalize else text
+        sent_ids = self.tokenizer(sentence, add_special_tokens=False)["input_ids"]
+        keep = len(sent_ids) - (len(row) - limit)
+        while keep > 0:
+            cut = self.tokenizer.decode(sent_ids[:keep], skip_special_tokens=True)
+            new = self.tokenizer(template.replace(SENTENCE_SLOT, cut).strip(),
+                                 add_special_tokens=True)["input_ids"]
+            if len(new) <= limit:
+                return new
+            keep -= len(new) - limit
+        raise ValueError(
+            f"max_length {limit} is too small: the prompt alone takes about "
+            f"{len(row) - len(sent_ids)} tokens"
+        )
+
+    # ------------------------------------------------------------------ forward
+    def _batch_tensors(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Pad rows by hand; position ids count real tokens only."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        last = torch.empty(len(rows), dtype=torch.long)
+        pst = torch.zeros(len(rows), dtype=torch.long)
+        for b, r in enumerate(rows):
+            off = width - len(r) if self.padding_side == "left" else 0
+            ids[b, off:off + len(r)] = torch.as_tensor(r, dtype=torch.long)
+            mask[b, off:off + len(r)] = 1
+            last[b] = off + len(r) - 1
+            if self.placeholder_id is not None:
+                pst[b] = off + r.index(self.placeholder_id)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        dev = self.device
+        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
+                "position_ids": positions.to(dev), "last": last.to(dev), "pst": pst.to(dev)}
+
+    @torch.inference_mode()
+    def forward_rows(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Embeddings (float32, on CPU, not normalised) of one batch of token-id rows."""
+        t = self._batch_tensors(rows)
+        pst = t["pst"] if self.placeholder_id is not None else None
+        with token_prepending(self.layers, self.plan, pst, t["last"]):
+            try:
+                out = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                                 position_ids=t["position_ids"], use_cache=False)
+                hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+                if self.plan.output_index != self.plan.n_layers:
+                    raise RuntimeError("the output layer's hook did not fire")
+            except EarlyExit as stop:
+                hidden = stop.hidden
+        rows_idx = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows_idx, t["last"]].float().cpu()
+
+    def encode_tokenized(
+        self,
+        tokenized: Tokenized,
+        batch_size: int = 32,
+        normalize: bool = True,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed pre-tokenised texts, length-sorted into batches, returned in input order."""
+        rows = tokenized.input_ids
+        dim = self.dim
+        out = torch.empty((len(rows), dim), dtype=torch.float32)
+        order = sorted(range(len(rows)), key=lambda j: len(rows[j]), reverse=True)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(rows), desc="encoding", unit="prompt")
+        for batch in batches:
+            out[batch] = self.forward_rows([rows[j] for j in batch])
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        if tokenized.n_templates > 1:
+            out = out.view(-1, tokenized.n_templates, dim).mean(dim=1)
+        if normalize:
+            out = torch.nn.functional.normalize(out, dim=1)
+        return out.numpy()
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = True,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed texts: a float32 array of shape (len(texts), dim), in input order."""
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        vecs = self.encode_tokenized(self.tokenize(items), batch_size, normalize, show_progress)
+        return vecs[0] if single else vecs
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def add_placeholder_token(model: nn.Module, tokenizer, seed: int = 0, init: str = "randn") -> int:
+    """Add ``<PST>`` to the tokenizer and give it an embedding row; return its id.
+
+    ``randn`` (the paper's choice) draws the row from a standard normal with a fixed seed;
+    ``mean`` uses the mean of the existing rows. The embedding matrix only grows when the
+    token's id is beyond it (some models carry spare rows).
+    """
+    if PLACEHOLDER not in tokenizer.get_vocab():
+        tokenizer.add_tokens([PLACEHOLDER])
+    pst = int(tokenizer.convert_tokens_to_ids(PLACEHOLDER))
+    emb = model.get_input_embeddings()
+    rows = emb.weight.shape[0]
+    if pst >= rows:
+        model.resize_token_embeddings(pst + 1, mean_resizing=False)
+        emb = model.get_input_embeddings()
+    weight = emb.weight
+    with torch.no_grad():
+        if init == "randn":
+            gen = torch.Generator().manual_seed(seed)
+            row = torch.randn(weight.shape[1], generator=gen)
+        elif init == "mean":
+            row = weight[: min(rows, pst)].float().mean(dim=0).cpu()
+        else:
+            raise ValueError(f"unknown placeholder init {init!r}; use 'randn' or 'mean'")
+        weight[pst] = row.to(weight.dtype).to(weight.device)
+    return pst

