@@ -1,8 +1,9 @@
 """tpsearch: vector-search indexing with Token Prepending sentence embeddings from decoder LLMs."""
 
-from .encoder import EncoderSettings, TPEncoder
-from .prompts import normalize_sentence
-
 __version__ = "0.1.0"
 
-__all__ = ["TPEncoder", "EncoderSettings", "normalize_sentence", "__version__"]
+from .encoder import EncoderSettings, TPEncoder  # noqa: E402
+from .prompts import normalize_sentence  # noqa: E402
+from .searcher import Hit, Searcher  # noqa: E402
+
+__all__ = ["TPEncoder", "EncoderSettings", "Searcher", "Hit", "normalize_sentence", "__version__"]

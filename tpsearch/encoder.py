@@ -247,11 +247,21 @@ class TPEncoder:
                 "position_ids": positions.to(dev), "last": last.to(dev), "pst": pst.to(dev)}
 
     @torch.inference_mode()
-    def forward_rows(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Embeddings (float32, on CPU, not normalised) of one batch of token-id rows."""
+    def forward_rows(
+        self, rows: Sequence[Sequence[int]], also_layers: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """Embeddings (float32, on CPU, not normalised) of one batch of token-id rows.
+
+        With ``also_layers`` (hidden-state indices below the output layer), returns a tensor of
+        shape (len(also_layers) + 1, batch, dim): those layers' last-token states, then the
+        output layer's.
+        """
         t = self._batch_tensors(rows)
         pst = t["pst"] if self.placeholder_id is not None else None
-        with token_prepending(self.layers, self.plan, pst, t["last"]):
+        record = {i: None for i in also_layers}
+        if any(not 0 <= i < self.plan.output_index for i in record):
+            raise ValueError(f"also_layers must lie in 0..{self.plan.output_index - 1}")
+        with token_prepending(self.layers, self.plan, pst, t["last"], record or None):
             try:
                 out = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
                                  position_ids=t["position_ids"], use_cache=False)
@@ -261,7 +271,38 @@ class TPEncoder:
             except EarlyExit as stop:
                 hidden = stop.hidden
         rows_idx = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows_idx, t["last"]].float().cpu()
+        final = hidden[rows_idx, t["last"]]
+        if not record:
+            return final.float().cpu()
+        return torch.stack([record[i] for i in also_layers] + [final]).float().cpu()
+
+    def _encode_stack(
+        self,
+        tokenized: Tokenized,
+        batch_size: int,
+        show_progress: bool,
+        also_layers: Sequence[int] = (),
+    ) -> torch.Tensor:
+        """(len(also_layers) + 1, num_texts, dim) float32, templates averaged, input order."""
+        rows = tokenized.input_ids
+        out = torch.empty((len(also_layers) + 1, len(rows), self.dim), dtype=torch.float32)
+        order = sorted(range(len(rows)), key=lambda j: len(rows[j]), reverse=True)
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(rows), desc="encoding", unit="prompt")
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            got = self.forward_rows([rows[j] for j in batch], also_layers)
+            out[:, batch] = got if also_layers else got.unsqueeze(0)
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        if tokenized.n_templates > 1:
+            out = out.view(out.shape[0], -1, tokenized.n_templates, out.shape[2]).mean(dim=2)
+        return out
 
     def encode_tokenized(
         self,
@@ -271,27 +312,22 @@ class TPEncoder:
         show_progress: bool = False,
     ) -> np.ndarray:
         """Embed pre-tokenised texts, length-sorted into batches, returned in input order."""
-        rows = tokenized.input_ids
-        dim = self.dim
-        out = torch.empty((len(rows), dim), dtype=torch.float32)
-        order = sorted(range(len(rows)), key=lambda j: len(rows[j]), reverse=True)
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        bar = None
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(rows), desc="encoding", unit="prompt")
-        for batch in batches:
-            out[batch] = self.forward_rows([rows[j] for j in batch])
-            if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
-        if tokenized.n_templates > 1:
-            out = out.view(-1, tokenized.n_templates, dim).mean(dim=1)
+        out = self._encode_stack(tokenized, batch_size, show_progress)[0]
         if normalize:
             out = torch.nn.functional.normalize(out, dim=1)
         return out.numpy()
+
+    def encode_layers(
+        self, texts: Sequence[str], layers: Sequence[int], batch_size: int = 32
+    ) -> dict[int, np.ndarray]:
+        """Unnormalised embeddings at several hidden-state indices (each below the output
+        layer) and at the output layer itself, from one forward pass per batch."""
+        out_idx = self.plan.output_index
+        extra = [k for k in layers if k != out_idx]
+        stack = self._encode_stack(self.tokenize(list(texts)), batch_size, False, extra)
+        result = {k: stack[i].numpy() for i, k in enumerate(extra)}
+        result[out_idx] = stack[-1].numpy()
+        return result
 
     def encode(
         self,

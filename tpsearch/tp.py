@@ -104,11 +104,14 @@ def token_prepending(
     plan: ForwardPlan,
     pst_index: torch.Tensor | None,
     last_index: torch.Tensor,
+    record: dict[int, torch.Tensor] | None = None,
 ) -> Iterator[None]:
     """Arm the hooks for one forward pass over a batch.
 
     ``pst_index`` and ``last_index`` give, per row, the position of ``<PST>`` and of the last
     real token. The replacement is out of place, so tensors the model keeps are not mutated.
+    ``record``, if given, names extra hidden-state indices (below the output layer) whose
+    last-token rows are stored into it during the pass (for layer sweeps).
     """
     rows = torch.arange(last_index.shape[0], device=last_index.device)
     handles = []
@@ -116,11 +119,14 @@ def token_prepending(
     def make_hook(i: int):
         replace = plan.replaces_before(i)
         capture = i == plan.output_index
+        keep = record is not None and i in record
 
         def hook(module, args, kwargs):
             hidden = _split_hidden(args, kwargs)
             if replace:
                 hidden = hidden.index_put((rows, pst_index), hidden[rows, last_index])
+            if keep:
+                record[i] = hidden[rows, last_index]
             if capture:
                 raise EarlyExit(hidden)
             return _join_hidden(args, kwargs, hidden) if replace else None
@@ -131,7 +137,7 @@ def token_prepending(
         raise ValueError("Token Prepending needs the <PST> position of every row")
     try:
         for i, layer in enumerate(layers):
-            if plan.replaces_before(i) or i == plan.output_index:
+            if plan.replaces_before(i) or i == plan.output_index or (record and i in record):
                 handles.append(layer.register_forward_pre_hook(make_hook(i), with_kwargs=True))
         yield
     finally:

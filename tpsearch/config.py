@@ -1,0 +1,119 @@
+"""Run configuration as dataclasses, loadable from YAML or TOML files (``--config``)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+from .loading import DEFAULT_MODEL
+
+AUTO = "auto"
+
+
+@dataclass
+class ModelConfig:
+    """How texts become vectors; the same settings encode queries at search time."""
+
+    model: str = DEFAULT_MODEL
+    prompt: str | None = None  # None: the model's preset
+    tp_layers: tuple[int, int] | None | str = AUTO  # "auto": preset; None: vanilla
+    output_layer: int | None = None  # None: the model's preset
+    max_length: int = 256
+    batch_size: int = 32
+    device: str = "auto"
+    dtype: str | None = None
+
+    def encoder_kwargs(self) -> dict[str, Any]:
+        return dict(model=self.model, prompt=self.prompt, tp_layers=self.tp_layers,
+                    output_layer=self.output_layer, max_length=self.max_length,
+                    device=self.device, dtype=self.dtype)
+
+
+@dataclass
+class BuildConfig:
+    """Everything ``tpsearch build`` takes."""
+
+    corpus: str = ""
+    out: str = ""
+    text_column: str = "text"
+    id_column: str = "id"
+    title_column: str | None = None
+    store_text: bool = True
+    strict: bool = False
+    index: str = AUTO  # auto | flat | hnsw | ivf | ivfpq | a FAISS factory string
+    max_index_memory: str | None = None  # e.g. "2GB"; guides the "auto" choice
+    shard_rows: int = 2048
+    fresh: bool = False  # discard shards of an earlier, interrupted build
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def parse_tp_layers(value: str | list | tuple | None) -> tuple[int, int] | None | str:
+    """``"1:7"``, ``[1, 7]``, ``"auto"``, or ``None``/``"none"``/``"vanilla"`` (no TP)."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "vanilla", "off")):
+        return None
+    if isinstance(value, str) and value.lower() == AUTO:
+        return AUTO
+    try:
+        if isinstance(value, str):
+            a, b = value.split(":")
+        else:
+            a, b = value
+        return int(a), int(b)
+    except (ValueError, TypeError):
+        raise InputError(f"TP layers must look like START:EXIT (e.g. 1:7), got {value!r}") from None
+
+
+def parse_size(text: str | None) -> int | None:
+    """``"512MB"``, ``"2GB"``, ``"1.5G"`` -> bytes."""
+    if text is None:
+        return None
+    s = str(text).strip().upper().removesuffix("B")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise InputError(f"cannot read a memory size from {text!r} (try 512MB or 2GB)") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML (.yaml/.yml) or TOML (.toml) file, keys as on the command line
+    with dashes or underscores (``tp-layers``/``tp_layers``)."""
+    p = Path(path)
+    try:
+        raw = p.read_text(encoding="utf8")
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw) if p.suffix == ".toml" else yaml.safe_load(raw)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: expected a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config_from(options: dict[str, Any]) -> BuildConfig:
+    """A BuildConfig from flat options (file and command line merged); unknown keys refused."""
+    model_keys = {f.name for f in fields(ModelConfig)}
+    build_keys = {f.name for f in fields(BuildConfig)} - {"model"}
+    unknown = set(options) - model_keys - build_keys
+    if unknown:
+        raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    m = {k: v for k, v in options.items() if k in model_keys}
+    if "tp_layers" in m:
+        m["tp_layers"] = parse_tp_layers(m["tp_layers"])
+    b = {k: v for k, v in options.items() if k in build_keys}
+    return BuildConfig(model=ModelConfig(**m), **b)

@@ -1,0 +1,13 @@
+"""Errors the CLI reports as one line (no traceback) with a non-zero exit."""
+
+
+class TPSearchError(Exception):
+    """Base class for expected, user-facing failures."""
+
+
+class InputError(TPSearchError, ValueError):
+    """Bad input data: a missing file, a wrong column, duplicate ids, ..."""
+
+
+class ConfigMismatch(TPSearchError):
+    """Existing work (shards, an index) was made with other settings than the ones given."""
