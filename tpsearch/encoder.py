@@ -190,6 +190,8 @@ class TPEncoder:
     # ------------------------------------------------------------------ tokenisation
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """Prompt, normalise and tokenise ``texts``; over-long sentences are cut to fit."""
+        if not texts:
+            return Tokenized(input_ids=[], n_templates=len(self.prompt.templates), truncated=[])
         rendered = [self.prompt.render(t) for t in texts]
         flat = [p for group in rendered for p in group]
         ids = self.tokenizer(flat, add_special_tokens=True)["input_ids"]

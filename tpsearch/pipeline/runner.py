@@ -245,13 +245,17 @@ def build_index(
     choose_index(config.index, reader.num_rows, encoder.dim, budget)
     work = work_dir_for(out)
     shards_dir = _prepare_work_dir(work, _work_settings(config, encoder, fingerprint), config.fresh)
-    docs, tokens = encode_shards(config, reader, encoder, shards_dir, times, show_progress)
-
-    final = work / "final"
-    if final.exists():
-        shutil.rmtree(final)
-    final.mkdir()
-    part = assemble_index(config, complete_shards(shards_dir), final, times)
+    try:
+        docs, tokens = encode_shards(config, reader, encoder, shards_dir, times, show_progress)
+        final = work / "final"
+        if final.exists():
+            shutil.rmtree(final)
+        final.mkdir()
+        part = assemble_index(config, complete_shards(shards_dir), final, times)
+    except InputError:
+        # Bad data will not get better on a rerun: leave nothing behind.
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     settings = encoder.settings.to_dict()
     manifest = {
         "format": FORMAT,
