@@ -1,0 +1,116 @@
+"""Build-pipeline benchmark: whole build vs bare encoder, and peak RSS as the corpus grows.
+
+    python benchmarks/bench_build.py                       # full demo corpus, x1 and x10
+    python benchmarks/bench_build.py --docs 200 --repeat 10
+
+1. Throughput: the bare encoder (``TPEncoder.encode`` on the same texts, same batch size) and
+   the whole build (read, tokenise, encode, write shards, assemble the index) on the same
+   corpus, in the same process, alternately, after one warm-up. Prints docs/s and tokens/s of
+   each and the pipeline's share of the encoder's throughput (goal >= 90%).
+2. Memory: peak RSS of a build in a fresh subprocess for the corpus and for the corpus repeated
+   ``--repeat`` times (fresh ids), and their ratio (goal < 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo" / "stdlib_docs.parquet"
+
+
+def make_corpus(path: Path, docs: int, repeat: int) -> Path:
+    table = pq.read_table(DEMO)
+    if docs:
+        table = table.slice(0, docs)
+    parts = []
+    for r in range(repeat):
+        ids = pa.array([f"{i}#{r}" for i in table.column("id").to_pylist()])
+        parts.append(table.set_column(0, "id", ids))
+    pq.write_table(pa.concat_tables(parts), path, row_group_size=1000)
+    return path
+
+
+def peak_rss_of_build(corpus: Path, out: Path, model: str) -> tuple[float, float]:
+    """(peak RSS in MiB, seconds) of ``tpsearch build`` in a fresh process."""
+    code = (
+        "import resource, sys, time\n"
+        "from tpsearch.config import BuildConfig, ModelConfig\n"
+        "from tpsearch.pipeline import build_index\n"
+        "t = time.perf_counter()\n"
+        f"build_index(BuildConfig(corpus={str(corpus)!r}, out={str(out)!r}, title_column='title',"
+        f" model=ModelConfig(model={model!r})))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rss, secs = res.stdout.split()[-2:]
+    return float(rss), float(secs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--docs", type=int, default=0, help="first N demo documents (0 = all)")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+
+    from tpsearch import TPEncoder
+    from tpsearch.config import BuildConfig, ModelConfig
+    from tpsearch.pipeline import build_index
+    from tpsearch.pipeline.reader import CorpusReader, CorpusSpec
+
+    figures: dict = {"model": args.model}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = make_corpus(tmp / "corpus.parquet", args.docs, 1)
+        texts = [t for c in CorpusReader(CorpusSpec(str(corpus), title_column="title")).chunks(10**9)
+                 for t in c.texts]
+        mc = ModelConfig(model=args.model, batch_size=args.batch_size)
+        enc = TPEncoder.from_pretrained(**mc.encoder_kwargs())
+        tokens = enc.tokenize(texts).num_tokens
+        enc.encode(texts[:64], batch_size=args.batch_size)  # warm-up
+        runs = {"encoder": [], "pipeline": []}
+        for i in range(2):
+            t = time.perf_counter()
+            enc.encode(texts, batch_size=args.batch_size)
+            runs["encoder"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            build_index(BuildConfig(corpus=str(corpus), out=str(tmp / f"idx{i}"), title_column="title",
+                                    model=mc), encoder=enc)
+            runs["pipeline"].append(time.perf_counter() - t)
+        print(f"{len(texts)} documents, {tokens} tokens (prompted), model {args.model}, "
+              f"batch size {args.batch_size}")
+        for name, secs in runs.items():
+            best = min(secs)
+            figures[name] = {"seconds": best, "docs_per_s": len(texts) / best, "tokens_per_s": tokens / best}
+            print(f"  {name:9s} {best:8.1f} s  {len(texts) / best:8.2f} docs/s  {tokens / best:9.1f} tokens/s")
+        share = min(runs["encoder"]) / min(runs["pipeline"])
+        figures["pipeline_share_of_encoder"] = share
+        print(f"  pipeline keeps {share * 100:.1f}% of the bare encoder's throughput (goal >= 90%)")
+
+        if not args.skip_memory:
+            big = make_corpus(tmp / "corpus_x.parquet", args.docs, args.repeat)
+            rss1, s1 = peak_rss_of_build(corpus, tmp / "m1", args.model)
+            rssn, sn = peak_rss_of_build(big, tmp / "mn", args.model)
+            figures["peak_rss_mib"] = {"x1": rss1, f"x{args.repeat}": rssn, "ratio": rssn / rss1}
+            print(f"peak RSS: corpus {rss1:.0f} MiB ({s1:.0f} s), x{args.repeat} {rssn:.0f} MiB "
+                  f"({sn:.0f} s), ratio {rssn / rss1:.2f} (goal < 1.3)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
