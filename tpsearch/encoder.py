@@ -360,8 +360,8 @@ def add_placeholder_token(model: nn.Module, tokenizer, seed: int = 0, init: str 
     """Add ``<PST>`` to the tokenizer and give it an embedding row; return its id.
 
     ``randn`` (the paper's choice) draws the row from a standard normal with a fixed seed;
-    ``norm`` draws the same row rescaled to the mean norm of the existing rows (models such as
-    Gemma have rows far smaller than a standard normal); ``mean`` uses the mean of the rows. The embedding matrix only grows when the
+    ``mean`` uses the mean of the existing rows. (The row's scale hardly matters: the first
+    layer's RMSNorm/LayerNorm removes it; its direction does.) The embedding matrix only grows when the
     token's id is beyond it (some models carry spare rows).
     """
     if PLACEHOLDER not in tokenizer.get_vocab():
@@ -377,13 +377,9 @@ def add_placeholder_token(model: nn.Module, tokenizer, seed: int = 0, init: str 
         if init == "randn":
             gen = torch.Generator().manual_seed(seed)
             row = torch.randn(weight.shape[1], generator=gen)
-        elif init == "norm":
-            gen = torch.Generator().manual_seed(seed)
-            row = torch.randn(weight.shape[1], generator=gen)
-            row = row / row.norm() * weight[: min(rows, pst)].float().norm(dim=1).mean().cpu()
         elif init == "mean":
             row = weight[: min(rows, pst)].float().mean(dim=0).cpu()
         else:
-            raise ValueError(f"unknown placeholder init {init!r}; use 'randn', 'norm' or 'mean'")
+            raise ValueError(f"unknown placeholder init {init!r}; use 'randn' or 'mean'")
         weight[pst] = row.to(weight.dtype).to(weight.device)
     return pst
