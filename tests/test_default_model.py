@@ -39,6 +39,9 @@ def test_default_settings_and_cache(default_encoder):
     assert enc.source.kind == "bundled" and len(enc.source.weights_sha256) == 64
     assert (cache_dir() / "dequantised" / enc.source.weights_sha256[:24] / "tpsearch-complete").is_file()
     assert enc.plan.n_layers == 18 and enc.dim == 640
+    # The preset chosen on STS-B dev (docs/default-model-sweep.md).
+    assert enc.settings.tp_layers == (1, 5) and enc.settings.output_layer == -1
+    assert enc.settings.prompt == "prompteol" and enc.settings.placeholder_init == "mean"
     assert enc.tp_enabled and "<PST>" in enc.tokenizer.get_vocab()
 
 

@@ -109,6 +109,14 @@ def test_placeholder_row_is_seeded_normal(tiny_model_dir):
     assert torch.allclose(wa, expected)
 
 
+def test_placeholder_mean_init(tiny_model_dir):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir("llama")), device="cpu", placeholder_init="mean")
+    w = enc.model.get_input_embeddings().weight
+    assert torch.allclose(w[enc.placeholder_id], w[: enc.placeholder_id].mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown placeholder init"):
+        TPEncoder.from_pretrained(str(tiny_model_dir("llama")), device="cpu", placeholder_init="zeros")
+
+
 def test_metaeol_is_mean_of_eight_prompts(tiny_model_dir):
     enc = TPEncoder.from_pretrained(str(tiny_model_dir("llama")), prompt="metaeol", device="cpu")
     assert len(enc.prompt.templates) == 8

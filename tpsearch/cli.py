@@ -64,6 +64,9 @@ def model_options(fn):
         click.option("--output-layer", type=int, default=None,
                      help="Hidden state to pool, indexed like output_hidden_states (-1 = final, "
                      "-2 = one before; layers after it are not run). Default: the model's preset."),
+        click.option("--placeholder-init", type=click.Choice(["randn", "mean"]), default=None,
+                     help="<PST> embedding row: seeded standard normal (the paper) or the mean "
+                     "embedding row. Default: the model's preset."),
         click.option("--max-length", type=int, default=None, help="Tokens per prompted text; longer "
                      "texts are truncated (the prompt is kept) and counted. Default 256."),
         click.option("--batch-size", type=int, default=None, help="Texts per forward pass (default 32)."),
@@ -75,12 +78,13 @@ def model_options(fn):
     return fn
 
 
-def _model_settings(model, prompt, tp_layers, no_tp, output_layer, max_length, batch_size,
-                    device, dtype) -> dict:
+def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_init, max_length,
+                    batch_size, device, dtype) -> dict:
     """Only the options given on the command line (so config files and presets fill the rest)."""
     if no_tp and tp_layers:
         raise click.UsageError("--no-tp and --tp-layers contradict each other")
     given = {"model": model, "prompt": prompt, "output_layer": output_layer,
+             "placeholder_init": placeholder_init,
              "max_length": max_length, "batch_size": batch_size, "device": device, "dtype": dtype,
              "tp_layers": "none" if no_tp else tp_layers}
     return {k: v for k, v in given.items() if v is not None}

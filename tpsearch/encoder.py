@@ -146,6 +146,7 @@ class TPEncoder:
         dtype: str | torch.dtype | None = None,
         max_length: int = 512,
         attn_implementation: str | None = None,
+        placeholder_init: str | None = None,
         **kwargs,
     ) -> "TPEncoder":
         """Load ``model`` (bundled name, GGUF file, directory or hub id) and set up TP.
@@ -165,6 +166,7 @@ class TPEncoder:
             tp_layers=preset.tp_layers if tp_layers == AUTO else tp_layers,
             output_layer=preset.output_layer if output_layer is None else output_layer,
             max_length=max_length,
+            placeholder_init=placeholder_init or preset.placeholder_init,
             model_name=source.spec,
             source=source,
             **kwargs,

@@ -18,6 +18,7 @@ class Preset:
     tp_layers: tuple[int, int] | None
     output_layer: int
     source: str
+    placeholder_init: str = "randn"
 
 
 # Matched against the lower-cased model spec (path, hub id or bundled name), first match wins.
@@ -26,7 +27,8 @@ PRESETS: list[tuple[tuple[str, ...], Preset]] = [
     (("llama-3-8b", "meta-llama-3-8b"), Preset("pcot", (1, 3), -2, "paper: official config.yaml")),
     (("qwen2-7b",), Preset("pcot", (1, 6), -2, "paper: official config.yaml")),
     (("gemma-2-9b", "gemma2-9b"), Preset("pcot", (1, 6), -2, "paper: official config.yaml")),
-    (("gemma-3-270m", "gemma3-270m"), Preset("prompteol", (1, 4), -2, "STS-B dev sweep")),
+    (("gemma-3-270m", "gemma3-270m"),
+     Preset("prompteol", (1, 5), -1, "STS-B dev sweep (docs/default-model-sweep.md)", "mean")),
     (("smollm2-135m",), Preset("prompteol", (1, 3), -2, "STS-B dev probe")),
     (("qwen2.5-coder-0.5b",), Preset("prompteol", (1, 7), -2, "STS-B dev probe")),
 ]
