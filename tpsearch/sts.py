@@ -76,28 +76,18 @@ def _read_semeval(folder: Path, name: str) -> StsPairs:
     return StsPairs(name, left, right, np.asarray(gold))
 
 
-def _read_stsb(path: Path, name: str) -> StsPairs:
-    left, right, gold = [], [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf8").splitlines(), start=1):
-        cols = line.strip().split("\t")
-        if len(cols) < 7:
-            raise ValueError(f"{path}:{lineno}: expected at least 7 tab-separated columns")
-        gold.append(float(cols[4]))
-        left.append(_clean(cols[5]))
-        right.append(_clean(cols[6]))
-    return StsPairs(name, left, right, np.asarray(gold))
-
-
-def _read_sick(path: Path, name: str) -> StsPairs:
+def _read_tsv(path: Path, name: str, cols: tuple[int, int, int], header: bool, what: str) -> StsPairs:
+    """Tab-separated pairs: ``cols`` = (sentence 1, sentence 2, score) column numbers."""
     left, right, gold = [], [], []
     lines = path.read_text(encoding="utf8").splitlines()
-    for lineno, line in enumerate(lines[1:], start=2):
-        cols = line.strip().split("\t")
-        if len(cols) < 4:
-            raise ValueError(f"{path}:{lineno}: expected pair_ID, sentence_A, sentence_B, score")
-        left.append(_clean(cols[1]))
-        right.append(_clean(cols[2]))
-        gold.append(float(cols[3]))
+    first = 2 if header else 1
+    for lineno, line in enumerate(lines[first - 1:], start=first):
+        fields = line.strip().split("\t")
+        if len(fields) <= max(cols):
+            raise ValueError(f"{path}:{lineno}: expected {what}")
+        left.append(_clean(fields[cols[0]]))
+        right.append(_clean(fields[cols[1]]))
+        gold.append(float(fields[cols[2]]))
     return StsPairs(name, left, right, np.asarray(gold))
 
 
@@ -110,10 +100,12 @@ def load_task(data_dir: str | Path, task: str) -> StsPairs | None:
     if task in ("STSBenchmark", "STSBenchmark-dev"):
         split = "sts-test.csv" if task == "STSBenchmark" else "sts-dev.csv"
         path = _find(d, f"STSBenchmark/{split}", f"STS/STSBenchmark/{split}")
-        return _read_stsb(path, task) if path else None
+        return _read_tsv(path, task, (5, 6, 4), False,
+                         "at least 7 tab-separated columns") if path else None
     if task == "SICKRelatedness":
         path = _find(d, "SICK/SICK_test_annotated.txt", "SICK_test_annotated.txt")
-        return _read_sick(path, task) if path else None
+        return _read_tsv(path, task, (1, 2, 3), True,
+                         "pair_ID, sentence_A, sentence_B, score") if path else None
     raise ValueError(f"unknown STS task {task!r}; known: {', '.join(ALL_TASKS)}")
 
 
