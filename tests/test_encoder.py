@@ -169,3 +169,24 @@ def test_default_preset_for_unknown_model(tiny_model_dir):
     # 6 layers: TP 1..min(7, L-1) = 1..5, output layer -2.
     assert enc.settings.tp_layers == (1, 5)
     assert enc.settings.output_layer == -2
+
+
+def test_token_budget_batches():
+    from tpsearch.encoder import padding_efficiency, plan_batches
+
+    lengths = [5, 40, 7, 7, 300, 6, 39]
+    batches = plan_batches(lengths, batch_size=3, max_batch_tokens=100)
+    assert sorted(j for b in batches for j in b) == list(range(len(lengths)))
+    assert batches[0] == [4]  # over the budget: alone, never dropped
+    for b in batches[1:]:
+        assert len(b) <= 3 and len(b) * max(lengths[j] for j in b) <= 100
+    assert plan_batches(lengths, batch_size=2) == [[4, 1], [6, 2], [3, 5], [0]]
+    assert 0 < padding_efficiency(lengths, batches) <= 1
+    assert padding_efficiency([4, 4], [[0, 1]]) == 1.0
+
+
+def test_token_budget_gives_same_vectors(tiny_model_dir):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir("qwen3")), device="cpu")
+    a = enc.encode(CORPUS, batch_size=32)
+    b = enc.encode(CORPUS, batch_size=32, max_batch_tokens=60)
+    np.testing.assert_allclose(a, b, atol=TOL)

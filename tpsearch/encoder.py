@@ -286,18 +286,17 @@ class TPEncoder:
         batch_size: int,
         show_progress: bool,
         also_layers: Sequence[int] = (),
+        max_batch_tokens: int | None = None,
     ) -> torch.Tensor:
         """(len(also_layers) + 1, num_texts, dim) float32, templates averaged, input order."""
         rows = tokenized.input_ids
         out = torch.empty((len(also_layers) + 1, len(rows), self.dim), dtype=torch.float32)
-        order = sorted(range(len(rows)), key=lambda j: len(rows[j]), reverse=True)
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(rows), desc="encoding", unit="prompt")
-        for i in range(0, len(order), batch_size):
-            batch = order[i:i + batch_size]
+        for batch in plan_batches([len(r) for r in rows], batch_size, max_batch_tokens):
             got = self.forward_rows([rows[j] for j in batch], also_layers)
             out[:, batch] = got if also_layers else got.unsqueeze(0)
             if bar is not None:
@@ -314,9 +313,11 @@ class TPEncoder:
         batch_size: int = 32,
         normalize: bool = True,
         show_progress: bool = False,
+        max_batch_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed pre-tokenised texts, length-sorted into batches, returned in input order."""
-        out = self._encode_stack(tokenized, batch_size, show_progress)[0]
+        out = self._encode_stack(tokenized, batch_size, show_progress,
+                                 max_batch_tokens=max_batch_tokens)[0]
         if normalize:
             out = torch.nn.functional.normalize(out, dim=1)
         return out.numpy()
@@ -339,16 +340,52 @@ class TPEncoder:
         batch_size: int = 32,
         normalize: bool = True,
         show_progress: bool = False,
+        max_batch_tokens: int | None = None,
     ) -> np.ndarray:
-        """Embed texts: a float32 array of shape (len(texts), dim), in input order."""
+        """Embed texts: a float32 array of shape (len(texts), dim), in input order.
+
+        Texts are sorted by token length and cut into batches of at most ``batch_size`` texts
+        and, if given, at most ``max_batch_tokens`` computed tokens (rows x longest row); a
+        text longer than the token budget gets a batch of its own.
+        """
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        vecs = self.encode_tokenized(self.tokenize(items), batch_size, normalize, show_progress)
+        vecs = self.encode_tokenized(self.tokenize(items), batch_size, normalize, show_progress,
+                                     max_batch_tokens)
         return vecs[0] if single else vecs
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int,
+                 max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Row indices grouped into batches, longest rows first, so padding stays small.
+
+    A batch holds at most ``batch_size`` rows and, with ``max_batch_tokens``, at most that many
+    computed tokens (rows x its longest row); a row over the budget is batched alone.
+    """
+    if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
+        raise ValueError("batch_size and max_batch_tokens must be positive")
+    order = sorted(range(len(lengths)), key=lambda j: lengths[j], reverse=True)
+    batches: list[list[int]] = []
+    for j in order:
+        if batches:
+            cur = batches[-1]
+            width = lengths[cur[0]]
+            fits = max_batch_tokens is None or (len(cur) + 1) * width <= max_batch_tokens
+            if len(cur) < batch_size and fits:
+                cur.append(j)
+                continue
+        batches.append([j])
+    return batches
+
+
+def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Real tokens / computed tokens (each batch computes rows x its longest row)."""
+    computed = sum(len(b) * max(lengths[j] for j in b) for b in batches)
+    return sum(lengths) / computed if computed else 1.0
 
 
 def _pad_id(tokenizer) -> int:
