@@ -105,6 +105,21 @@ def main(verbose: bool) -> None:
       tpsearch eval sts --data-dir ../shared/data/sts --tasks STSBenchmark-dev
     """
     _setup_logging(verbose)
+    _use_all_cores()
+
+
+def _use_all_cores() -> None:
+    """Intra-op threads = the cores this process may use."""
+    import os
+
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    if torch.get_num_threads() < cores:
+        torch.set_num_threads(cores)
 
 
 # ---------------------------------------------------------------------------------- build
@@ -234,6 +249,51 @@ def info(index_dir, as_json):
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+
+
+# ---------------------------------------------------------------------------------- bench
+@main.command()
+@click.option("--model", default=None, help="Model to measure (default: gemma-3-270m).")
+@click.option("--corpus", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Parquet file with a 'text' column (and 'title', joined if present). Default: the demo corpus.")
+@click.option("--docs", type=int, default=256, show_default=True, help="Documents measured (the first N).")
+@click.option("--rounds", type=int, default=2, show_default=True, help="Alternating rounds; the best is kept.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-batch-tokens", type=int, default=None, help="Token budget per batch (rows x longest row).")
+@click.option("--tp-layers", default=None, metavar="START:EXIT", help="TP range (default: the model's preset).")
+@click.option("--output-layer", type=int, default=None, help="Early-exit layer (default: the model's preset).")
+@click.option("--device", default="auto")
+@click.option("--dtype", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--output", type=click.Path(dir_okay=False), default="tpsearch-bench.json", show_default=True,
+              help="Where the JSON figures are written.")
+@_fail_cleanly
+def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, output_layer,
+          device, dtype, as_json, output):
+    """Encoder throughput: vanilla vs TP, with and without early exit, against the machine's
+    matrix-product rate. With no options: the default model on the demo corpus (minutes)."""
+    import pyarrow.parquet as pq
+
+    from .bench import DEMO_CORPUS, format_bench, run_bench
+    from .config import parse_tp_layers
+    from .encoder import TPEncoder
+    from .pipeline.reader import _join_title
+
+    path = corpus or str(DEMO_CORPUS)
+    table = pq.read_table(path)
+    if "text" not in table.column_names:
+        raise click.UsageError(f"{path}: no 'text' column")
+    table = table.slice(0, docs)
+    texts = table.column("text").to_pylist()
+    if "title" in table.column_names:
+        texts = [_join_title(t, x) for t, x in zip(table.column("title").to_pylist(), texts)]
+    texts = [t for t in texts if t and t.strip()]
+    tp = parse_tp_layers(tp_layers) if tp_layers else "auto"
+    enc = TPEncoder.from_pretrained(model or "gemma-3-270m", tp_layers=tp, output_layer=output_layer,
+                                    device=device, dtype=dtype)
+    result = run_bench(texts, enc, rounds=rounds, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    Path(output).write_text(json.dumps(result, indent=1))
+    click.echo(json.dumps(result) if as_json else format_bench(result))
 
 
 # ---------------------------------------------------------------------------------- eval

@@ -1,0 +1,145 @@
+"""Encoder throughput benchmark: vanilla vs TP, with and without early exit, against the
+machine's own matrix-product rate.
+
+Variants (all on one loaded model, measured alternately over ``rounds`` so drift hits each):
+
+* ``vanilla_last``: no TP, final layer (full depth);
+* ``vanilla_exit``: no TP, the configured output layer (layers after it not run);
+* ``tp_exit``: TP, the configured output layer;
+* ``tp_full``: TP, final layer (full depth).
+
+The machine limit is a float32 (CPU) or bfloat16 (GPU) matrix product timed on the spot,
+turned into tokens/s at 2 x non-embedding parameters FLOPs per token (attention's own
+quadratic term is left out, so the limit is slightly optimistic).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .encoder import TPEncoder, padding_efficiency, plan_batches
+
+DEMO_CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo" / "stdlib_docs.parquet"
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
+    """Sustained FLOP/s of a square matrix product on ``device``."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        n += 1
+        if n % 4 == 0:
+            _sync(device)
+            if time.perf_counter() - t0 >= seconds:
+                break
+    return 2 * size**3 * n / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def layer_params(encoder: TPEncoder) -> tuple[int, int]:
+    """(parameters of all decoder layers, of one layer on average)."""
+    total = sum(p.numel() for p in encoder.layers.parameters())
+    return total, total // len(encoder.layers)
+
+
+def _variant_encoders(base: TPEncoder, output_layer: int, tp_layers) -> dict[str, TPEncoder]:
+    s = base.settings
+    common = dict(prompt=s.prompt, max_length=s.max_length, placeholder_seed=s.placeholder_seed,
+                  placeholder_init=s.placeholder_init, model_name=s.model, source=base.source)
+    make = lambda tp, out: TPEncoder(base.model, base.tokenizer, tp_layers=tp, output_layer=out, **common)  # noqa: E731
+    return {
+        "vanilla_last": make(None, -1),
+        "vanilla_exit": make(None, output_layer),
+        "tp_exit": make(tp_layers, output_layer),
+        "tp_full": make(tp_layers, -1),
+    }
+
+
+def run_bench(
+    texts: Sequence[str],
+    encoder: TPEncoder,
+    rounds: int = 2,
+    batch_size: int = 32,
+    max_batch_tokens: int | None = None,
+    matmul_seconds: float = 2.0,
+) -> dict:
+    """Measure the four variants on ``texts``; returns the figures as a dict."""
+    s = encoder.settings
+    if s.tp_layers is None:
+        raise ValueError("the benchmark compares TP with vanilla: give a TP setting")
+    variants = _variant_encoders(encoder, s.output_layer, s.tp_layers)
+    tokenized = {k: v.tokenize(list(texts)) for k, v in variants.items()}
+    for v in variants.values():  # warm-up
+        v.encode(list(texts[:batch_size]), batch_size=batch_size)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    dev = encoder.device
+    for _ in range(rounds):
+        for k, v in variants.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            v.encode_tokenized(tokenized[k], batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+            _sync(dev)
+            times[k].append(time.perf_counter() - t0)
+    all_params, per_layer = layer_params(encoder)
+    flops = matmul_flops(dev, next(encoder.model.parameters()).dtype, seconds=matmul_seconds)
+    limit = flops / (2 * all_params)
+    result: dict = {"variants": {}}
+    for k, v in variants.items():
+        best = min(times[k])
+        toks = tokenized[k].num_tokens
+        layers_run = v.plan.output_index
+        limit_v = flops / (2 * per_layer * max(1, layers_run))
+        result["variants"][k] = {
+            "tokens_per_s": toks / best, "docs_per_s": len(texts) / best, "seconds": best,
+            "tokens": toks, "layers_run": layers_run,
+            "output_layer": v.settings.output_layer, "tp_layers": v.settings.tp_layers,
+            "achieved_fraction": min(1.0, (toks / best) / limit_v),
+        }
+    lengths = [len(r) for r in tokenized["tp_exit"].input_ids]
+    va, ve, te = (result["variants"][k]["tokens_per_s"] for k in ("vanilla_last", "vanilla_exit", "tp_exit"))
+    result.update({
+        "model": s.model, "device": str(dev), "documents": len(texts), "rounds": rounds,
+        "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
+        "padding_efficiency": padding_efficiency(lengths, plan_batches(lengths, batch_size, max_batch_tokens)),
+        "matmul_flops_per_s": flops,
+        "non_embedding_params": all_params,
+        "machine_limit_tokens_per_s": limit,
+        "achieved_fraction": min(1.0, result["variants"]["vanilla_last"]["tokens_per_s"] / limit),
+        "tp_cost_vs_vanilla_exit": ve / te - 1.0,
+        "tp_exit_speedup_vs_vanilla_last": te / va,
+    })
+    return result
+
+
+def format_bench(r: dict) -> str:
+    """A table of the variants and the summary figures."""
+    lines = [f"model {r['model']} on {r['device']}: {r['documents']} documents, best of {r['rounds']} "
+             f"alternating rounds, batch size {r['batch_size']}, max batch tokens {r['max_batch_tokens']}",
+             f"{'variant':14s} {'TP':>6s} {'out':>4s} {'layers':>6s} {'tokens/s':>10s} {'docs/s':>8s} {'of limit':>8s}"]
+    for k, v in r["variants"].items():
+        tp = f"{v['tp_layers'][0]}:{v['tp_layers'][1]}" if v["tp_layers"] else "-"
+        lines.append(f"{k:14s} {tp:>6s} {v['output_layer']:>4d} {v['layers_run']:>6d} "
+                     f"{v['tokens_per_s']:>10.1f} {v['docs_per_s']:>8.2f} {v['achieved_fraction']:>8.1%}")
+    lines += [
+        f"padding efficiency (real / computed tokens): {r['padding_efficiency']:.1%}",
+        f"matrix product: {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s -> machine limit "
+        f"{r['machine_limit_tokens_per_s']:.1f} tokens/s at full depth "
+        f"({r['non_embedding_params'] / 1e6:.1f}M non-embedding parameters); "
+        f"vanilla_last reaches {r['achieved_fraction']:.1%}",
+        f"TP cost over vanilla at the same exit: {r['tp_cost_vs_vanilla_exit']:+.1%}; "
+        f"tp_exit vs vanilla_last: {r['tp_exit_speedup_vs_vanilla_last']:.2f}x",
+    ]
+    return "\n".join(lines)
