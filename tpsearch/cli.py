@@ -109,7 +109,7 @@ def main(verbose: bool) -> None:
 
 
 def _use_all_cores() -> None:
-    """Intra-op threads = the cores this process may use."""
+    """Intra-op threads = the cores this process may use (shared among torchrun's local ranks)."""
     import os
 
     import torch
@@ -118,7 +118,10 @@ def _use_all_cores() -> None:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    if torch.get_num_threads() < cores:
+    cores = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        torch.set_num_threads(cores)
+    elif torch.get_num_threads() < cores:
         torch.set_num_threads(cores)
 
 
@@ -169,6 +172,8 @@ def build(corpus, out, text_column, id_column, title_column, store_text, strict,
     t0 = time.perf_counter()
     result = build_index(config, show_progress=not no_progress, overwrite=overwrite)
     m = result.manifest
+    if not m:  # a torchrun rank other than 0: rank 0 reports
+        return
     secs = time.perf_counter() - t0
     enc_secs = m["build"]["stage_seconds"]["encode"] or 1e-9
     size = sum(f.stat().st_size for f in result.out.iterdir()) / 2**20

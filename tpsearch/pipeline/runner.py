@@ -29,9 +29,10 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..config import BuildConfig, parse_size
 from ..encoder import TPEncoder
-from ..errors import ConfigMismatch, InputError
+from ..errors import ConfigMismatch, InputError, TPSearchError
 from ..index import apply_search_params, choose_index, exact_topk, new_index, recall_at_k, tune_search
 from ..manifest import FORMAT, FORMAT_VERSION, ID_MAP_FILE, INDEX_FILE, diff_settings, write_manifest
+from .distributor import Distributor
 from .mapper import ChunkEmbedder, StageTimes
 from .reader import CorpusReader, CorpusSpec
 from .writer import complete_shards, iter_vectors, read_table, read_vectors, shard_meta, write_shard
@@ -217,8 +218,38 @@ def build_index(
     encoder: TPEncoder | None = None,
     show_progress: bool = False,
     overwrite: bool = False,
+    distributor: Distributor | None = None,
 ) -> BuildResult:
-    """Run the whole build: validate, embed into shards, assemble, publish atomically."""
+    """Run the whole build: validate, embed into shards, assemble, publish atomically.
+
+    Under torchrun each rank embeds its share of the windows and rank 0 assembles; the
+    result is the same as one process's. Non-zero ranks return a result without a manifest.
+    """
+    d = distributor or Distributor.from_env()
+    d.start()
+    try:
+        return _build(config, encoder, show_progress and d.is_main, overwrite, d)
+    finally:
+        d.stop()
+
+
+def _agreed(d: Distributor, step: Callable[[], object]):
+    """Run ``step`` on this rank; if it fails on any rank, fail on all (no rank left waiting)."""
+    error: BaseException | None = None
+    value = None
+    try:
+        value = step()
+    except Exception as exc:  # re-raised below, on every rank
+        error = exc
+    if not d.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise TPSearchError("the build failed on another rank; see its error")
+    return value
+
+
+def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, overwrite: bool,
+           d: Distributor) -> BuildResult:
     began = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if not config.out:
@@ -239,19 +270,31 @@ def build_index(
     budget = parse_size(config.max_index_memory)
     if encoder is None:
         t0 = time.perf_counter()
-        encoder = TPEncoder.from_pretrained(**config.model.encoder_kwargs())
+        kwargs = config.model.encoder_kwargs()
+        kwargs["device"] = d.device(kwargs["device"])
+        encoder = TPEncoder.from_pretrained(**kwargs)
         times.extra["model_load"] = time.perf_counter() - t0
     # Fail on a bad index option before any encoding.
     choose_index(config.index, reader.num_rows, encoder.dim, budget)
     work = work_dir_for(out)
-    shards_dir = _prepare_work_dir(work, _work_settings(config, encoder, fingerprint), config.fresh)
+    settings = _work_settings(config, encoder, fingerprint)
+    # Rank 0 prepares (or discards) the work directory first; the others then check it.
+    shards_dir = _agreed(d, lambda: _prepare_work_dir(work, settings, config.fresh) if d.is_main else None)
+    if not d.is_main:
+        shards_dir = _prepare_work_dir(work, settings, fresh=False)
+    final = work / "final"
     try:
-        docs, tokens = encode_shards(config, reader, encoder, shards_dir, times, show_progress)
-        final = work / "final"
+        select = (lambda runs: d.select(runs, config.shard_rows)) if d.active else None
+        docs, tokens = encode_shards(config, reader, encoder, shards_dir, times, show_progress, select)
+        _agreed(d, lambda: None)  # every rank has written its shards
+        if not d.is_main:
+            _agreed(d, lambda: None)  # wait for rank 0's assembly
+            return BuildResult(out, {}, docs, tokens)
         if final.exists():
             shutil.rmtree(final)
         final.mkdir()
-        part = assemble_index(config, complete_shards(shards_dir), final, times)
+        # The others wait here until rank 0 has assembled the index (or failed to).
+        part = _agreed(d, lambda: assemble_index(config, complete_shards(shards_dir), final, times))
     except InputError:
         # Bad data will not get better on a rerun: leave nothing behind.
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""A real torchrun build on CPU (gloo, 2 processes) against a one-process build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from test_pipeline import write_corpus
+from tpsearch.pipeline.runner import work_dir_for
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = shutil.which("torchrun")
+pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")
+
+
+def _args(corpus, out, model_dir):
+    return [str(corpus), "--out", str(out), "--model", str(model_dir), "--device", "cpu",
+            "--shard-rows", "16", "--batch-size", "4", "--no-progress"]
+
+
+def _torchrun(args, tag: str) -> subprocess.Popen:
+    env = dict(os.environ, TPSEARCH_TEST_TAG=tag, OMP_NUM_THREADS="1")
+    return subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node=2",
+                             str(ROOT / "pipelines" / "build_index.py"), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _same_index(a: Path, b: Path) -> None:
+    ia, ib = faiss.read_index(str(a / "index.faiss")), faiss.read_index(str(b / "index.faiss"))
+    np.testing.assert_allclose(ia.reconstruct_n(0, ia.ntotal), ib.reconstruct_n(0, ib.ntotal), atol=1e-5)
+    assert pq.read_table(a / "ids.parquet").equals(pq.read_table(b / "ids.parquet"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("dist")
+    corpus = write_corpus(tmp / "c.parquet", 200, row_group_size=20)
+    model = tiny_model_dir("llama")
+    single = tmp / "single"
+    subprocess.run([sys.executable, str(ROOT / "pipelines" / "build_index.py"), *_args(corpus, single, model)],
+                   check=True, capture_output=True)
+    return tmp, corpus, model, single
+
+
+def test_two_process_build_equals_one_process(setup):
+    tmp, corpus, model, single = setup
+    out = tmp / "two"
+    proc = _torchrun(_args(corpus, out, model), uuid.uuid4().hex)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    _same_index(single, out)
+    assert not work_dir_for(out).exists()
+
+
+def _rank_pid(tag: str, rank: int) -> int | None:
+    for env_file in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            env = env_file.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"TPSEARCH_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env:
+            return int(env_file.parent.name)
+    return None
+
+
+def test_killed_rank_rerun_completes_with_same_result(setup):
+    tmp, corpus, model, single = setup
+    out = tmp / "killed"
+    tag = uuid.uuid4().hex
+    proc = _torchrun(_args(corpus, out, model), tag)
+    shards = work_dir_for(out) / "shards"
+    deadline = time.time() + 300
+    while len(list(shards.glob("shard-*.parquet"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    pid = _rank_pid(tag, 1)
+    assert pid is not None, "rank 1 not found"
+    os.kill(pid, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, "torchrun must report the dead rank"
+    assert not out.exists()
+    left = len(list(shards.glob("shard-*.parquet")))
+    assert 2 <= left < 13
+    proc = _torchrun(_args(corpus, out, model), uuid.uuid4().hex)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    _same_index(single, out)
