@@ -190,3 +190,41 @@ def test_token_budget_gives_same_vectors(tiny_model_dir):
     a = enc.encode(CORPUS, batch_size=32)
     b = enc.encode(CORPUS, batch_size=32, max_batch_tokens=60)
     np.testing.assert_allclose(a, b, atol=TOL)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_mean_pooling_averages_the_sentence_tokens_only(tiny_model_dir, arch):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), device="cpu", pooling="mean",
+                                    tp_layers=(1, 3), output_layer=-2)
+    tok = enc.tokenize(CORPUS[:3])
+    for j, (start, end) in enumerate(tok.spans):
+        piece = enc.tokenizer.decode(tok.input_ids[j][start:end])
+        assert piece.strip() == enc.prompt.sentence(CORPUS[j]), piece
+    got = enc.encode(CORPUS[:3], normalize=False, batch_size=2)
+    model = enc.model
+    for j in range(3):
+        ids = torch.tensor([tok.input_ids[j]])
+        pst = tok.input_ids[j].index(enc.placeholder_id)
+        last = ids.shape[1] - 1
+
+        def replace(module, args, output):
+            h = (output[0] if isinstance(output, tuple) else output).clone()
+            h[0, pst] = h[0, last]
+            return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+        layers = layer_stack(model)
+        handles = [layers[i - 1].register_forward_hook(replace) for i in (1, 2)]
+        with torch.no_grad():
+            hs = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[-2]
+        for h in handles:
+            h.remove()
+        start, end = tok.spans[j]
+        np.testing.assert_allclose(got[j], hs[0, start:end].mean(0).numpy(), atol=TOL)
+
+
+def test_variant_shares_the_model(tiny_model_dir):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir("llama")), device="cpu")
+    van = enc.variant(tp_layers=None)
+    assert van.model is enc.model and van.settings.tp_layers is None
+    np.testing.assert_allclose(van.encode(CORPUS[:2]), TPEncoder.from_pretrained(
+        str(tiny_model_dir("llama")), device="cpu", tp_layers=None).encode(CORPUS[:2]), atol=TOL)

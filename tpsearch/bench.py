@@ -56,15 +56,11 @@ def layer_params(encoder: TPEncoder) -> tuple[int, int]:
 
 
 def _variant_encoders(base: TPEncoder, output_layer: int, tp_layers) -> dict[str, TPEncoder]:
-    s = base.settings
-    common = dict(prompt=s.prompt, max_length=s.max_length, placeholder_seed=s.placeholder_seed,
-                  placeholder_init=s.placeholder_init, model_name=s.model, source=base.source)
-    make = lambda tp, out: TPEncoder(base.model, base.tokenizer, tp_layers=tp, output_layer=out, **common)  # noqa: E731
     return {
-        "vanilla_last": make(None, -1),
-        "vanilla_exit": make(None, output_layer),
-        "tp_exit": make(tp_layers, output_layer),
-        "tp_full": make(tp_layers, -1),
+        "vanilla_last": base.variant(tp_layers=None, output_layer=-1),
+        "vanilla_exit": base.variant(tp_layers=None, output_layer=output_layer),
+        "tp_exit": base.variant(tp_layers=tp_layers, output_layer=output_layer),
+        "tp_full": base.variant(tp_layers=tp_layers, output_layer=-1),
     }
 
 

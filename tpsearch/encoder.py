@@ -29,7 +29,7 @@ from .loading import (
     resolve_source,
 )
 from .presets import Preset, fallback_preset, find_preset
-from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, normalize_sentence, resolve_prompt
+from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, resolve_prompt
 from .tp import (
     EarlyExit,
     ForwardPlan,
@@ -73,6 +73,7 @@ class Tokenized:
     input_ids: list[list[int]]
     n_templates: int
     truncated: list[bool] = field(default_factory=list)  # one flag per text
+    spans: list[tuple[int, int]] | None = None  # the sentence's tokens per row (mean pooling)
 
     @property
     def num_texts(self) -> int:
@@ -99,6 +100,7 @@ class TPEncoder:
         placeholder_init: str = "randn",
         model_name: str = "custom",
         source: ModelSource | None = None,
+        pooling: str = "last",
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -117,6 +119,9 @@ class TPEncoder:
             self.placeholder_id = add_placeholder_token(
                 model, tokenizer, seed=placeholder_seed, init=placeholder_init
             )
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
+        self.pooling = pooling
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
         self.settings = EncoderSettings(
@@ -130,6 +135,7 @@ class TPEncoder:
             normalize_sentences=normalize_sentences,
             placeholder_seed=placeholder_seed,
             placeholder_init=placeholder_init,
+            pooling=pooling,
         )
         self.pad_id = _pad_id(tokenizer)
         self.padding_side = "left"
@@ -176,6 +182,17 @@ class TPEncoder:
     def preset_for(model: str, n_layers: int) -> Preset:
         return find_preset(model) or fallback_preset(n_layers)
 
+    def variant(self, **changes) -> "TPEncoder":
+        """Another encoder on the same loaded model and tokenizer, with some settings changed
+        (``prompt``, ``tp_layers``, ``output_layer``, ``pooling``, ...)."""
+        s = self.settings
+        kwargs = dict(prompt=s.prompt, tp_layers=s.tp_layers, output_layer=s.output_layer,
+                      max_length=s.max_length, normalize_sentences=s.normalize_sentences,
+                      placeholder_seed=s.placeholder_seed, placeholder_init=s.placeholder_init,
+                      model_name=s.model, source=self.source, pooling=s.pooling)
+        kwargs.update(changes)
+        return TPEncoder(self.model, self.tokenizer, **kwargs)
+
     # ------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device:
@@ -192,38 +209,52 @@ class TPEncoder:
     # ------------------------------------------------------------------ tokenisation
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """Prompt, normalise and tokenise ``texts``; over-long sentences are cut to fit."""
-        if not texts:
-            return Tokenized(input_ids=[], n_templates=len(self.prompt.templates), truncated=[])
-        rendered = [self.prompt.render(t) for t in texts]
-        flat = [p for group in rendered for p in group]
-        ids = self.tokenizer(flat, add_special_tokens=True)["input_ids"]
         n_t = len(self.prompt.templates)
+        if not texts:
+            return Tokenized(input_ids=[], n_templates=n_t, truncated=[],
+                             spans=[] if self.pooling == "mean" else None)
+        sentences = [self.prompt.sentence(t) for t in texts for _ in range(n_t)]
+        templates = [t for _ in texts for t in self.prompt.templates]
+        flat = [self.prompt.fill(t, x) for t, x in zip(templates, sentences)]
+        ids = self.tokenizer(flat, add_special_tokens=True)["input_ids"]
         truncated = [False] * len(texts)
         for j, row in enumerate(ids):
             if len(row) > self.settings.max_length:
-                ids[j] = self._truncate(texts[j // n_t], self.prompt.templates[j % n_t], row)
+                ids[j], sentences[j] = self._truncate(sentences[j], templates[j], row)
+                flat[j] = self.prompt.fill(templates[j], sentences[j])
                 truncated[j // n_t] = True
         if self.placeholder_id is not None:
             for j, row in enumerate(ids):
                 if self.placeholder_id not in row:
                     raise ValueError(
-                        f"prompt {self.prompt.templates[j % n_t]!r} lost its {PLACEHOLDER} token "
-                        "when tokenised"
+                        f"prompt {templates[j]!r} lost its {PLACEHOLDER} token when tokenised"
                     )
-        return Tokenized(input_ids=ids, n_templates=n_t, truncated=truncated)
+        spans = None
+        if self.pooling == "mean":
+            spans = [self._sentence_span(f, t, x) for f, t, x in zip(flat, templates, sentences)]
+        return Tokenized(input_ids=ids, n_templates=n_t, truncated=truncated, spans=spans)
 
-    def _truncate(self, text: str, template: str, row: list[int]) -> list[int]:
+    def _sentence_span(self, prompt: str, template: str, sentence: str) -> tuple[int, int]:
+        """Token positions [start, end) of the sentence inside the prompted text."""
+        start = len(template[: template.index(SENTENCE_SLOT)].lstrip())
+        end = start + len(sentence)
+        enc = self.tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
+        inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
+        if not inside:  # an empty sentence: pool the last token
+            n = len(enc["input_ids"])
+            return n - 1, n
+        return inside[0], inside[-1] + 1
+
+    def _truncate(self, sentence: str, template: str, row: list[int]) -> tuple[list[int], str]:
         """Shorten the sentence (never the prompt) until the prompted text fits max_length."""
         limit = self.settings.max_length
-        sentence = normalize_sentence(text) if self.prompt.normalize else text
         sent_ids = self.tokenizer(sentence, add_special_tokens=False)["input_ids"]
         keep = len(sent_ids) - (len(row) - limit)
         while keep > 0:
             cut = self.tokenizer.decode(sent_ids[:keep], skip_special_tokens=True)
-            new = self.tokenizer(template.replace(SENTENCE_SLOT, cut).strip(),
-                                 add_special_tokens=True)["input_ids"]
+            new = self.tokenizer(self.prompt.fill(template, cut), add_special_tokens=True)["input_ids"]
             if len(new) <= limit:
-                return new
+                return new, cut
             keep -= len(new) - limit
         raise ValueError(
             f"max_length {limit} is too small: the prompt alone takes about "
@@ -231,13 +262,15 @@ class TPEncoder:
         )
 
     # ------------------------------------------------------------------ forward
-    def _batch_tensors(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    def _batch_tensors(self, rows: Sequence[Sequence[int]],
+                       spans: Sequence[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
         """Pad rows by hand; position ids count real tokens only."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         last = torch.empty(len(rows), dtype=torch.long)
         pst = torch.zeros(len(rows), dtype=torch.long)
+        pool = torch.zeros((len(rows), width), dtype=torch.float32) if spans is not None else None
         for b, r in enumerate(rows):
             off = width - len(r) if self.padding_side == "left" else 0
             ids[b, off:off + len(r)] = torch.as_tensor(r, dtype=torch.long)
@@ -245,14 +278,21 @@ class TPEncoder:
             last[b] = off + len(r) - 1
             if self.placeholder_id is not None:
                 pst[b] = off + r.index(self.placeholder_id)
+            if pool is not None:
+                start, end = spans[b]
+                pool[b, off + start:off + end] = 1.0 / (end - start)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         dev = self.device
-        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
-                "position_ids": positions.to(dev), "last": last.to(dev), "pst": pst.to(dev)}
+        out = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
+               "position_ids": positions.to(dev), "last": last.to(dev), "pst": pst.to(dev)}
+        if pool is not None:
+            out["pool"] = pool.to(dev)
+        return out
 
     @torch.inference_mode()
     def forward_rows(
-        self, rows: Sequence[Sequence[int]], also_layers: Sequence[int] = ()
+        self, rows: Sequence[Sequence[int]], also_layers: Sequence[int] = (),
+        spans: Sequence[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         """Embeddings (float32, on CPU, not normalised) of one batch of token-id rows.
 
@@ -260,7 +300,11 @@ class TPEncoder:
         shape (len(also_layers) + 1, batch, dim): those layers' last-token states, then the
         output layer's.
         """
-        t = self._batch_tensors(rows)
+        if self.pooling == "mean" and also_layers:
+            raise ValueError("also_layers works with last-token pooling only")
+        if self.pooling == "mean" and spans is None:
+            raise ValueError("mean pooling needs the sentence spans (use tokenize())")
+        t = self._batch_tensors(rows, spans if self.pooling == "mean" else None)
         pst = t["pst"] if self.placeholder_id is not None else None
         record = {i: None for i in also_layers}
         if any(not 0 <= i < self.plan.output_index for i in record):
@@ -274,8 +318,11 @@ class TPEncoder:
                     raise RuntimeError("the output layer's hook did not fire")
             except EarlyExit as stop:
                 hidden = stop.hidden
-        rows_idx = torch.arange(hidden.shape[0], device=hidden.device)
-        final = hidden[rows_idx, t["last"]]
+        if "pool" in t:  # mean over the sentence's own tokens
+            final = torch.einsum("bt,btd->bd", t["pool"].to(hidden.dtype), hidden)
+        else:
+            rows_idx = torch.arange(hidden.shape[0], device=hidden.device)
+            final = hidden[rows_idx, t["last"]]
         if not record:
             return final.float().cpu()
         return torch.stack([record[i] for i in also_layers] + [final]).float().cpu()
@@ -296,8 +343,10 @@ class TPEncoder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(rows), desc="encoding", unit="prompt")
+        spans = tokenized.spans
         for batch in plan_batches([len(r) for r in rows], batch_size, max_batch_tokens):
-            got = self.forward_rows([rows[j] for j in batch], also_layers)
+            got = self.forward_rows([rows[j] for j in batch], also_layers,
+                                    [spans[j] for j in batch] if spans is not None else None)
             out[:, batch] = got if also_layers else got.unsqueeze(0)
             if bar is not None:
                 bar.update(len(batch))

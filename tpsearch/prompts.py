@@ -95,10 +95,18 @@ class PromptSpec:
     templates: tuple[str, ...]
     normalize: bool = True
 
+    def sentence(self, text: str) -> str:
+        """The text as it goes into the prompt (normalised unless turned off)."""
+        return normalize_sentence(text) if self.normalize else text
+
+    @staticmethod
+    def fill(template: str, sentence: str) -> str:
+        return template.replace(SENTENCE_SLOT, sentence).strip()
+
     def render(self, text: str) -> list[str]:
         """The model inputs for one text: one per template."""
-        sentence = normalize_sentence(text) if self.normalize else text
-        return [t.replace(SENTENCE_SLOT, sentence).strip() for t in self.templates]
+        sentence = self.sentence(text)
+        return [self.fill(t, sentence) for t in self.templates]
 
 
 def resolve_prompt(prompt: str, tp: bool, normalize: bool = True) -> PromptSpec:
