@@ -38,7 +38,7 @@ def main() -> None:
     for _ in range(args.repeat):
         for q in queries:
             t0 = time.perf_counter()
-            vec = s.encoder.encode([q])
+            vec = s.query_encoder.encode([q])
             t1 = time.perf_counter()
             scores, rows = s.search_vectors(vec, args.k)
             s._hits(scores[0], rows[0])

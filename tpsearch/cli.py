@@ -67,6 +67,11 @@ def model_options(fn):
         click.option("--placeholder-init", type=click.Choice(["randn", "mean"]), default=None,
                      help="<PST> embedding row: seeded standard normal (the paper) or the mean "
                      "embedding row. Default: the model's preset."),
+        click.option("--pooling", type=click.Choice(["last", "mean"]), default=None,
+                     help="last: the prompt's last token (the paper; default); mean: the mean over "
+                     "the text's own tokens (not the prompt or <PST>)."),
+        click.option("--query-prompt", default=None,
+                     help="A different prompt for queries (method or template); default: the same."),
         click.option("--max-length", type=int, default=None, help="Tokens per prompted text; longer "
                      "texts are truncated (the prompt is kept) and counted. Default 256."),
         click.option("--batch-size", type=int, default=None, help="Texts per forward pass (default 32)."),
@@ -78,13 +83,13 @@ def model_options(fn):
     return fn
 
 
-def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_init, max_length,
-                    batch_size, device, dtype) -> dict:
+def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_init, pooling,
+                    query_prompt, max_length, batch_size, device, dtype) -> dict:
     """Only the options given on the command line (so config files and presets fill the rest)."""
     if no_tp and tp_layers:
         raise click.UsageError("--no-tp and --tp-layers contradict each other")
     given = {"model": model, "prompt": prompt, "output_layer": output_layer,
-             "placeholder_init": placeholder_init,
+             "placeholder_init": placeholder_init, "pooling": pooling, "query_prompt": query_prompt,
              "max_length": max_length, "batch_size": batch_size, "device": device, "dtype": dtype,
              "tp_layers": "none" if no_tp else tp_layers}
     return {k: v for k, v in given.items() if v is not None}
@@ -348,6 +353,41 @@ def eval_sts(data_dir, tasks, as_json, **model_kw):
     click.echo(format_table(result, chosen))
     if result["missing"]:
         click.echo(f"missing (no files under {data_dir}): {', '.join(result['missing'])}")
+
+
+@eval.command("retrieval")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="BEIR layout: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv.")
+@click.option("--split", default="test", show_default=True, help="Which qrels file.")
+@click.option("--index", "index", default="flat", show_default=True, help="FAISS index for the run.")
+@click.option("--index-dir", default=None, type=click.Path(file_okay=False),
+              help="Keep the built index here (default: a temporary directory).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@model_options
+@_fail_cleanly
+def eval_retrieval(data_dir, split, index, index_dir, as_json, **model_kw):
+    """nDCG@10, MRR@10 and Recall@1/10/100 on a BEIR-format data set, built with the real
+    pipeline and searched with the real Searcher."""
+    from .config import ModelConfig, parse_tp_layers
+    from .retrieval import evaluate_retrieval
+
+    given = _model_settings(**model_kw)
+    if "tp_layers" in given:
+        given["tp_layers"] = parse_tp_layers(given["tp_layers"])
+    res = evaluate_retrieval(data_dir, ModelConfig(**given), split=split, index=index,
+                             index_dir=index_dir, show_progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    st = res["settings"]
+    tp = f"{st['tp_layers'][0]}:{st['tp_layers'][1]}" if st["tp_layers"] else "off"
+    click.echo(f"model {st['model']}, prompt {st['prompt']}, TP {tp}, output layer {st['output_layer']}, "
+               f"pooling {st['pooling']}; {res['queries']} queries, {res['documents']} documents")
+    m = res["metrics"]
+    names = ["nDCG@10", "MRR@10", "R@1", "R@10", "R@100"]
+    vals = [m["ndcg@10"], m["mrr@10"], m["recall@1"], m["recall@10"], m["recall@100"]]
+    click.echo("  ".join(f"{n:>8s}" for n in names))
+    click.echo("  ".join(f"{v * 100:8.2f}" for v in vals))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,8 @@ class ModelConfig:
     tp_layers: tuple[int, int] | None | str = AUTO  # "auto": preset; None: vanilla
     output_layer: int | None = None  # None: the model's preset
     placeholder_init: str | None = None  # "randn" or "mean"; None: the model's preset
+    pooling: str = "last"  # "last" (the paper) or "mean" over the text's own tokens
+    query_prompt: str | None = None  # a different prompt for queries; None: the same
     max_length: int = 256
     batch_size: int = 32
     device: str = "auto"
@@ -33,7 +35,7 @@ class ModelConfig:
     def encoder_kwargs(self) -> dict[str, Any]:
         return dict(model=self.model, prompt=self.prompt, tp_layers=self.tp_layers,
                     output_layer=self.output_layer, placeholder_init=self.placeholder_init,
-                    max_length=self.max_length,
+                    pooling=self.pooling, max_length=self.max_length,
                     device=self.device, dtype=self.dtype)
 
 

@@ -51,6 +51,7 @@ def _encoder_kwargs(manifest: dict) -> dict:
         normalize_sentences=e["normalize_sentences"],
         placeholder_seed=e["placeholder_seed"],
         placeholder_init=e["placeholder_init"],
+        pooling=e.get("pooling", "last"),
     )
 
 
@@ -85,6 +86,7 @@ class Searcher:
         self.device = device
         self._model_override = model
         self._encoder = encoder
+        self._query_encoder: TPEncoder | None = None
         self._lock = threading.Lock()
         self.default_params = dict(manifest["index"].get("search_params") or {})
         if index.d != manifest["dim"]:
@@ -132,13 +134,22 @@ class Searcher:
                 self._encoder = enc
             return self._encoder
 
+    @property
+    def query_encoder(self) -> TPEncoder:
+        """The document encoder, or its variant with the index's query prompt."""
+        if self._query_encoder is None:
+            qp = self.manifest.get("query_prompt")
+            enc = self.encoder
+            self._query_encoder = enc.variant(prompt=qp) if qp else enc
+        return self._query_encoder
+
     def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
         """Vectors for texts (the LangChain ``Embeddings`` method name)."""
         return self.encoder.encode(list(texts), batch_size=batch_size).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        """The vector of one query (LangChain's name)."""
-        return self.encoder.encode([text])[0].tolist()
+        """The vector of one query (LangChain's name); uses the query prompt if the index has one."""
+        return self.query_encoder.encode([text])[0].tolist()
 
     # ------------------------------------------------------------------ search
     def search_vectors(self, vectors: np.ndarray, k: int = 10, **params) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +172,7 @@ class Searcher:
         """One hit list per query; queries are encoded in batches."""
         if not queries:
             return []
-        vecs = self.encoder.encode(list(queries), batch_size=batch_size)
+        vecs = self.query_encoder.encode(list(queries), batch_size=batch_size)
         scores, rows = self.search_vectors(vecs, k, **params)
         return [self._hits(s, r) for s, r in zip(scores, rows)]
 

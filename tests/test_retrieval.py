@@ -1,0 +1,91 @@
+"""Retrieval metrics, the BEIR reader, pooling modes and query prompts end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tpsearch import Searcher
+from tpsearch.cli import main
+from tpsearch.config import ModelConfig
+from tpsearch.errors import InputError
+from tpsearch.retrieval import evaluate_retrieval, load_beir, mrr_at_k, ndcg_at_k, recall_at_k, score_run
+
+BEIR = Path(__file__).parent / "data" / "beir_mini"
+
+
+def test_metrics_on_hand_computed_rankings():
+    rels = {"a": 1, "b": 2, "z": 0}
+    ranked = ["x", "b", "y", "a"]
+    dcg = 2 / math.log2(3) + 1 / math.log2(5)
+    idcg = 2 / math.log2(2) + 1 / math.log2(3)
+    assert ndcg_at_k(ranked, rels, 10) == pytest.approx(dcg / idcg)
+    assert ndcg_at_k(["b", "a"], rels, 10) == pytest.approx(1.0)
+    assert ndcg_at_k(ranked, rels, 1) == 0.0
+    assert mrr_at_k(ranked, rels, 10) == pytest.approx(0.5)
+    assert mrr_at_k(ranked, rels, 1) == 0.0
+    assert recall_at_k(ranked, rels, 1) == 0.0
+    assert recall_at_k(ranked, rels, 2) == 0.5
+    assert recall_at_k(ranked, rels, 10) == 1.0
+    run = {"q1": ["b", "a"], "q2": ["c"], "q3": ["x"]}
+    qrels = {"q1": rels, "q2": {"c": 1, "d": 1}, "q3": {"x": 0}}  # q3 has nothing relevant
+    m = score_run(run, qrels)
+    assert m["recall@1"] == pytest.approx((0.5 + 0.5) / 2)
+    assert m["mrr@10"] == pytest.approx(1.0)
+
+
+def test_beir_reader(tmp_path):
+    data = load_beir(BEIR)
+    assert len(data.corpus) == 25 and len(data.queries) == 10
+    assert data.qrels["q4"] == {"d13": 1, "d14": 2}
+    assert data.qrels["q10"] == {"d9": 0}
+    copy = tmp_path / "b"
+    shutil.copytree(BEIR, copy)
+    with pytest.raises(InputError, match="no qrels for split 'dev'"):
+        load_beir(copy, "dev")
+    (copy / "queries.jsonl").unlink()
+    with pytest.raises(InputError, match="queries.jsonl: missing"):
+        load_beir(copy)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_retrieval_end_to_end_per_pooling(tiny_model_dir, pooling):
+    model = ModelConfig(model=str(tiny_model_dir("qwen2")), device="cpu", pooling=pooling)
+    res = evaluate_retrieval(BEIR, model)
+    assert res["queries"] == 9 and res["documents"] == 25  # q10 has no relevant document
+    assert res["settings"]["pooling"] == pooling
+    for name, v in res["metrics"].items():
+        assert 0.0 <= v <= 1.0, name
+    assert res["metrics"]["recall@100"] == 1.0  # k covers the whole corpus
+
+
+def test_pooling_and_query_prompt_recorded_and_honoured(tmp_path, tiny_model_dir):
+    model = ModelConfig(model=str(tiny_model_dir("llama")), device="cpu", pooling="mean",
+                        query_prompt="pcot")
+    out = tmp_path / "idx"
+    evaluate_retrieval(BEIR, model, index_dir=out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["encoder"]["pooling"] == "mean" and m["query_prompt"] == "pcot"
+    assert m["query_templates"][0].startswith("After thinking step by step")
+    s = Searcher.open(out, device="cpu")
+    assert s.encoder.pooling == "mean" and s.query_encoder.pooling == "mean"
+    assert s.query_encoder.prompt.name == "pcot" and s.encoder.prompt.name == "prompteol"
+    q = s.embed_query("What moves on rails?")
+    assert q == pytest.approx(s.query_encoder.encode(["What moves on rails?"])[0].tolist(), abs=1e-6)
+    assert q != pytest.approx(s.embed_documents(["What moves on rails?"])[0], abs=1e-3)
+
+
+def test_eval_retrieval_cli(tiny_model_dir):
+    r = CliRunner().invoke(main, ["eval", "retrieval", "--data-dir", str(BEIR), "--model",
+                                  str(tiny_model_dir("llama")), "--device", "cpu", "--json", "--no-tp"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert set(res["metrics"]) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"}
+    assert res["settings"]["tp_layers"] is None
+    r = CliRunner().invoke(main, ["eval", "retrieval", "--data-dir", str(BEIR / "nope")])
+    assert r.exit_code == 1 and "corpus.jsonl: missing" in r.output

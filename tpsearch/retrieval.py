@@ -1,0 +1,141 @@
+"""Retrieval evaluation over the BEIR layout, through the real pipeline and Searcher.
+
+``DIR/corpus.jsonl`` (``_id``, ``title``, ``text``), ``DIR/queries.jsonl`` (``_id``, ``text``) and
+``DIR/qrels/<split>.tsv`` (header ``query-id corpus-id score``). Queries without a relevant
+document in the qrels are left out (as BEIR does); metrics are averaged over the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import BuildConfig, ModelConfig
+from .errors import InputError
+
+
+@dataclass
+class BeirData:
+    corpus: list[dict]  # {"_id", "title", "text"}
+    queries: dict[str, str]  # query id -> text
+    qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise InputError(f"{path}: missing (BEIR layout needs corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{path}:{lineno}: not JSON ({exc})") from None
+        if "_id" not in obj:
+            raise InputError(f"{path}:{lineno}: no '_id'")
+        rows.append(obj)
+    return rows
+
+
+def load_beir(data_dir: str | Path, split: str = "test") -> BeirData:
+    d = Path(data_dir)
+    corpus = _read_jsonl(d / "corpus.jsonl")
+    queries = {str(q["_id"]): q.get("text", "") for q in _read_jsonl(d / "queries.jsonl")}
+    qrels_path = d / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise InputError(f"{qrels_path}: missing (no qrels for split {split!r})")
+    qrels: dict[str, dict[str, int]] = {}
+    lines = qrels_path.read_text(encoding="utf8").splitlines()
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) < 3:
+            raise InputError(f"{qrels_path}:{lineno}: expected query-id, corpus-id, score")
+        qrels.setdefault(cols[0], {})[cols[1]] = int(float(cols[2]))
+    unknown = [q for q in qrels if q not in queries]
+    if unknown:
+        raise InputError(f"{qrels_path}: query ids not in queries.jsonl, e.g. {unknown[:3]}")
+    return BeirData(corpus, queries, qrels)
+
+
+def ndcg_at_k(ranked: Sequence[str], rels: dict[str, int], k: int = 10) -> float:
+    """nDCG@k with graded gains rel / log2(rank + 1)."""
+    dcg = sum(rels.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
+    ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[:k]
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def mrr_at_k(ranked: Sequence[str], rels: dict[str, int], k: int = 10) -> float:
+    for i, doc in enumerate(ranked[:k]):
+        if rels.get(doc, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def recall_at_k(ranked: Sequence[str], rels: dict[str, int], k: int) -> float:
+    relevant = {d for d, r in rels.items() if r > 0}
+    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
+
+
+def score_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Mean metrics over the queries that have a relevant document."""
+    judged = [q for q, rels in qrels.items() if any(r > 0 for r in rels.values())]
+    if not judged:
+        raise InputError("no query has a relevant document in the qrels")
+    metrics = {"ndcg@10": [], "mrr@10": [], "recall@1": [], "recall@10": [], "recall@100": []}
+    for q in judged:
+        ranked, rels = run.get(q, []), qrels[q]
+        metrics["ndcg@10"].append(ndcg_at_k(ranked, rels, 10))
+        metrics["mrr@10"].append(mrr_at_k(ranked, rels, 10))
+        for k in (1, 10, 100):
+            metrics[f"recall@{k}"].append(recall_at_k(ranked, rels, k))
+    return {name: sum(v) / len(v) for name, v in metrics.items()}
+
+
+def corpus_to_parquet(data: BeirData, path: Path) -> Path:
+    pq.write_table(pa.table({
+        "id": [str(d["_id"]) for d in data.corpus],
+        "title": [d.get("title") or None for d in data.corpus],
+        "text": [d.get("text") for d in data.corpus],
+    }), path)
+    return path
+
+
+def evaluate_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "test",
+                       index: str = "flat", index_dir: str | Path | None = None,
+                       show_progress: bool = False) -> dict:
+    """Build an index of the corpus with the pipeline, search every judged query with the
+    Searcher, and score the rankings. Returns metrics, counts and settings."""
+    from .pipeline import build_index
+    from .searcher import Searcher
+
+    data = load_beir(data_dir, split)
+    judged = [q for q, rels in data.qrels.items() if any(r > 0 for r in rels.values())]
+    with tempfile.TemporaryDirectory(prefix="tpsearch-beir-") as tmp:
+        corpus = corpus_to_parquet(data, Path(tmp) / "corpus.parquet")
+        out = Path(index_dir) if index_dir else Path(tmp) / "index"
+        result = build_index(BuildConfig(corpus=str(corpus), out=str(out), title_column="title",
+                                         store_text=False, index=index, model=model),
+                             show_progress=show_progress, overwrite=index_dir is not None)
+        searcher = Searcher.open(out, device=model.device)
+        k = min(100, len(searcher))
+        hits = searcher.search_batch([data.queries[q] for q in judged], k=k,
+                                     batch_size=model.batch_size)
+    run = {q: [h.id for h in hs] for q, hs in zip(judged, hits)}
+    return {
+        "metrics": score_run(run, data.qrels),
+        "queries": len(judged),
+        "documents": result.manifest["documents"],
+        "settings": {**result.manifest["encoder"], "query_prompt": model.query_prompt,
+                     "index": result.manifest["index"]["factory"]},
+    }
