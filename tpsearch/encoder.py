@@ -282,14 +282,15 @@ class TPEncoder:
                 start, end = spans[b]
                 pool[b, off + start:off + end] = 1.0 / (end - start)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        dev = self.device
-        out = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
-               "position_ids": positions.to(dev), "last": last.to(dev), "pst": pst.to(dev)}
+        out = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+               "last": last, "pst": pst}
         if pool is not None:
-            out["pool"] = pool.to(dev)
-        return out
+            out["pool"] = pool
+        dev = self.device
+        if dev.type == "cuda":
+            return {k: v.pin_memory().to(dev, non_blocking=True) for k, v in out.items()}
+        return {k: v.to(dev) for k, v in out.items()}
 
-    @torch.inference_mode()
     def forward_rows(
         self, rows: Sequence[Sequence[int]], also_layers: Sequence[int] = (),
         spans: Sequence[tuple[int, int]] | None = None,
@@ -300,6 +301,11 @@ class TPEncoder:
         shape (len(also_layers) + 1, batch, dim): those layers' last-token states, then the
         output layer's.
         """
+        return self._forward(rows, also_layers, spans).float().cpu()
+
+    @torch.inference_mode()
+    def _forward(self, rows, also_layers=(), spans=None) -> torch.Tensor:
+        """As forward_rows, but the result stays on the model's device in its dtype."""
         if self.pooling == "mean" and also_layers:
             raise ValueError("also_layers works with last-token pooling only")
         if self.pooling == "mean" and spans is None:
@@ -324,8 +330,8 @@ class TPEncoder:
             rows_idx = torch.arange(hidden.shape[0], device=hidden.device)
             final = hidden[rows_idx, t["last"]]
         if not record:
-            return final.float().cpu()
-        return torch.stack([record[i] for i in also_layers] + [final]).float().cpu()
+            return final
+        return torch.stack([record[i] for i in also_layers] + [final])
 
     def _encode_stack(
         self,
@@ -344,12 +350,17 @@ class TPEncoder:
 
             bar = tqdm(total=len(rows), desc="encoding", unit="prompt")
         spans = tokenized.spans
+        # Results stay on the device until the end: no host sync per batch, so on a GPU the
+        # next batch's (pinned, non-blocking) upload overlaps the current batch's compute.
+        pending: list[tuple[list[int], torch.Tensor]] = []
         for batch in plan_batches([len(r) for r in rows], batch_size, max_batch_tokens):
-            got = self.forward_rows([rows[j] for j in batch], also_layers,
-                                    [spans[j] for j in batch] if spans is not None else None)
-            out[:, batch] = got if also_layers else got.unsqueeze(0)
+            got = self._forward([rows[j] for j in batch], also_layers,
+                                [spans[j] for j in batch] if spans is not None else None)
+            pending.append((batch, got if also_layers else got.unsqueeze(0)))
             if bar is not None:
                 bar.update(len(batch))
+        for batch, got in pending:
+            out[:, batch] = got.float().cpu()
         if bar is not None:
             bar.close()
         if tokenized.n_templates > 1:
