@@ -80,6 +80,15 @@ def test_pooling_and_query_prompt_recorded_and_honoured(tmp_path, tiny_model_dir
     assert q != pytest.approx(s.embed_documents(["What moves on rails?"])[0], abs=1e-3)
 
 
+def test_corpus_without_titles(tmp_path, tiny_model_dir):
+    copy = tmp_path / "b"
+    shutil.copytree(BEIR, copy)
+    lines = [json.loads(x) for x in (copy / "corpus.jsonl").read_text().splitlines()]
+    (copy / "corpus.jsonl").write_text("".join(json.dumps({**d, "title": ""}) + "\n" for d in lines))
+    res = evaluate_retrieval(copy, ModelConfig(model=str(tiny_model_dir("llama")), device="cpu"))
+    assert res["documents"] == 24  # the one document with neither title nor text is skipped
+
+
 def test_eval_retrieval_cli(tiny_model_dir):
     r = CliRunner().invoke(main, ["eval", "retrieval", "--data-dir", str(BEIR), "--model",
                                   str(tiny_model_dir("llama")), "--device", "cpu", "--json", "--no-tp"])

@@ -104,9 +104,9 @@ def score_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> di
 
 def corpus_to_parquet(data: BeirData, path: Path) -> Path:
     pq.write_table(pa.table({
-        "id": [str(d["_id"]) for d in data.corpus],
-        "title": [d.get("title") or None for d in data.corpus],
-        "text": [d.get("text") for d in data.corpus],
+        "id": pa.array([str(d["_id"]) for d in data.corpus], pa.string()),
+        "title": pa.array([d.get("title") or None for d in data.corpus], pa.string()),
+        "text": pa.array([d.get("text") for d in data.corpus], pa.string()),
     }), path)
     return path
 
