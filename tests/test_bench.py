@@ -29,6 +29,8 @@ def test_bench_table_and_json(tmp_path, tiny_model_dir):
         assert 0 < v["achieved_fraction"] <= 1
     assert res["variants"]["tp_exit"]["layers_run"] == 4 and res["variants"]["tp_full"]["layers_run"] == 6
     assert res["documents"] == 6
+    assert res["corpus_documents"] == len(CORPUS)
+    assert 0 < res["corpus_padding_efficiency"] <= 1
     assert 0 < res["padding_efficiency"] <= 1 and 0 < res["achieved_fraction"] <= 1
     assert res["machine_limit_tokens_per_s"] > 0
     r = CliRunner().invoke(main, args + ["--max-batch-tokens", "64"])

@@ -214,6 +214,20 @@ def test_config_file_same_as_options(tmp_path, llama_dir):
     assert result.exit_code != 0 and "unknown option(s): no_such_option" in result.output
 
 
+
+def test_token_budget_batches_give_the_same_vectors(tmp_path, llama_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 60)
+    plain = build_index(config(tmp_path, llama_dir, corpus)).out
+    budget = tmp_path / "budget"
+    result = CliRunner().invoke(main, ["build", str(corpus), "--out", str(budget), "--model", str(llama_dir),
+                                       "--device", "cpu", "--max-batch-tokens", "40", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((budget / "manifest.json").read_text())
+    assert m["build"]["config"]["model"]["max_batch_tokens"] == 40
+    a = faiss.read_index(str(plain / "index.faiss"))
+    b = faiss.read_index(str(budget / "index.faiss"))
+    np.testing.assert_allclose(a.reconstruct_n(0, a.ntotal), b.reconstruct_n(0, b.ntotal), atol=1e-5)
+
 def _build_cmd(corpus, out, model_dir):
     return [sys.executable, "-m", "tpsearch.cli", "build", str(corpus), "--out", str(out),
             "--model", str(model_dir), "--device", "cpu", "--shard-rows", "16", "--batch-size", "4",

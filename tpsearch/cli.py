@@ -75,6 +75,9 @@ def model_options(fn):
         click.option("--max-length", type=int, default=None, help="Tokens per prompted text; longer "
                      "texts are truncated (the prompt is kept) and counted. Default 256."),
         click.option("--batch-size", type=int, default=None, help="Texts per forward pass (default 32)."),
+        click.option("--max-batch-tokens", type=int, default=None, help="Also cap each forward pass at "
+                     "this many computed tokens (rows x longest row): long texts go in smaller "
+                     "batches. Default: no cap."),
         click.option("--device", default=None, help="auto (cuda, then mps, then cpu), cpu, cuda:0, ..."),
         click.option("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16."),
     ]
@@ -84,13 +87,14 @@ def model_options(fn):
 
 
 def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_init, pooling,
-                    query_prompt, max_length, batch_size, device, dtype) -> dict:
+                    query_prompt, max_length, batch_size, max_batch_tokens, device, dtype) -> dict:
     """Only the options given on the command line (so config files and presets fill the rest)."""
     if no_tp and tp_layers:
         raise click.UsageError("--no-tp and --tp-layers contradict each other")
     given = {"model": model, "prompt": prompt, "output_layer": output_layer,
              "placeholder_init": placeholder_init, "pooling": pooling, "query_prompt": query_prompt,
-             "max_length": max_length, "batch_size": batch_size, "device": device, "dtype": dtype,
+             "max_length": max_length, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
+             "device": device, "dtype": dtype,
              "tp_layers": "none" if no_tp else tp_layers}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -285,7 +289,7 @@ def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, 
     import pyarrow.parquet as pq
 
     from .bench import DEMO_CORPUS, format_bench, run_bench
-    from .config import parse_tp_layers
+    from .config import BuildConfig, parse_tp_layers
     from .encoder import TPEncoder
     from .pipeline.reader import _join_title
 
@@ -293,15 +297,16 @@ def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, 
     table = pq.read_table(path)
     if "text" not in table.column_names:
         raise click.UsageError(f"{path}: no 'text' column")
-    table = table.slice(0, docs)
-    texts = table.column("text").to_pylist()
+    all_texts = table.column("text").to_pylist()
     if "title" in table.column_names:
-        texts = [_join_title(t, x) for t, x in zip(table.column("title").to_pylist(), texts)]
-    texts = [t for t in texts if t and t.strip()]
+        all_texts = [_join_title(t, x) for t, x in zip(table.column("title").to_pylist(), all_texts)]
+    all_texts = [t for t in all_texts if t and t.strip()]
+    texts = all_texts[:docs]
     tp = parse_tp_layers(tp_layers) if tp_layers else "auto"
     enc = TPEncoder.from_pretrained(model or "gemma-3-270m", tp_layers=tp, output_layer=output_layer,
                                     device=device, dtype=dtype)
-    result = run_bench(texts, enc, rounds=rounds, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    result = run_bench(texts, enc, rounds=rounds, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                       corpus_texts=all_texts, window=BuildConfig().shard_rows)
     Path(output).write_text(json.dumps(result, indent=1))
     click.echo(json.dumps(result) if as_json else format_bench(result))
 
@@ -338,7 +343,8 @@ def eval_sts(data_dir, tasks, as_json, **model_kw):
         cfg.max_length = 512
     enc = TPEncoder.from_pretrained(**cfg.encoder_kwargs())
     t0 = time.perf_counter()
-    result = evaluate(lambda s: enc.encode(s, batch_size=cfg.batch_size, show_progress=not as_json),
+    result = evaluate(lambda s: enc.encode(s, batch_size=cfg.batch_size, show_progress=not as_json,
+                                           max_batch_tokens=cfg.max_batch_tokens),
                       data_dir, chosen)
     settings = enc.settings.to_dict()
     settings["weights_sha256"] = enc.source.weights_sha256 if enc.source else None

@@ -29,6 +29,7 @@ class ModelConfig:
     query_prompt: str | None = None  # a different prompt for queries; None: the same
     max_length: int = 256
     batch_size: int = 32
+    max_batch_tokens: int | None = None  # token budget per batch (rows x longest row); None: no budget
     device: str = "auto"
     dtype: str | None = None
 

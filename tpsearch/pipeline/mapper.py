@@ -34,9 +34,10 @@ class ChunkEmbedder:
     """Skips null/empty texts (or refuses them with ``strict``) and embeds the rest."""
 
     def __init__(self, encoder: TPEncoder, batch_size: int, store_text: bool, strict: bool,
-                 id_column: str, text_column: str):
+                 id_column: str, text_column: str, max_batch_tokens: int | None = None):
         self.encoder = encoder
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.store_text = store_text
         self.strict = strict
         self.id_column = id_column
@@ -55,7 +56,8 @@ class ChunkEmbedder:
         tokenized = self.encoder.tokenize(texts)
         t1 = time.perf_counter()
         if texts:
-            vectors = self.encoder.encode_tokenized(tokenized, batch_size=self.batch_size)
+            vectors = self.encoder.encode_tokenized(tokenized, batch_size=self.batch_size,
+                                                   max_batch_tokens=self.max_batch_tokens)
         else:
             vectors = np.zeros((0, self.encoder.dim), dtype=np.float32)
         times.tokenize += t1 - t0

@@ -123,7 +123,7 @@ def encode_shards(
     if done:
         log.info("resuming: %d shard(s) done, %d corpus rows left", len(done), todo_rows)
     embed = ChunkEmbedder(encoder, config.model.batch_size, config.store_text, config.strict,
-                          config.id_column, config.text_column)
+                          config.id_column, config.text_column, config.model.max_batch_tokens)
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
