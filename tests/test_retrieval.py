@@ -14,7 +14,7 @@ from tpsearch import Searcher
 from tpsearch.cli import main
 from tpsearch.config import ModelConfig
 from tpsearch.errors import InputError
-from tpsearch.retrieval import evaluate_retrieval, load_beir, mrr_at_k, ndcg_at_k, recall_at_k, score_run
+from tpsearch.retrieval import compare_retrieval, evaluate_retrieval, load_beir, mrr_at_k, ndcg_at_k, recall_at_k, score_run
 
 BEIR = Path(__file__).parent / "data" / "beir_mini"
 
@@ -98,3 +98,34 @@ def test_eval_retrieval_cli(tiny_model_dir):
     assert res["settings"]["tp_layers"] is None
     r = CliRunner().invoke(main, ["eval", "retrieval", "--data-dir", str(BEIR / "nope")])
     assert r.exit_code == 1 and "corpus.jsonl: missing" in r.output
+
+
+def test_compare_equals_separate_runs(tiny_model_dir):
+    model = ModelConfig(model=str(tiny_model_dir("qwen2")), device="cpu")
+    runs = compare_retrieval(BEIR, model)
+    assert [r["label"] for r in runs] == ["vanilla, last token", "TP, last token", "vanilla, mean", "TP, mean"]
+    assert [(r["settings"]["tp_layers"] is not None, r["settings"]["pooling"]) for r in runs] == [
+        (False, "last"), (True, "last"), (False, "mean"), (True, "mean")]
+    alone = {
+        "vanilla, last token": evaluate_retrieval(BEIR, ModelConfig(model=model.model, device="cpu", tp_layers=None)),
+        "TP, mean": evaluate_retrieval(BEIR, ModelConfig(model=model.model, device="cpu", pooling="mean")),
+    }
+    for r in runs:
+        if r["label"] in alone:
+            assert r["metrics"] == pytest.approx(alone[r["label"]]["metrics"], abs=1e-9), r["label"]
+    assert runs[0]["metrics"] != runs[1]["metrics"]  # TP changes the rankings
+
+
+def test_eval_retrieval_compare_cli(tiny_model_dir):
+    args = ["eval", "retrieval", "--data-dir", str(BEIR), "--model", str(tiny_model_dir("llama")),
+            "--device", "cpu", "--compare"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()  # the progress bars go to stderr
+    assert "9 queries, 25 documents" in lines[0] and "nDCG@10" in lines[1]
+    assert [x.split("  ")[0] for x in lines[2:]] == ["vanilla, last token", "TP, last token",
+                                                     "vanilla, mean", "TP, mean"]
+    r = CliRunner().invoke(main, args + ["--json"])
+    assert len(json.loads(r.stdout)["runs"]) == 4
+    r = CliRunner().invoke(main, args + ["--no-tp"])
+    assert r.exit_code == 1 and "vanilla beside TP" in r.output

@@ -368,32 +368,52 @@ def eval_sts(data_dir, tasks, as_json, **model_kw):
 @click.option("--index", "index", default="flat", show_default=True, help="FAISS index for the run.")
 @click.option("--index-dir", default=None, type=click.Path(file_okay=False),
               help="Keep the built index here (default: a temporary directory).")
+@click.option("--compare", is_flag=True, help="Run vanilla and TP, each with last-token and mean "
+              "pooling, on one loaded model and print them side by side.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @model_options
 @_fail_cleanly
-def eval_retrieval(data_dir, split, index, index_dir, as_json, **model_kw):
+def eval_retrieval(data_dir, split, index, index_dir, compare, as_json, **model_kw):
     """nDCG@10, MRR@10 and Recall@1/10/100 on a BEIR-format data set, built with the real
-    pipeline and searched with the real Searcher."""
+    pipeline and searched with the real Searcher.
+
+    \b
+    One setting:       tpsearch eval retrieval --data-dir DIR --pooling mean
+    Four side by side: tpsearch eval retrieval --data-dir DIR --compare"""
     from .config import ModelConfig, parse_tp_layers
-    from .retrieval import evaluate_retrieval
+    from .retrieval import compare_retrieval, evaluate_retrieval
 
     given = _model_settings(**model_kw)
     if "tp_layers" in given:
         given["tp_layers"] = parse_tp_layers(given["tp_layers"])
-    res = evaluate_retrieval(data_dir, ModelConfig(**given), split=split, index=index,
-                             index_dir=index_dir, show_progress=not as_json)
+    if compare:
+        if index_dir or "pooling" in given:
+            raise click.UsageError("--compare runs every pooling in temporary indexes: "
+                                   "drop --pooling and --index-dir")
+        runs = compare_retrieval(data_dir, ModelConfig(**given), split=split, index=index,
+                                 show_progress=not as_json)
+    else:
+        runs = [evaluate_retrieval(data_dir, ModelConfig(**given), split=split, index=index,
+                                   index_dir=index_dir, show_progress=not as_json)]
     if as_json:
-        click.echo(json.dumps(res))
+        click.echo(json.dumps({"runs": runs} if compare else runs[0]))
         return
-    st = res["settings"]
+    st, first = runs[0]["settings"], runs[0]
     tp = f"{st['tp_layers'][0]}:{st['tp_layers'][1]}" if st["tp_layers"] else "off"
-    click.echo(f"model {st['model']}, prompt {st['prompt']}, TP {tp}, output layer {st['output_layer']}, "
-               f"pooling {st['pooling']}; {res['queries']} queries, {res['documents']} documents")
-    m = res["metrics"]
+    if compare:
+        tp_run = next(r for r in runs if r["settings"]["tp_layers"])["settings"]["tp_layers"]
+        tp = f"{tp_run[0]}:{tp_run[1]} where on"
+    click.echo(f"model {st['model']}, prompt {st['prompt']}, TP {tp}, output layer {st['output_layer']}"
+               + ("" if compare else f", pooling {st['pooling']}")
+               + f"; {first['queries']} queries, {first['documents']} documents")
     names = ["nDCG@10", "MRR@10", "R@1", "R@10", "R@100"]
-    vals = [m["ndcg@10"], m["mrr@10"], m["recall@1"], m["recall@10"], m["recall@100"]]
-    click.echo("  ".join(f"{n:>8s}" for n in names))
-    click.echo("  ".join(f"{v * 100:8.2f}" for v in vals))
+    keys = ["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"]
+    width = max([len(r.get("label", "")) for r in runs] + [0])
+    pad = f"{'':<{width}}  " if width else ""
+    click.echo(pad + "  ".join(f"{n:>8s}" for n in names))
+    for r in runs:
+        label = f"{r['label']:<{width}}  " if width else ""
+        click.echo(label + "  ".join(f"{r['metrics'][k] * 100:8.2f}" for k in keys))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,13 +12,16 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import BuildConfig, ModelConfig
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .encoder import TPEncoder
 
 
 @dataclass
@@ -113,9 +116,12 @@ def corpus_to_parquet(data: BeirData, path: Path) -> Path:
 
 def evaluate_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "test",
                        index: str = "flat", index_dir: str | Path | None = None,
-                       show_progress: bool = False) -> dict:
+                       show_progress: bool = False, encoder: "TPEncoder | None" = None) -> dict:
     """Build an index of the corpus with the pipeline, search every judged query with the
-    Searcher, and score the rankings. Returns metrics, counts and settings."""
+    Searcher, and score the rankings. Returns metrics, counts and settings.
+
+    ``encoder``, if given, is used instead of loading ``model`` (its settings must be
+    ``model``'s: they are what the manifest records and the Searcher checks)."""
     from .pipeline import build_index
     from .searcher import Searcher
 
@@ -126,8 +132,9 @@ def evaluate_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "t
         out = Path(index_dir) if index_dir else Path(tmp) / "index"
         result = build_index(BuildConfig(corpus=str(corpus), out=str(out), title_column="title",
                                          store_text=False, index=index, model=model),
-                             show_progress=show_progress, overwrite=index_dir is not None)
-        searcher = Searcher.open(out, device=model.device)
+                             encoder=encoder, show_progress=show_progress,
+                             overwrite=index_dir is not None)
+        searcher = Searcher.open(out, device=model.device, encoder=encoder)
         k = min(100, len(searcher))
         hits = searcher.search_batch([data.queries[q] for q in judged], k=k,
                                      batch_size=model.batch_size)
@@ -139,3 +146,35 @@ def evaluate_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "t
         "settings": {**result.manifest["encoder"], "query_prompt": model.query_prompt,
                      "index": result.manifest["index"]["factory"]},
     }
+
+
+#: The settings ``compare_retrieval`` puts side by side: (label, TP on?, pooling).
+COMPARED = (("vanilla, last token", False, "last"), ("TP, last token", True, "last"),
+            ("vanilla, mean", False, "mean"), ("TP, mean", True, "mean"))
+
+
+def compare_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "test",
+                      index: str = "flat", show_progress: bool = False) -> list[dict]:
+    """``evaluate_retrieval`` for vanilla and TP, each with last-token and mean pooling, on one
+    loaded model in one run. TP uses ``model``'s TP layers (the preset unless given)."""
+    from dataclasses import replace
+
+    from .encoder import TPEncoder
+
+    load_beir(data_dir, split)  # refuse bad data before loading the model
+    base = TPEncoder.from_pretrained(**model.encoder_kwargs())
+    tp_layers = base.settings.tp_layers
+    if tp_layers is None:
+        raise InputError("the comparison puts vanilla beside TP: give TP layers (or none for the "
+                         "preset), not --no-tp")
+    runs = []
+    for label, tp_on, pooling in COMPARED:
+        layers = tp_layers if tp_on else None
+        encoder = base.variant(tp_layers=layers, pooling=pooling)
+        settings = replace(model, tp_layers=layers, pooling=pooling, prompt=base.settings.prompt,
+                           output_layer=base.settings.output_layer,
+                           placeholder_init=base.settings.placeholder_init)
+        res = evaluate_retrieval(data_dir, settings, split=split, index=index,
+                                 show_progress=show_progress, encoder=encoder)
+        runs.append({"label": label, **res})
+    return runs
