@@ -76,6 +76,7 @@ def test_build_outputs_and_self_retrieval(tmp_path, llama_dir):
     assert not work_dir_for(out).exists()
     m = json.loads((out / "manifest.json").read_text())
     assert m["documents"] == 98 and m["skipped_rows"] == 2
+    assert (m["build"]["device"], m["build"]["dtype"]) == ("cpu", "float32")
     assert m["encoder"]["tp_layers"] == [1, 5] and m["encoder"]["output_layer"] == -2
     assert m["encoder"]["templates"][0].startswith("This sentence : <PST>")
     assert m["index"]["factory"] == "Flat" and m["dim"] == 64 and m["normalized"]

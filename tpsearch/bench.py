@@ -109,7 +109,9 @@ def run_bench(
             _sync(dev)
             times[k].append(time.perf_counter() - t0)
     all_params, per_layer = layer_params(encoder)
-    flops = matmul_flops(dev, next(encoder.model.parameters()).dtype, seconds=matmul_seconds)
+    # A GPU needs large products to reach its rate; 2048 is already plenty for a CPU.
+    flops = matmul_flops(dev, next(encoder.model.parameters()).dtype,
+                         size=8192 if dev.type == "cuda" else 2048, seconds=matmul_seconds)
     limit = flops / (2 * all_params)
     result: dict = {"variants": {}}
     for k, v in variants.items():

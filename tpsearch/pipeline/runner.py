@@ -339,6 +339,9 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
             "seconds": round(time.perf_counter() - began, 2),
             "stage_seconds": times.as_dict(),
             "encoded_now": {"documents": docs, "tokens": tokens},
+            # Where this process encoded (rank 0 for sharded builds): bf16 on a GPU by default.
+            "device": str(encoder.device),
+            "dtype": str(next(encoder.model.parameters()).dtype).removeprefix("torch."),
             "config": config.to_dict(),
         },
     }

@@ -1,0 +1,55 @@
+"""On a CUDA GPU: the encoder and the build give what they give on CPU (skipped without one).
+
+CI has no GPU, so these run only where one is lent (see README, "Measurements").
+"""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import CORPUS
+from test_pipeline import write_corpus
+from tpsearch import TPEncoder
+from tpsearch.cli import main
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text", "gpt2"])
+def test_gpu_embeddings_match_cpu(tiny_model_dir, arch):
+    kw = dict(tp_layers=(1, 4), output_layer=-2)
+    cpu = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), device="cpu", **kw).encode(CORPUS)
+    gpu32 = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), device="cuda", dtype="float32", **kw)
+    assert gpu32.device.type == "cuda"
+    np.testing.assert_allclose(gpu32.encode(CORPUS), cpu, atol=1e-4)
+    bf16 = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), device="auto", **kw)
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16  # the GPU default
+    cos = (bf16.encode(CORPUS) * cpu).sum(axis=1)
+    assert cos.min() > 0.98, cos
+
+
+def test_gpu_build_equals_cpu_build(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 300, row_group_size=50)
+    model = str(tiny_model_dir("qwen2"))
+    outs = {}
+    for name, extra in {"cpu": ["--device", "cpu"], "gpu": ["--device", "cuda", "--dtype", "float32"],
+                        "bf16": ["--device", "auto"]}.items():
+        outs[name] = tmp_path / name
+        r = CliRunner().invoke(main, ["build", str(corpus), "--out", str(outs[name]), "--model", model,
+                                      "--shard-rows", "64", "--batch-size", "16", "--no-progress", *extra])
+        assert r.exit_code == 0, r.output
+    vecs = {k: faiss.read_index(str(v / "index.faiss")).reconstruct_n(0, 300) for k, v in outs.items()}
+    ids = {k: pq.read_table(v / "ids.parquet").column("id").to_pylist() for k, v in outs.items()}
+    assert ids["gpu"] == ids["cpu"] == ids["bf16"]
+    np.testing.assert_allclose(vecs["gpu"], vecs["cpu"], atol=1e-4)
+    assert (vecs["bf16"] * vecs["cpu"]).sum(axis=1).min() > 0.98
+    manifest = json.loads((outs["bf16"] / "manifest.json").read_text())
+    assert manifest["build"]["config"]["model"]["device"] == "auto"
+    assert manifest["build"]["device"].startswith("cuda") and manifest["build"]["dtype"] == "bfloat16"
