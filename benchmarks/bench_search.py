@@ -65,8 +65,9 @@ def main() -> None:
         ids = [h.id for h in hits]
         ok = any(e in ids for e in it["expected"])
         found += ok
-        rank = min((ids.index(e) + 1 for e in it["expected"] if e in ids), default=None)
-        print(f"  {'ok ' if ok else 'MISS'} {it['query']!r}: expected {it['expected'][0]} "
+        rank, first = min(((ids.index(e) + 1, e) for e in it["expected"] if e in ids),
+                          default=(None, " or ".join(it["expected"])))
+        print(f"  {'ok ' if ok else 'MISS'} {it['query']!r}: expected {first} "
               f"{'at rank ' + str(rank) if rank else 'not in top ' + str(args.k)}; top: {ids[:3]}")
     print(f"{found}/{len(items)} example queries find an expected document in the top {args.k}")
 
