@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Published configs of the paper's 7B-class models (only what differs from transformers' defaults).
 ARCHS: dict[str, dict] = {
@@ -48,7 +44,7 @@ def _tokenizer_dir(given: str | None) -> Path:
 
 def build_model(arch: str, tokenizer_dir: Path, device: torch.device, dtype: torch.dtype):
     """(random-weight bare decoder on ``device``, TP layers, output layer) for ``arch``."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from tpsearch.presets import find_preset
 
@@ -60,8 +56,6 @@ def build_model(arch: str, tokenizer_dir: Path, device: torch.device, dtype: tor
         spec = dict(ARCHS[arch])
         tp_layers, output_layer = spec.pop("tp_layers"), spec.pop("output_layer")
         config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config.vocab_size = max(getattr(config, "vocab_size", 0) or 0, len(tokenizer))
     torch.manual_seed(0)
@@ -85,18 +79,15 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the figures here.")
     args = ap.parse_args()
 
-    from tpsearch.bench import DEMO_CORPUS, format_bench, run_bench
+    from tpsearch.bench import bench_texts, format_bench, run_bench
     from tpsearch.encoder import TPEncoder
     from tpsearch.loading import resolve_device, resolve_dtype
-    from tpsearch.pipeline.reader import _join_title
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     tok_dir = _tokenizer_dir(args.tokenizer)
     model, tokenizer, tp_layers, output_layer = build_model(args.arch, tok_dir, device, dtype)
-    table = pq.read_table(DEMO_CORPUS)
-    texts = [_join_title(t, x) for t, x in zip(table.column("title").to_pylist(),
-                                               table.column("text").to_pylist())][: args.docs]
+    texts = bench_texts()[: args.docs]
     enc = TPEncoder(model, tokenizer, prompt="prompteol", tp_layers=tp_layers,
                     output_layer=output_layer, model_name=f"{args.arch} (random weights)")
     result = run_bench(texts, enc, rounds=args.rounds, batch_size=args.batch_size,
@@ -108,7 +99,6 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps(result, indent=1))
     print(f"{args.arch} at random weights, {result['dtype']}, {result['gpu'] or device}")
     print(format_bench(result))
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

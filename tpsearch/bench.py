@@ -26,6 +26,23 @@ from .encoder import TPEncoder, padding_efficiency, plan_batches
 DEMO_CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo" / "stdlib_docs.parquet"
 
 
+def bench_texts(path: str | Path = DEMO_CORPUS) -> list[str]:
+    """The non-empty texts of a Parquet file's ``text`` column, each with its ``title`` joined
+    before it where the file has one (as a build with ``--title-column title`` embeds them)."""
+    import pyarrow.parquet as pq
+
+    from .errors import InputError
+    from .pipeline.reader import _join_title
+
+    table = pq.read_table(path)
+    if "text" not in table.column_names:
+        raise InputError(f"{path}: no 'text' column")
+    texts = table.column("text").to_pylist()
+    if "title" in table.column_names:
+        texts = [_join_title(t, x) for t, x in zip(table.column("title").to_pylist(), texts)]
+    return [t for t in texts if t and t.strip()]
+
+
 def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
     """Sustained FLOP/s of a square matrix product on ``device``."""
     a = torch.randn(size, size, device=device, dtype=dtype)

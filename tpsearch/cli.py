@@ -286,21 +286,11 @@ def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, 
           device, dtype, as_json, output):
     """Encoder throughput: vanilla vs TP, with and without early exit, against the machine's
     matrix-product rate. With no options: the default model on the demo corpus (minutes)."""
-    import pyarrow.parquet as pq
-
-    from .bench import DEMO_CORPUS, format_bench, run_bench
+    from .bench import DEMO_CORPUS, bench_texts, format_bench, run_bench
     from .config import BuildConfig, parse_tp_layers
     from .encoder import TPEncoder
-    from .pipeline.reader import _join_title
 
-    path = corpus or str(DEMO_CORPUS)
-    table = pq.read_table(path)
-    if "text" not in table.column_names:
-        raise click.UsageError(f"{path}: no 'text' column")
-    all_texts = table.column("text").to_pylist()
-    if "title" in table.column_names:
-        all_texts = [_join_title(t, x) for t, x in zip(table.column("title").to_pylist(), all_texts)]
-    all_texts = [t for t in all_texts if t and t.strip()]
+    all_texts = bench_texts(corpus or DEMO_CORPUS)
     texts = all_texts[:docs]
     tp = parse_tp_layers(tp_layers) if tp_layers else "auto"
     enc = TPEncoder.from_pretrained(model or "gemma-3-270m", tp_layers=tp, output_layer=output_layer,
