@@ -215,7 +215,6 @@ def test_config_file_same_as_options(tmp_path, llama_dir):
     assert result.exit_code != 0 and "unknown option(s): no_such_option" in result.output
 
 
-
 def test_token_budget_batches_give_the_same_vectors(tmp_path, llama_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 60)
     plain = build_index(config(tmp_path, llama_dir, corpus)).out
@@ -228,6 +227,7 @@ def test_token_budget_batches_give_the_same_vectors(tmp_path, llama_dir):
     a = faiss.read_index(str(plain / "index.faiss"))
     b = faiss.read_index(str(budget / "index.faiss"))
     np.testing.assert_allclose(a.reconstruct_n(0, a.ntotal), b.reconstruct_n(0, b.ntotal), atol=1e-5)
+
 
 def _build_cmd(corpus, out, model_dir):
     return [sys.executable, "-m", "tpsearch.cli", "build", str(corpus), "--out", str(out),

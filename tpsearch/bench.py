@@ -127,7 +127,7 @@ def run_bench(
             times[k].append(time.perf_counter() - t0)
     all_params, per_layer = layer_params(encoder)
     # A GPU needs large products to reach its rate; 2048 is already plenty for a CPU.
-    flops = matmul_flops(dev, next(encoder.model.parameters()).dtype,
+    flops = matmul_flops(dev, encoder.dtype,
                          size=8192 if dev.type == "cuda" else 2048, seconds=matmul_seconds)
     limit = flops / (2 * all_params)
     result: dict = {"variants": {}}

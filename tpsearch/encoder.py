@@ -199,6 +199,10 @@ class TPEncoder:
         return next(self.model.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
     def dim(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
 

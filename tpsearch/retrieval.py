@@ -122,10 +122,15 @@ def evaluate_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "t
 
     ``encoder``, if given, is used instead of loading ``model`` (its settings must be
     ``model``'s: they are what the manifest records and the Searcher checks)."""
+    return _evaluate_loaded(load_beir(data_dir, split), model, index, index_dir, show_progress, encoder)
+
+
+def _evaluate_loaded(data: BeirData, model: ModelConfig, index: str, index_dir: str | Path | None,
+                     show_progress: bool, encoder: "TPEncoder | None") -> dict:
+    """``evaluate_retrieval`` on data already read."""
     from .pipeline import build_index
     from .searcher import Searcher
 
-    data = load_beir(data_dir, split)
     judged = [q for q, rels in data.qrels.items() if any(r > 0 for r in rels.values())]
     with tempfile.TemporaryDirectory(prefix="tpsearch-beir-") as tmp:
         corpus = corpus_to_parquet(data, Path(tmp) / "corpus.parquet")
@@ -161,7 +166,7 @@ def compare_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "te
 
     from .encoder import TPEncoder
 
-    load_beir(data_dir, split)  # refuse bad data before loading the model
+    data = load_beir(data_dir, split)  # read once; bad data is refused before the model loads
     base = TPEncoder.from_pretrained(**model.encoder_kwargs())
     tp_layers = base.settings.tp_layers
     if tp_layers is None:
@@ -174,7 +179,6 @@ def compare_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "te
         settings = replace(model, tp_layers=layers, pooling=pooling, prompt=base.settings.prompt,
                            output_layer=base.settings.output_layer,
                            placeholder_init=base.settings.placeholder_init)
-        res = evaluate_retrieval(data_dir, settings, split=split, index=index,
-                                 show_progress=show_progress, encoder=encoder)
+        res = _evaluate_loaded(data, settings, index, None, show_progress, encoder)
         runs.append({"label": label, **res})
     return runs

@@ -341,7 +341,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
             "encoded_now": {"documents": docs, "tokens": tokens},
             # Where this process encoded (rank 0 for sharded builds): bf16 on a GPU by default.
             "device": str(encoder.device),
-            "dtype": str(next(encoder.model.parameters()).dtype).removeprefix("torch."),
+            "dtype": str(encoder.dtype).removeprefix("torch."),
             "config": config.to_dict(),
         },
     }
