@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the figures here.")
     args = ap.parse_args()
 
-    from tpsearch.bench import bench_texts, format_bench, run_bench
+    from tpsearch.eval.bench import bench_texts, format_bench, run_bench
     from tpsearch.encoder import TPEncoder
     from tpsearch.loading import resolve_device, resolve_dtype
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tpsearch import TPEncoder
-from tpsearch.sts import load_task, spearman_x100, unique_sentences
+from tpsearch.eval.sts import load_task, spearman_x100, unique_sentences
 
 
 def sts_dir() -> Path:

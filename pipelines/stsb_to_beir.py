@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tpsearch.sts import load_task
+from tpsearch.eval.sts import load_task
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,7 +17,7 @@ from tpsearch import Searcher, TPEncoder
 from tpsearch.config import BuildConfig, ModelConfig
 from tpsearch.loading import cache_dir
 from tpsearch.pipeline import build_index
-from tpsearch.sts import load_task, spearman_x100
+from tpsearch.eval.sts import load_task, spearman_x100
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +76,7 @@ def test_demo_slice_build_and_query(default_encoder, tmp_path):
     cfg = BuildConfig(corpus=str(corpus), out=str(tmp_path / "idx"), title_column="title",
                       model=ModelConfig(device="cpu"))
     res = build_index(cfg, encoder=default_encoder)
-    assert res.manifest["documents"] == 40
+    assert res.manifest.to_dict()["documents"] == 40
     s = Searcher.open(res.out, encoder=default_encoder)
     texts = table.column("text").to_pylist()
     ids = table.column("id").to_pylist()

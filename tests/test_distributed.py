@@ -16,8 +16,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from test_pipeline import write_corpus
-from tpsearch.pipeline.runner import work_dir_for
+from helpers import write_corpus
+from tpsearch.pipeline.workdir import WorkDir
+
+
+def work_dir_for(out):
+    return WorkDir(out).root
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun")
@@ -78,7 +82,8 @@ def test_killed_rank_rerun_completes_with_same_result(setup):
     tmp, corpus, model, single = setup
     out = tmp / "killed"
     tag = uuid.uuid4().hex
-    proc = _torchrun(_args(corpus, out, model), tag)
+    # One text per forward pass, so the build is still running when rank 1 is killed.
+    proc = _torchrun([*_args(corpus, out, model), "--batch-size", "1"], tag)
     shards = work_dir_for(out) / "shards"
     deadline = time.time() + 300
     while len(list(shards.glob("shard-*.parquet"))) < 2 and time.time() < deadline:

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import CORPUS
-from test_pipeline import write_corpus
+from helpers import write_corpus
 from tpsearch import TPEncoder
 from tpsearch.cli import main
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,14 +16,18 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from conftest import CORPUS
+from helpers import WHOLE_DOCUMENT_FLAGS, config, corpus_texts, write_corpus
 from tpsearch.cli import main
-from tpsearch.config import BuildConfig, ModelConfig
 from tpsearch.errors import ConfigMismatch, InputError
 from tpsearch.pipeline import build_index
 from tpsearch import TPEncoder
 from tpsearch.pipeline.reader import CorpusReader, CorpusSpec
-from tpsearch.pipeline.runner import _work_settings, work_dir_for
+from tpsearch.pipeline.runner import work_settings
+from tpsearch.pipeline.workdir import WorkDir
+
+
+def work_dir_for(out):
+    return WorkDir(out).root
 
 
 def _file(path: Path, content: str) -> Path:
@@ -40,24 +43,6 @@ def _table(path: Path, table: pa.Table) -> Path:
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
-
-
-def corpus_texts(n: int) -> list[str]:
-    words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone".split()
-    rng = np.random.default_rng(1)
-    return [f"{CORPUS[i % len(CORPUS)]} {' '.join(rng.choice(words, 4))} {i}" for i in range(n)]
-
-
-def write_corpus(path: Path, n: int = 120, ids=None, texts=None, row_group_size: int = 25, **extra):
-    ids = ids if ids is not None else [f"doc-{i}" for i in range(n)]
-    texts = texts if texts is not None else corpus_texts(n)
-    pq.write_table(pa.table({"id": ids, "text": texts, **extra}), path, row_group_size=row_group_size)
-    return path
-
-
-def config(tmp_path, model_dir, corpus, **kw) -> BuildConfig:
-    model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8)
-    return BuildConfig(corpus=str(corpus), out=str(tmp_path / "index"), shard_rows=32, model=model, **kw)
 
 
 @pytest.fixture
@@ -100,7 +85,7 @@ def test_integer_ids_title_column_and_no_text(tmp_path, llama_dir):
     idmap = pq.read_table(res.out / "ids.parquet")
     assert idmap.column("id").to_pylist() == list(range(1000, 1040))
     assert "text" not in idmap.column_names
-    assert res.manifest["id_type"] == "int"
+    assert res.manifest.to_dict()["id_type"] == "int"
 
 
 def test_directory_and_glob_corpus_keep_file_order(tmp_path, llama_dir):
@@ -120,13 +105,13 @@ def test_directory_and_glob_corpus_keep_file_order(tmp_path, llama_dir):
 def test_index_choices_and_recall(tmp_path, llama_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 300)
     res = build_index(config(tmp_path, llama_dir, corpus, index="hnsw"))
-    ix = res.manifest["index"]
+    ix = res.manifest.to_dict()["index"]
     assert ix["factory"] == "HNSW32,Flat"
     assert ix["recall_queries"] == 200 and 0.95 <= ix["recall_at_10"] <= 1.0
     assert "efSearch" in ix["search_params"]
     cfg = config(tmp_path, llama_dir, corpus, index="IVF4,Flat")
     cfg.out = str(tmp_path / "ivf")
-    ix = build_index(cfg).manifest["index"]
+    ix = build_index(cfg).manifest.to_dict()["index"]
     assert ix["factory"] == "IVF4,Flat" and ix["recall_at_10"] >= 0.95 and "nprobe" in ix["search_params"]
 
 
@@ -181,7 +166,7 @@ def test_existing_output_refused_then_overwritten(tmp_path, llama_dir):
     build_index(cfg)
     with pytest.raises(InputError, match="already exists"):
         build_index(cfg)
-    assert build_index(cfg, overwrite=True).manifest["documents"] == 20
+    assert build_index(cfg, overwrite=True).manifest.to_dict()["documents"] == 20
 
 
 def test_other_settings_refuse_leftover_shards(tmp_path, llama_dir):
@@ -191,12 +176,12 @@ def test_other_settings_refuse_leftover_shards(tmp_path, llama_dir):
     (work / "shards").mkdir(parents=True)
     reader = CorpusReader(CorpusSpec(str(corpus)))
     other = TPEncoder.from_pretrained(str(llama_dir), prompt="pcot", device="cpu")
-    settings = _work_settings(cfg, other, reader.fingerprint(reader.check_ids()))
+    settings = work_settings(cfg, other, reader.fingerprint(reader.check_ids()))
     (work / "work.json").write_text(json.dumps(settings))
     with pytest.raises(ConfigMismatch, match="other settings.*encoder.prompt: 'pcot' then, 'prompteol' now"):
         build_index(cfg)
     cfg.fresh = True
-    assert build_index(cfg).manifest["documents"] == 64
+    assert build_index(cfg).manifest.to_dict()["documents"] == 64
 
 
 def test_config_file_same_as_options(tmp_path, llama_dir):
@@ -220,7 +205,8 @@ def test_token_budget_batches_give_the_same_vectors(tmp_path, llama_dir):
     plain = build_index(config(tmp_path, llama_dir, corpus)).out
     budget = tmp_path / "budget"
     result = CliRunner().invoke(main, ["build", str(corpus), "--out", str(budget), "--model", str(llama_dir),
-                                       "--device", "cpu", "--max-batch-tokens", "40", "--no-progress"])
+                                       "--device", "cpu", "--max-batch-tokens", "40", "--no-progress",
+                                       *WHOLE_DOCUMENT_FLAGS])
     assert result.exit_code == 0, result.output
     m = json.loads((budget / "manifest.json").read_text())
     assert m["build"]["config"]["model"]["max_batch_tokens"] == 40

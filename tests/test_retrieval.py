@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 import shutil
 from pathlib import Path
@@ -12,9 +13,9 @@ from click.testing import CliRunner
 
 from tpsearch import Searcher
 from tpsearch.cli import main
-from tpsearch.config import ModelConfig
+from tpsearch.config import BuildConfig, ModelConfig
 from tpsearch.errors import InputError
-from tpsearch.retrieval import compare_retrieval, evaluate_retrieval, load_beir, mrr_at_k, ndcg_at_k, recall_at_k, score_run
+from tpsearch.eval.retrieval import compare_retrieval, evaluate_retrieval, load_beir, mrr_at_k, ndcg_at_k, recall_at_k, score_run
 
 BEIR = Path(__file__).parent / "data" / "beir_mini"
 
@@ -53,10 +54,17 @@ def test_beir_reader(tmp_path):
         load_beir(copy)
 
 
+def build_config(model_dir, **kw) -> BuildConfig:
+    """The evaluation's settings on a tiny model: whole documents unless told otherwise."""
+    base = dict(passage_tokens=0, transform="none", lexical=False, mode="dense", title_column="title")
+    model = {k: kw.pop(k) for k in ("pooling", "query_prompt", "tp_layers") if k in kw}
+    return BuildConfig(model=ModelConfig(model=str(model_dir), device="cpu", **model),
+                       **{**base, **kw})
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_retrieval_end_to_end_per_pooling(tiny_model_dir, pooling):
-    model = ModelConfig(model=str(tiny_model_dir("qwen2")), device="cpu", pooling=pooling)
-    res = evaluate_retrieval(BEIR, model)
+    res = evaluate_retrieval(BEIR, build_config(tiny_model_dir("qwen2"), pooling=pooling))
     assert res["queries"] == 9 and res["documents"] == 25  # q10 has no relevant document
     assert res["settings"]["pooling"] == pooling
     for name, v in res["metrics"].items():
@@ -65,10 +73,9 @@ def test_retrieval_end_to_end_per_pooling(tiny_model_dir, pooling):
 
 
 def test_pooling_and_query_prompt_recorded_and_honoured(tmp_path, tiny_model_dir):
-    model = ModelConfig(model=str(tiny_model_dir("llama")), device="cpu", pooling="mean",
-                        query_prompt="pcot")
     out = tmp_path / "idx"
-    evaluate_retrieval(BEIR, model, index_dir=out)
+    evaluate_retrieval(BEIR, build_config(tiny_model_dir("llama"), pooling="mean",
+                                          query_prompt="pcot"), index_dir=out)
     m = json.loads((out / "manifest.json").read_text())
     assert m["encoder"]["pooling"] == "mean" and m["query_prompt"] == "pcot"
     assert m["query_templates"][0].startswith("After thinking step by step")
@@ -85,47 +92,59 @@ def test_corpus_without_titles(tmp_path, tiny_model_dir):
     shutil.copytree(BEIR, copy)
     lines = [json.loads(x) for x in (copy / "corpus.jsonl").read_text().splitlines()]
     (copy / "corpus.jsonl").write_text("".join(json.dumps({**d, "title": ""}) + "\n" for d in lines))
-    res = evaluate_retrieval(copy, ModelConfig(model=str(tiny_model_dir("llama")), device="cpu"))
+    res = evaluate_retrieval(copy, build_config(tiny_model_dir("llama")))
     assert res["documents"] == 24  # the one document with neither title nor text is skipped
 
 
 def test_eval_retrieval_cli(tiny_model_dir):
     r = CliRunner().invoke(main, ["eval", "retrieval", "--data-dir", str(BEIR), "--model",
-                                  str(tiny_model_dir("llama")), "--device", "cpu", "--json", "--no-tp"])
+                                  str(tiny_model_dir("llama")), "--device", "cpu", "--json", "--no-tp",
+                                  "--search-mode", "dense,lexical,hybrid", "--passage-tokens", "32"])
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output.strip().splitlines()[-1])
-    assert set(res["metrics"]) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"}
-    assert res["settings"]["tp_layers"] is None
+    runs = json.loads(r.output.strip().splitlines()[-1])["runs"]
+    assert [x["mode"] for x in runs] == ["dense", "lexical", "hybrid"]
+    for res in runs:
+        assert set(res["metrics"]) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"}
+        assert res["settings"]["tp_layers"] is None and res["documents"] == 25
+        assert res["passages"] > 25
     r = CliRunner().invoke(main, ["eval", "retrieval", "--data-dir", str(BEIR / "nope")])
     assert r.exit_code == 1 and "corpus.jsonl: missing" in r.output
 
 
+COMPARED_LABELS = ["whole document, dense", "whole document, lexical",
+                   "whole document + transform, dense", "passages, dense",
+                   "passages + transform, dense", "passages + transform, lexical",
+                   "passages + transform, hybrid"]
+
+
 def test_compare_equals_separate_runs(tiny_model_dir):
-    model = ModelConfig(model=str(tiny_model_dir("qwen2")), device="cpu")
-    runs = compare_retrieval(BEIR, model)
-    assert [r["label"] for r in runs] == ["vanilla, last token", "TP, last token", "vanilla, mean", "TP, mean"]
-    assert [(r["settings"]["tp_layers"] is not None, r["settings"]["pooling"]) for r in runs] == [
-        (False, "last"), (True, "last"), (False, "mean"), (True, "mean")]
+    model_dir = tiny_model_dir("qwen2")
+    base = BuildConfig(model=ModelConfig(model=str(model_dir), device="cpu"), passage_tokens=32,
+                       passage_overlap=8, title_column="title", store_text=False, index="flat")
+    runs = compare_retrieval(BEIR, base)
+    assert [r["label"] for r in runs] == COMPARED_LABELS
+    assert [r["settings"]["transform"] for r in runs] == [
+        "none", "none", "center", "none", "center", "center", "center"]
+    assert runs[0]["passages"] == 25 and runs[3]["passages"] > 25
     alone = {
-        "vanilla, last token": evaluate_retrieval(BEIR, ModelConfig(model=model.model, device="cpu", tp_layers=None)),
-        "TP, mean": evaluate_retrieval(BEIR, ModelConfig(model=model.model, device="cpu", pooling="mean")),
+        "whole document, dense": evaluate_retrieval(
+            BEIR, replace(base, passage_tokens=0, transform="none")),
+        "passages + transform, hybrid": evaluate_retrieval(BEIR, base),
     }
     for r in runs:
         if r["label"] in alone:
             assert r["metrics"] == pytest.approx(alone[r["label"]]["metrics"], abs=1e-9), r["label"]
-    assert runs[0]["metrics"] != runs[1]["metrics"]  # TP changes the rankings
 
 
 def test_eval_retrieval_compare_cli(tiny_model_dir):
     args = ["eval", "retrieval", "--data-dir", str(BEIR), "--model", str(tiny_model_dir("llama")),
-            "--device", "cpu", "--compare"]
+            "--device", "cpu", "--compare", "--passage-tokens", "32"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()  # the progress bars go to stderr
     assert "9 queries, 25 documents" in lines[0] and "nDCG@10" in lines[1]
-    assert [x.split("  ")[0] for x in lines[2:]] == ["vanilla, last token", "TP, last token",
-                                                     "vanilla, mean", "TP, mean"]
+    assert [x.split("  ")[0] for x in lines[2:]] == COMPARED_LABELS
     r = CliRunner().invoke(main, args + ["--json"])
-    assert len(json.loads(r.stdout)["runs"]) == 4
-    r = CliRunner().invoke(main, args + ["--no-tp"])
-    assert r.exit_code == 1 and "vanilla beside TP" in r.output
+    assert len(json.loads(r.stdout)["runs"]) == 7
+    r = CliRunner().invoke(main, args + ["--search-mode", "dense"])
+    assert r.exit_code == 2 and "drop --index-dir and --search-mode" in r.output

@@ -8,10 +8,10 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from test_pipeline import config, corpus_texts, write_corpus
+from helpers import config, corpus_texts, write_corpus
 from tpsearch import Hit, Searcher, TPEncoder
 from tpsearch.cli import main
-from tpsearch.errors import ConfigMismatch, InputError
+from tpsearch.errors import ConfigMismatch, IndexDamaged, InputError
 from tpsearch.pipeline import build_index
 
 
@@ -52,7 +52,7 @@ def test_embed_query_and_documents_match_the_index(built):
     s = Searcher.open(out, device="cpu")
     q = s.embed_query(texts[5])
     docs = s.embed_documents(texts[5:7])
-    assert isinstance(q, list) and len(q) == s.manifest["dim"]
+    assert isinstance(q, list) and len(q) == s.manifest.dim
     assert q == pytest.approx(docs[0], abs=1e-5)
     stored = s.index.reconstruct(5)
     assert q == pytest.approx(stored.tolist(), abs=1e-5)
@@ -83,7 +83,7 @@ def test_refuses_unknown_manifest_version(built, tmp_path):
 def test_refuses_missing_files(built, tmp_path):
     d = _copy(built, tmp_path)
     (d / "ids.parquet").unlink()
-    with pytest.raises(InputError, match="ids.parquet is missing"):
+    with pytest.raises(IndexDamaged, match="ids.parquet is missing"):
         Searcher.open(d)
     with pytest.raises(InputError, match="not a tpsearch index"):
         Searcher.open(tmp_path)
@@ -105,7 +105,7 @@ def test_refuses_altered_settings_and_dimension(built, tmp_path, tiny_model_dir)
     m["encoder"]["tp_layers"] = [1, 3]
     (d / "manifest.json").write_text(json.dumps(m))
     enc = TPEncoder.from_pretrained(str(tiny_model_dir("qwen2")), device="cpu")
-    with pytest.raises(ConfigMismatch, match=r"tp_layers: index \[1, 3\], encoder \[1, 5\]"):
+    with pytest.raises(ConfigMismatch, match=r"tp_layers: \(1, 3\) vs \(1, 5\)"):
         Searcher.open(d, encoder=enc)
     m["encoder"]["tp_layers"] = [1, 5]
     m["dim"] = 32
@@ -129,7 +129,7 @@ def test_cli_search_plain_json_and_stdin(built):
     objs = [json.loads(line) for line in r.output.splitlines()]
     assert [o["query"] for o in objs] == [texts[1], texts[2]]
     assert objs[1]["hits"][0]["id"] == "doc-2" and len(objs[1]["hits"]) == 3
-    assert set(objs[0]["hits"][0]) == {"rank", "score", "id", "text"}
+    assert set(objs[0]["hits"][0]) == {"rank", "score", "id", "text", "passage", "start", "end"}
 
 
 def test_cli_info(built):

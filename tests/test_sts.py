@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 
 from conftest import sts_dir
 from tpsearch.cli import main
-from tpsearch.sts import evaluate, format_table, load_task
+from tpsearch.eval.sts import evaluate, format_table, load_task
 
 
 @pytest.fixture

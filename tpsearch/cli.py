@@ -14,19 +14,18 @@ import click
 from . import __version__
 from .errors import TPSearchError
 
-EXPECTED_ERRORS = (TPSearchError, ValueError, FileNotFoundError, OSError)
-
-
 def _fail_cleanly(fn):
-    """Expected failures become one 'Error: ...' line and exit status 1, no traceback."""
+    """The one error boundary: a :class:`TPSearchError` (bad input, a refused index, ...)
+    becomes one 'Error: ...' line and exit status 1. Anything else is a bug and keeps its
+    traceback; ``-v`` shows the traceback of everything."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except EXPECTED_ERRORS as exc:
+        except TPSearchError as exc:
+            if click.get_current_context().find_root().params.get("verbose"):
+                raise
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
@@ -84,6 +83,38 @@ def model_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def retrieval_options(fn):
+    """Passages, transform, lexical index and search mode: shared by build and eval retrieval."""
+    options = [
+        click.option("--passage-tokens", type=int, default=None,
+              help="Cut documents into sentence-aware passages of at most this many tokens of "
+              "prompted text (prompt + title + passage). 0: whole documents. Default 128."),
+        click.option("--passage-overlap", type=int, default=None,
+              help="Tokens of whole sentences a passage shares with the previous one. Default 32."),
+        click.option("--transform", type=click.Choice(["none", "center", "whiten"]), default=None,
+              help="Fit to the corpus: center (subtract the mean; default) or whiten (PCA "
+              "whitening to --transform-dim) the vectors, inside the index."),
+        click.option("--transform-dim", type=int, default=None, help="Output dimensions of 'whiten' (default 256)."),
+        click.option("--query-examples", type=click.Path(dir_okay=False), default=None,
+              help="Text file, one example query a line: their mean centres queries. Default: "
+              "the first sentences of the corpus' documents."),
+        click.option("--lexical/--no-lexical", default=None, help="Also build a BM25 index over the passages (default: on)."),
+        click.option("--mode", type=click.Choice(["dense", "lexical", "hybrid"]), default=None,
+              help="The index's default search mode (default: hybrid)."),
+        click.option("--fusion", type=click.Choice(["minmax", "rrf"]), default=None,
+              help="How hybrid mode fuses the two rankings (default: minmax)."),
+        click.option("--lexical-weight", type=float, default=None,
+              help="The lexical side's share in hybrid mode, 0..1 (default 0.7)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_dim",
+                  "query_examples", "lexical", "mode", "fusion", "lexical_weight")
 
 
 def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_init, pooling,
@@ -150,18 +181,25 @@ def _use_all_cores() -> None:
 @click.option("--shard-rows", type=int, default=None, help="Corpus rows per resumable shard (default 2048).")
 @click.option("--fresh", is_flag=True, default=None, help="Discard shards left by an interrupted build with other settings.")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace OUT if it exists (only once the new index is complete).")
+@retrieval_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML or TOML file with the same options (command-line options win).")
 @model_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_fail_cleanly
 def build(corpus, out, text_column, id_column, title_column, store_text, strict, index,
-          max_index_memory, shard_rows, fresh, overwrite, config_file, no_progress, **model_kw):
+          max_index_memory, shard_rows, fresh, overwrite, config_file, no_progress, **kw):
     """Embed a Parquet CORPUS (file, directory or glob) into a FAISS index directory.
 
-    The index directory holds index.faiss, ids.parquet (FAISS row -> id, and the text) and
+    Each document is cut into passages, each passage embedded; a BM25 index is built over the
+    same passages. The index directory holds index.faiss (with the fitted transform),
+    ids.parquet (vector -> document id, passage number, span, text), lexical/ and
     manifest.json (everything needed to encode queries the same way). An interrupted build
     resumes from its last complete shard when run again with the same arguments.
+
+    \b
+    tpsearch build docs.parquet --out idx --title-column title
+    tpsearch build docs.parquet --out idx --passage-tokens 0 --transform none --no-lexical
     """
     from .config import build_config_from, read_config_file
     from .pipeline import build_index
@@ -170,9 +208,9 @@ def build(corpus, out, text_column, id_column, title_column, store_text, strict,
     cli = {"corpus": corpus, "out": out, "text_column": text_column, "id_column": id_column,
            "title_column": title_column, "store_text": store_text, "strict": strict,
            "index": index, "max_index_memory": max_index_memory, "shard_rows": shard_rows,
-           "fresh": fresh}
+           "fresh": fresh, **{k: kw.pop(k) for k in RETRIEVAL_KEYS}}
     options.update({k: v for k, v in cli.items() if v is not None})
-    options.update(_model_settings(**model_kw))
+    options.update(_model_settings(**kw))
     if not options.get("corpus"):
         raise click.UsageError("give a CORPUS (or 'corpus' in --config)")
     if not options.get("out"):
@@ -184,13 +222,14 @@ def build(corpus, out, text_column, id_column, title_column, store_text, strict,
     if not m:  # a torchrun rank other than 0: rank 0 reports
         return
     secs = time.perf_counter() - t0
-    enc_secs = m["build"]["stage_seconds"]["encode"] or 1e-9
-    size = sum(f.stat().st_size for f in result.out.iterdir()) / 2**20
+    enc_secs = m.build["stage_seconds"]["encode"] or 1e-9
+    size = sum(f.stat().st_size for f in result.out.rglob("*") if f.is_file()) / 2**20
     click.echo(
-        f"built {result.out}: {m['documents']} documents, {m['skipped_rows']} skipped, "
-        f"{m['truncated_texts']} truncated, {secs:.1f} s, "
+        f"built {result.out}: {m.documents} documents in {m.vectors} passages, {m.skipped_rows} "
+        f"skipped, {m.truncated_texts} truncated, {secs:.1f} s, "
         f"{result.encoded_documents / enc_secs:.1f} docs/s and {result.encoded_tokens / enc_secs:,.0f} "
-        f"tokens/s encoding, index {m['index']['factory']} ({size:.1f} MiB on disk)", err=True)
+        f"tokens/s encoding, index {m.index.factory} + {m.transform.kind} transform"
+        f"{' + BM25' if m.lexical else ''} ({size:.1f} MiB on disk)", err=True)
 
 
 # ---------------------------------------------------------------------------------- search
@@ -202,20 +241,35 @@ def build(corpus, out, text_column, id_column, title_column, store_text, strict,
 @click.option("--nprobe", type=int, default=None, help="Override the IVF lists probed.")
 @click.option("--ef-search", type=int, default=None, help="Override HNSW efSearch.")
 @click.option("--device", default="auto", help="Where to run the query encoder.")
+@click.option("--mode", type=click.Choice(["dense", "lexical", "hybrid"]), default=None,
+              help="dense (vectors), lexical (BM25) or hybrid (fused). Default: the index's.")
+@click.option("--passages", is_flag=True, help="Return the k best passages instead of documents.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow the model directory's own Python code to run (never by default).")
 @click.option("--width", type=int, default=100, show_default=True, help="Characters of text shown per hit.")
 @_fail_cleanly
-def search(index_dir, query, k, as_json, nprobe, ef_search, device, width):
-    """Search INDEX_DIR for QUERY; without QUERY, answer one query per line of standard input."""
+def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passages,
+           trust_remote_code, width):
+    """Search INDEX_DIR for QUERY; without QUERY, answer one query per line of standard input.
+
+    Hits are documents, each scored by its best passage, shown with that passage (-k counts
+    documents); --passages lists passages instead."""
     from .searcher import Searcher
 
-    searcher = Searcher.open(index_dir, device=device)
+    if k < 1:
+        raise click.UsageError(f"-k must be positive, got {k}")
+    searcher = Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code)
     params = {}
     if nprobe is not None:
         params["nprobe"] = nprobe
     if ef_search is not None:
         params["efSearch"] = ef_search
-    queries = [query] if query is not None else [q.strip() for q in sys.stdin if q.strip()]
-    results = searcher.search_batch(queries, k=k, **params)
+    if query is not None:
+        queries = [query]
+    else:  # undecodable bytes become U+FFFD: one bad line does not fail the others
+        lines = (raw.decode("utf8", errors="replace") for raw in sys.stdin.buffer)
+        queries = [q.strip() for q in lines if q.strip()]
+    results = searcher.search_batch(queries, k=k, mode=mode, passages=passages, **params)
     for q, hits in zip(queries, results):
         if as_json:
             click.echo(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
@@ -225,7 +279,8 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, width):
             text = "" if h.text is None else " ".join(h.text.split())
             if len(text) > width:
                 text = text[: width - 3] + "..."
-            click.echo(f"{h.rank:>3}  {h.score:.4f}  {h.id}  {text}")
+            where = f"#{h.passage}" if searcher.manifest.passages and searcher.manifest.passages.get("max_tokens") else ""
+            click.echo(f"{h.rank:>3}  {h.score:.4f}  {h.id}{where}  {text}")
         if len(queries) > 1:
             click.echo("")
 
@@ -236,29 +291,48 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, width):
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_fail_cleanly
 def info(index_dir, as_json):
-    """Show what an index holds and how its queries are encoded."""
-    from .manifest import read_manifest
+    """Show what an index holds and how its queries are encoded; exit 1 if it is damaged
+    (a file missing, of the wrong size or checksum, or unreadable)."""
+    from .searcher import Searcher
 
-    m = read_manifest(index_dir)
+    s = Searcher.open(index_dir, verify=True)  # reads and checks every file the manifest names
+    m = s.manifest
     if as_json:
-        click.echo(json.dumps(m, indent=2))
+        click.echo(json.dumps(m.to_dict(), indent=2))
         return
-    e, ix, c = m["encoder"], m["index"], m["corpus"]
-    tp = f"{e['tp_layers'][0]}:{e['tp_layers'][1]}" if e["tp_layers"] else "off (vanilla)"
+    e, ix, c, t = m.encoder, m.index, m.corpus, m.transform
+    tp = f"{e.tp_layers[0]}:{e.tp_layers[1]}" if e.tp_layers else "off (vanilla)"
+    ps = m.passages or {}
     rows = [
-        ("index", f"{index_dir}"),
-        ("documents", f"{m['documents']} ({m['skipped_rows']} rows skipped, {m['truncated_texts']} texts truncated)"),
-        ("model", f"{m['model']['spec']} [{m['model']['kind']}] sha256 {str(m['model']['weights_sha256'])[:16]}"),
-        ("prompt", f"{e['prompt']}: {e['templates'][0]}" + (f" (+{len(e['templates']) - 1} more)" if len(e['templates']) > 1 else "")),
+        ("index", f"{index_dir} (format version {m.format_version})"),
+        ("documents", f"{m.documents} in {m.vectors} passages ({m.skipped_rows} rows skipped, "
+                      f"{m.truncated_texts} texts truncated)"),
+        ("passages", f"at most {ps['max_tokens']} tokens, {ps['overlap']} overlapping"
+         if ps.get("max_tokens") else "whole documents"),
+        ("model", f"{m.model.spec} [{m.model.kind}] sha256 {str(m.model.weights_sha256)[:16]}"),
+        ("prompt", f"{e.prompt}: {e.templates[0]}"
+                   + (f" (+{len(e.templates) - 1} more)" if len(e.templates) > 1 else "")),
         ("token prepending", tp),
-        ("output layer", f"{e['output_layer']} of {e['n_layers']} layers, {e['pooling']} token pooling"),
-        ("max length", f"{e['max_length']} tokens; sentence normalisation {'on' if e['normalize_sentences'] else 'off'}"),
-        ("vectors", f"{m['dim']} dims, L2-normalised, {m['metric']}"),
-        ("faiss index", f"{ix['factory']} ({ix['reason']}); search {ix['search_params'] or 'exact'}; "
-                        f"recall@10 {ix['recall_at_10']}" + (f" on {ix['recall_queries']} queries" if ix['recall_queries'] else "")),
-        ("corpus", f"{c['path']} ({c['rows']} rows, text={c['text_column']!r}, id={c['id_column']!r}"
-                   + (f", title={c['title_column']!r}" if c['title_column'] else "") + ")"),
-        ("built", f"{m['build']['started_at']} in {m['build']['seconds']} s with tpsearch {m['tpsearch_version']}"),
+        ("output layer", f"{e.output_layer} of {e.n_layers} layers, {e.pooling} token pooling"),
+        ("max length", f"{e.max_length} tokens; sentence normalisation "
+                       f"{'on' if e.normalize_sentences else 'off'}"),
+        ("vectors", f"{m.dim} dims, L2-normalised, {m.metric}"),
+        ("transform", t.kind + (f" to {t.dim} dims" if t.dim else "")
+         + (f", fitted on {t.fitted_on} vectors; queries centred on {t.query_samples} "
+            f"{t.query_stats}" if t.kind != "none" else "") + (f" ({t.note})" if t.note else "")),
+        ("faiss index", f"{ix.factory} ({ix.reason}); search {ix.search_params or 'exact'}; "
+                        f"recall@10 {ix.recall_at_10}"
+                        + (f" on {ix.recall_queries} queries" if ix.recall_queries else "")),
+        ("lexical", f"BM25 (bm25s) over {m.lexical['passages']} passages" if m.lexical else "none"),
+        ("search mode", m.default_mode + (f" ({m.fusion['method']}, lexical weight "
+                                          f"{m.fusion['lexical_weight']})" if m.default_mode == "hybrid" else "")),
+        ("corpus", f"{c.get('path')} ({c.get('rows')} rows, text={c.get('text_column')!r}, "
+                   f"id={c.get('id_column')!r}"
+                   + (f", title={c['title_column']!r}" if c.get("title_column") else "") + ")"),
+        ("built", f"{m.build.get('started_at')} in {m.build.get('seconds')} s with tpsearch "
+                  f"{m.tpsearch_version}"),
+        ("files", f"{len(m.files)} checked against the manifest's sizes and SHA-256"
+         if m.files else "no checksums recorded (format version 1)"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -286,19 +360,28 @@ def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, 
           device, dtype, as_json, output):
     """Encoder throughput: vanilla vs TP, with and without early exit, against the machine's
     matrix-product rate. With no options: the default model on the demo corpus (minutes)."""
-    from .bench import DEMO_CORPUS, bench_texts, format_bench, run_bench
+    from .eval.bench import bench_texts, format_bench, run_bench
+    from .loading import DEFAULT_MODEL
     from .config import BuildConfig, parse_tp_layers
     from .encoder import TPEncoder
 
-    all_texts = bench_texts(corpus or DEMO_CORPUS)
+    all_texts = bench_texts(corpus or _demo_corpus())
     texts = all_texts[:docs]
     tp = parse_tp_layers(tp_layers) if tp_layers else "auto"
-    enc = TPEncoder.from_pretrained(model or "gemma-3-270m", tp_layers=tp, output_layer=output_layer,
+    enc = TPEncoder.from_pretrained(model or DEFAULT_MODEL, tp_layers=tp, output_layer=output_layer,
                                     device=device, dtype=dtype)
     result = run_bench(texts, enc, rounds=rounds, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                        corpus_texts=all_texts, window=BuildConfig().shard_rows)
     Path(output).write_text(json.dumps(result, indent=1))
     click.echo(json.dumps(result) if as_json else format_bench(result))
+
+
+def _demo_corpus() -> Path:
+    """The bundled demo corpus in a source checkout (not installed with the package)."""
+    path = Path(__file__).resolve().parents[1] / "data" / "demo" / "stdlib_docs.parquet"
+    if not path.is_file():
+        raise click.UsageError("no demo corpus here (it ships with the source tree): give --corpus")
+    return path
 
 
 # ---------------------------------------------------------------------------------- eval
@@ -313,13 +396,24 @@ def eval():  # noqa: A001 - the command is called "eval"
 @click.option("--tasks", default=None, help="Comma-separated: STS12..STS16, STSBenchmark, "
               "STSBenchmark-dev, SICKRelatedness. Default: the seven STS tasks of the paper.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--fit-transform", "fit_file", type=click.Path(dir_okay=False), default=None,
+              help="Text file of unlabeled sentences, one a line: fit --transform on them and "
+              "report the scores with the transform beside the raw ones.")
+@click.option("--transform", type=click.Choice(["center", "whiten"]), default="center",
+              show_default=True, help="The transform --fit-transform fits.")
+@click.option("--transform-dim", type=int, default=256, show_default=True,
+              help="Output dimensions of 'whiten'.")
 @model_options
 @_fail_cleanly
-def eval_sts(data_dir, tasks, as_json, **model_kw):
-    """Spearman x 100 of cosine similarity on STS tasks, as in the paper's tables."""
+def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, **model_kw):
+    """Spearman x 100 of cosine similarity on STS tasks, as in the paper's tables.
+
+    \b
+    tpsearch eval sts --data-dir ../shared/data/sts --tasks STSBenchmark-dev,STS12
+    tpsearch eval sts --data-dir DIR --tasks STSBenchmark-dev --fit-transform unlabeled.txt"""
     from .config import ModelConfig, parse_tp_layers
     from .encoder import TPEncoder
-    from .sts import ALL_TASKS, STS_TASKS, evaluate, format_table
+    from .eval.sts import ALL_TASKS, STS_TASKS, evaluate, format_table
 
     chosen = [t.strip() for t in tasks.split(",")] if tasks else list(STS_TASKS)
     unknown = [t for t in chosen if t not in ALL_TASKS]
@@ -329,24 +423,35 @@ def eval_sts(data_dir, tasks, as_json, **model_kw):
     if "tp_layers" in given:
         given["tp_layers"] = parse_tp_layers(given["tp_layers"])
     cfg = ModelConfig(**given)
-    if "max_length" not in given:
-        cfg.max_length = 512
     enc = TPEncoder.from_pretrained(**cfg.encoder_kwargs())
     t0 = time.perf_counter()
-    result = evaluate(lambda s: enc.encode(s, batch_size=cfg.batch_size, show_progress=not as_json,
-                                           max_batch_tokens=cfg.max_batch_tokens),
-                      data_dir, chosen)
+
+    def embed(sentences):
+        return enc.encode(sentences, batch_size=cfg.batch_size, show_progress=not as_json,
+                          max_batch_tokens=cfg.max_batch_tokens)
+
+    result = evaluate(embed, data_dir, chosen)
+    fitted = None
+    if fit_file:
+        from .eval.sts import evaluate_fitted
+
+        fitted = evaluate_fitted(embed, data_dir, chosen, fit_file, transform, transform_dim)
     settings = enc.settings.to_dict()
     settings["weights_sha256"] = enc.source.weights_sha256 if enc.source else None
     if as_json:
         click.echo(json.dumps({"tasks": result["tasks"], "avg": result["avg"],
                                "missing": result["missing"], "pairs": result["pairs"],
-                               "settings": settings, "seconds": round(time.perf_counter() - t0, 1)}))
+                               "fitted": fitted, "settings": settings,
+                               "seconds": round(time.perf_counter() - t0, 1)}))
         return
     tp = settings["tp_layers"]
     click.echo(f"model {settings['model']}, prompt {settings['prompt']}, "
                f"TP {f'{tp[0]}:{tp[1]}' if tp else 'off'}, output layer {settings['output_layer']}")
     click.echo(format_table(result, chosen))
+    if fitted:
+        click.echo(f"with {fitted['transform']} fitted on {fitted['fit_sentences']} sentences "
+                   f"of {fit_file}:")
+        click.echo(format_table(fitted, chosen))
     if result["missing"]:
         click.echo(f"missing (no files under {data_dir}): {', '.join(result['missing'])}")
 
@@ -358,44 +463,50 @@ def eval_sts(data_dir, tasks, as_json, **model_kw):
 @click.option("--index", "index", default="flat", show_default=True, help="FAISS index for the run.")
 @click.option("--index-dir", default=None, type=click.Path(file_okay=False),
               help="Keep the built index here (default: a temporary directory).")
-@click.option("--compare", is_flag=True, help="Run vanilla and TP, each with last-token and mean "
-              "pooling, on one loaded model and print them side by side.")
+@click.option("--search-mode", "search_modes", default=None,
+              help="Comma-separated modes to score on the one index (default: its default mode).")
+@click.option("--compare", is_flag=True, help="Dense whole-document and dense passages, each with and "
+              "without the fitted transform, lexical and hybrid: side by side, one loaded model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@retrieval_options
 @model_options
 @_fail_cleanly
-def eval_retrieval(data_dir, split, index, index_dir, compare, as_json, **model_kw):
+def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, as_json, **kw):
     """nDCG@10, MRR@10 and Recall@1/10/100 on a BEIR-format data set, built with the real
     pipeline and searched with the real Searcher.
 
     \b
-    One setting:       tpsearch eval retrieval --data-dir DIR --pooling mean
-    Four side by side: tpsearch eval retrieval --data-dir DIR --compare"""
-    from .config import ModelConfig, parse_tp_layers
-    from .retrieval import compare_retrieval, evaluate_retrieval
+    The defaults:   tpsearch eval retrieval --data-dir DIR --split dev
+    Side by side:   tpsearch eval retrieval --data-dir DIR --split dev --compare
+    Other settings: tpsearch eval retrieval --data-dir DIR --passage-tokens 0 --search-mode dense,lexical"""
+    from .config import build_config_from
+    from .eval.retrieval import compare_retrieval, evaluate_retrieval
 
-    given = _model_settings(**model_kw)
-    if "tp_layers" in given:
-        given["tp_layers"] = parse_tp_layers(given["tp_layers"])
+    options = {k: v for k, v in ((k, kw.pop(k)) for k in RETRIEVAL_KEYS) if v is not None}
+    options.update(_model_settings(**kw))
+    build = build_config_from({**options, "index": index, "title_column": "title",
+                               "store_text": False})
     if compare:
-        if index_dir or "pooling" in given:
-            raise click.UsageError("--compare runs every pooling in temporary indexes: "
-                                   "drop --pooling and --index-dir")
-        runs = compare_retrieval(data_dir, ModelConfig(**given), split=split, index=index,
-                                 show_progress=not as_json)
+        if index_dir or search_modes:
+            raise click.UsageError("--compare builds its own temporary indexes and modes: "
+                                   "drop --index-dir and --search-mode")
+        runs = compare_retrieval(data_dir, build, split=split, show_progress=not as_json)
     else:
-        runs = [evaluate_retrieval(data_dir, ModelConfig(**given), split=split, index=index,
-                                   index_dir=index_dir, show_progress=not as_json)]
+        modes = [m.strip() for m in search_modes.split(",")] if search_modes else None
+        res = evaluate_retrieval(data_dir, build, split=split, index_dir=index_dir,
+                                 show_progress=not as_json, modes=modes)
+        runs = res["runs"] if "runs" in res else [res]
+        if len(runs) > 1:
+            for r in runs:
+                r["label"] = r["mode"]
     if as_json:
-        click.echo(json.dumps({"runs": runs} if compare else runs[0]))
+        click.echo(json.dumps({"runs": runs}))
         return
     st, first = runs[0]["settings"], runs[0]
     tp = f"{st['tp_layers'][0]}:{st['tp_layers'][1]}" if st["tp_layers"] else "off"
-    if compare:
-        tp_run = next(r for r in runs if r["settings"]["tp_layers"])["settings"]["tp_layers"]
-        tp = f"{tp_run[0]}:{tp_run[1]} where on"
-    click.echo(f"model {st['model']}, prompt {st['prompt']}, TP {tp}, output layer {st['output_layer']}"
-               + ("" if compare else f", pooling {st['pooling']}")
-               + f"; {first['queries']} queries, {first['documents']} documents")
+    click.echo(f"model {st['model']}, prompt {st['prompt']}, TP {tp}, output layer "
+               f"{st['output_layer']}, pooling {st['pooling']}; {first['queries']} queries, "
+               f"{first['documents']} documents")
     names = ["nDCG@10", "MRR@10", "R@1", "R@10", "R@100"]
     keys = ["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"]
     width = max([len(r.get("label", "")) for r in runs] + [0])

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
-import tomllib
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 from .errors import InputError
 from .loading import DEFAULT_MODEL
+from .passages import PassageSettings
+from .transform import TransformSettings
 
 AUTO = "auto"
 
@@ -40,6 +47,17 @@ class ModelConfig:
                     device=self.device, dtype=self.dtype)
 
 
+#: Defaults chosen on the dev sets (scifact-dev, STS-B dev/STS12, STS-B as retrieval); see the
+#: README's "Retrieval on documents".
+DEFAULT_PASSAGE_TOKENS = 128
+DEFAULT_PASSAGE_OVERLAP = 32
+DEFAULT_TRANSFORM = "center"
+DEFAULT_TRANSFORM_DIM = 256
+DEFAULT_MODE = "hybrid"
+DEFAULT_FUSION = "minmax"
+DEFAULT_LEXICAL_WEIGHT = 0.7
+
+
 @dataclass
 class BuildConfig:
     """Everything ``tpsearch build`` takes."""
@@ -55,10 +73,56 @@ class BuildConfig:
     max_index_memory: str | None = None  # e.g. "2GB"; guides the "auto" choice
     shard_rows: int = 2048
     fresh: bool = False  # discard shards of an earlier, interrupted build
+    passage_tokens: int = DEFAULT_PASSAGE_TOKENS  # 0: whole documents
+    passage_overlap: int = DEFAULT_PASSAGE_OVERLAP
+    transform: str = DEFAULT_TRANSFORM  # none | center | whiten
+    transform_dim: int = DEFAULT_TRANSFORM_DIM
+    query_examples: str | None = None  # text file of example queries (the query-side mean)
+    lexical: bool = True  # also build a BM25 index over the passages
+    mode: str = DEFAULT_MODE  # the index's default search mode: dense | lexical | hybrid
+    fusion: str = DEFAULT_FUSION  # rrf | minmax
+    lexical_weight: float = DEFAULT_LEXICAL_WEIGHT  # the lexical side's share in hybrid
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
+
+    def passage_settings(self) -> PassageSettings:
+        if self.passage_tokens == 0:
+            return PassageSettings(None, 0)
+        return PassageSettings(self.passage_tokens, self.passage_overlap)
+
+    def transform_settings(self) -> TransformSettings:
+        return TransformSettings(self.transform, self.transform_dim, self.query_examples)
+
+    def default_mode(self) -> str:
+        return self.mode if self.lexical else "dense"
+
+    def fusion_settings(self) -> dict:
+        return {"method": self.fusion, "lexical_weight": self.lexical_weight}
+
+
+#: The type each option must have in a config file (checked before anything runs).
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def check_types(cfg: Any, where: str = "config") -> None:
+    """Refuse option values of the wrong type, naming the option (``batch_size: "many"``)."""
+    hints = {f.name: f.type for f in fields(cfg)}
+    for name, hint in hints.items():
+        value = getattr(cfg, name)
+        if name == "model" and isinstance(cfg, BuildConfig):
+            check_types(value, where)
+            continue
+        if name == "tp_layers" or value is None:
+            continue
+        base = str(hint).split("|")[0].strip().split("[")[0]
+        expected = _TYPES.get(base)
+        if expected is None:
+            continue
+        if (isinstance(value, bool) and base != "bool") or not isinstance(value, expected):
+            raise InputError(f"{where}: option {name!r} must be {'an' if base == 'int' else 'a'} "
+                             f"{base}, got {value!r}")
 
 
 def parse_tp_layers(value: str | list | tuple | None) -> tuple[int, int] | None | str:
@@ -121,4 +185,6 @@ def build_config_from(options: dict[str, Any]) -> BuildConfig:
     if "tp_layers" in m:
         m["tp_layers"] = parse_tp_layers(m["tp_layers"])
     b = {k: v for k, v in options.items() if k in build_keys}
-    return BuildConfig(model=ModelConfig(**m), **b)
+    config = BuildConfig(model=ModelConfig(**m), **b)
+    check_types(config)
+    return config

@@ -13,7 +13,9 @@ not depend on its batch-mates or on the padding side (up to fp32 rounding).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import threading
+import weakref
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -28,8 +30,10 @@ from .loading import (
     resolve_dtype,
     resolve_source,
 )
-from .presets import Preset, fallback_preset, find_preset
+from .errors import InputError
+from .presets import fallback_preset, find_preset
 from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, resolve_prompt
+from .settings import EncoderSettings
 from .tp import (
     EarlyExit,
     ForwardPlan,
@@ -41,29 +45,6 @@ from .tp import (
 )
 
 AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    """Everything that decides an embedding; recorded in index manifests."""
-
-    model: str
-    prompt: str  # method name or user template, as given
-    templates: tuple[str, ...]  # what is actually fed to the model
-    tp_layers: tuple[int, int] | None  # None = vanilla
-    output_layer: int  # output_hidden_states-style index, as given
-    n_layers: int
-    max_length: int
-    normalize_sentences: bool
-    placeholder_seed: int
-    placeholder_init: str
-    pooling: str = "last"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["templates"] = list(self.templates)
-        d["tp_layers"] = list(self.tp_layers) if self.tp_layers else None
-        return d
 
 
 @dataclass
@@ -120,10 +101,10 @@ class TPEncoder:
                 model, tokenizer, seed=placeholder_seed, init=placeholder_init
             )
         if pooling not in ("last", "mean"):
-            raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
+            raise InputError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
         self.pooling = pooling
         if max_length < 8:
-            raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
+            raise InputError(f"max_length must be at least 8 tokens, got {max_length}")
         self.settings = EncoderSettings(
             model=model_name,
             prompt=prompt,
@@ -153,6 +134,7 @@ class TPEncoder:
         max_length: int = 512,
         attn_implementation: str | None = None,
         placeholder_init: str | None = None,
+        trust_remote_code: bool = False,
         **kwargs,
     ) -> "TPEncoder":
         """Load ``model`` (bundled name, GGUF file, directory or hub id) and set up TP.
@@ -163,7 +145,8 @@ class TPEncoder:
         """
         source = resolve_source(model)
         dev = resolve_device(device)
-        net, tokenizer = load_model(source, dev, resolve_dtype(dtype, dev), attn_implementation)
+        net, tokenizer = load_model(source, dev, resolve_dtype(dtype, dev), attn_implementation,
+                                    trust_remote_code=trust_remote_code)
         preset = find_preset(source.spec) or find_preset(source.path) or fallback_preset(num_layers(net))
         return cls(
             net,
@@ -178,20 +161,22 @@ class TPEncoder:
             **kwargs,
         )
 
-    @staticmethod
-    def preset_for(model: str, n_layers: int) -> Preset:
-        return find_preset(model) or fallback_preset(n_layers)
+    @classmethod
+    def from_settings(cls, settings: EncoderSettings, model: nn.Module, tokenizer,
+                      source: ModelSource | None = None) -> "TPEncoder":
+        """An encoder with exactly ``settings`` on a loaded model and tokenizer."""
+        return cls(model, tokenizer, prompt=settings.prompt, tp_layers=settings.tp_layers,
+                   output_layer=settings.output_layer, max_length=settings.max_length,
+                   normalize_sentences=settings.normalize_sentences,
+                   placeholder_seed=settings.placeholder_seed,
+                   placeholder_init=settings.placeholder_init, model_name=settings.model,
+                   source=source, pooling=settings.pooling)
 
     def variant(self, **changes) -> "TPEncoder":
         """Another encoder on the same loaded model and tokenizer, with some settings changed
         (``prompt``, ``tp_layers``, ``output_layer``, ``pooling``, ...)."""
-        s = self.settings
-        kwargs = dict(prompt=s.prompt, tp_layers=s.tp_layers, output_layer=s.output_layer,
-                      max_length=s.max_length, normalize_sentences=s.normalize_sentences,
-                      placeholder_seed=s.placeholder_seed, placeholder_init=s.placeholder_init,
-                      model_name=s.model, source=self.source, pooling=s.pooling)
-        kwargs.update(changes)
-        return TPEncoder(self.model, self.tokenizer, **kwargs)
+        return TPEncoder.from_settings(replace(self.settings, **changes), self.model,
+                                       self.tokenizer, self.source)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -211,6 +196,21 @@ class TPEncoder:
         return self.plan.tp_layers is not None
 
     # ------------------------------------------------------------------ tokenisation
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text on its own (no prompt, no special tokens)."""
+        if not texts:
+            return []
+        return [len(r) for r in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens the prompt adds around a text (the longest template, special tokens included)."""
+        if not hasattr(self, "_prompt_tokens"):
+            ids = self.tokenizer([self.prompt.fill(t, "") for t in self.prompt.templates],
+                                 add_special_tokens=True)["input_ids"]
+            self._prompt_tokens = max(len(r) for r in ids) + 1  # + the final '.' normalisation adds
+        return self._prompt_tokens
+
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """Prompt, normalise and tokenise ``texts``; over-long sentences are cut to fit."""
         n_t = len(self.prompt.templates)
@@ -230,7 +230,7 @@ class TPEncoder:
         if self.placeholder_id is not None:
             for j, row in enumerate(ids):
                 if self.placeholder_id not in row:
-                    raise ValueError(
+                    raise InputError(
                         f"prompt {templates[j]!r} lost its {PLACEHOLDER} token when tokenised"
                     )
         spans = None
@@ -260,7 +260,7 @@ class TPEncoder:
             if len(new) <= limit:
                 return new, cut
             keep -= len(new) - limit
-        raise ValueError(
+        raise InputError(
             f"max_length {limit} is too small: the prompt alone takes about "
             f"{len(row) - len(sent_ids)} tokens"
         )
@@ -319,7 +319,8 @@ class TPEncoder:
         record = {i: None for i in also_layers}
         if any(not 0 <= i < self.plan.output_index for i in record):
             raise ValueError(f"also_layers must lie in 0..{self.plan.output_index - 1}")
-        with token_prepending(self.layers, self.plan, pst, t["last"], record or None):
+        with model_lock(self.model), token_prepending(self.layers, self.plan, pst, t["last"],
+                                                      record or None):
             try:
                 out = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
                                  position_ids=t["position_ids"], use_cache=False)
@@ -417,10 +418,25 @@ class TPEncoder:
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise InputError(f"batch_size must be positive, got {batch_size}")
         vecs = self.encode_tokenized(self.tokenize(items), batch_size, normalize, show_progress,
                                      max_batch_tokens)
         return vecs[0] if single else vecs
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    """The lock that serialises forward passes of ``model``: TP and early exit arm hooks on the
+    model itself, so two threads (or two encoders sharing it) must not run it at once. On a CPU
+    the forward pass already uses every core, so this costs no throughput."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+        return lock
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int,
@@ -431,7 +447,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int,
     computed tokens (rows x its longest row); a row over the budget is batched alone.
     """
     if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
-        raise ValueError("batch_size and max_batch_tokens must be positive")
+        raise InputError("batch_size and max_batch_tokens must be positive")
     order = sorted(range(len(lengths)), key=lambda j: lengths[j], reverse=True)
     batches: list[list[int]] = []
     for j in order:
@@ -483,6 +499,6 @@ def add_placeholder_token(model: nn.Module, tokenizer, seed: int = 0, init: str 
         elif init == "mean":
             row = weight[: min(rows, pst)].float().mean(dim=0).cpu()
         else:
-            raise ValueError(f"unknown placeholder init {init!r}; use 'randn' or 'mean'")
+            raise InputError(f"unknown placeholder init {init!r}; use 'randn' or 'mean'")
         weight[pst] = row.to(weight.dtype).to(weight.device)
     return pst

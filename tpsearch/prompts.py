@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import InputError
+
 PLACEHOLDER = "<PST>"
 SENTENCE_SLOT = "{sentence}"
 
@@ -118,17 +120,17 @@ def resolve_prompt(prompt: str, tp: bool, normalize: bool = True) -> PromptSpec:
     else:
         if SENTENCE_SLOT not in prompt:
             known = ", ".join(sorted(BUILTIN_PROMPTS))
-            raise ValueError(
+            raise InputError(
                 f"prompt {prompt!r} is neither a method ({known}) nor a template containing "
                 f"{SENTENCE_SLOT}"
             )
         if prompt.count(SENTENCE_SLOT) != 1 or prompt.count(PLACEHOLDER) > 1:
-            raise ValueError(
+            raise InputError(
                 f"a template needs exactly one {SENTENCE_SLOT} and at most one {PLACEHOLDER}: "
                 f"{prompt!r}"
             )
         if PLACEHOLDER in prompt and prompt.index(PLACEHOLDER) > prompt.index(SENTENCE_SLOT):
-            raise ValueError(f"{PLACEHOLDER} must come before {SENTENCE_SLOT}: {prompt!r}")
+            raise InputError(f"{PLACEHOLDER} must come before {SENTENCE_SLOT}: {prompt!r}")
         name, templates = "custom", (prompt,)
     fixed = []
     for t in templates:

@@ -2,16 +2,19 @@
 
     from tpsearch import Searcher
     s = Searcher.open("demo-index")          # manifest, id map and index; model loads on first use
-    hits = s.search("parse a JSON string", k=5)
-    for h in hits: print(h.rank, h.score, h.id, h.text)
+    for h in s.search("parse a JSON string", k=5):       # documents, each with its best passage
+        print(h.rank, h.score, h.id, h.passage, h.text)
 
-The encoder is rebuilt from the manifest alone (model, prompt templates, TP layers, output
-layer, normalisation, max length, placeholder seed) and the model's weights are checked against
-the hash recorded at build time.
+The encoder is rebuilt from the manifest alone and the model's weights are checked against the
+hash recorded at build time. Modes: ``dense`` (vectors), ``lexical`` (BM25 over the same
+passages) and ``hybrid`` (the two fused); the index's manifest names the default. A Searcher may
+be shared between threads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,52 +22,49 @@ from typing import Any, Sequence
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .encoder import TPEncoder
-from .errors import ConfigMismatch
-from .index import apply_search_params
+from .errors import ConfigMismatch, IndexDamaged, InputError
+from .fusion import best_per_document, fuse
+from .index import apply_search_params, check_search_params
 from .loading import resolve_source
-from .manifest import read_manifest
+from .manifest import Manifest, inside, read_manifest
+
+log = logging.getLogger("tpsearch")
+
+MODES = ("dense", "lexical", "hybrid")
+#: Documents each side contributes before fusion (hybrid), at least.
+FUSION_DEPTH = 100
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One result: a document (scored by its best passage) or, with ``passages=True``, a passage.
+
+    ``text`` is the passage's text (when the index stores text) and ``start``/``end`` its
+    character span in the document, so ``document_text[start:end] == text``."""
 
     id: Any
     score: float
     rank: int
     text: str | None = None
+    passage: int = 0
+    start: int | None = None
+    end: int | None = None
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "score": self.score, "id": self.id, "text": self.text}
+        return {"rank": self.rank, "score": self.score, "id": self.id, "passage": self.passage,
+                "start": self.start, "end": self.end, "text": self.text}
 
 
-def _encoder_kwargs(manifest: dict) -> dict:
-    e = manifest["encoder"]
-    return dict(
-        prompt=e["prompt"],
-        tp_layers=tuple(e["tp_layers"]) if e["tp_layers"] else None,
-        output_layer=e["output_layer"],
-        max_length=e["max_length"],
-        normalize_sentences=e["normalize_sentences"],
-        placeholder_seed=e["placeholder_seed"],
-        placeholder_init=e["placeholder_init"],
-        pooling=e.get("pooling", "last"),
-    )
-
-
-def check_encoder(manifest: dict, encoder: TPEncoder) -> None:
+def check_encoder(manifest: Manifest, encoder: TPEncoder) -> None:
     """Refuse an encoder whose settings or weights differ from the index's."""
-    want, have = manifest["encoder"], encoder.settings.to_dict()
-    diffs = [f"{k}: index {want.get(k)!r}, encoder {have.get(k)!r}"
-             for k in ("templates", "tp_layers", "output_layer", "n_layers", "max_length",
-                       "normalize_sentences", "placeholder_seed", "placeholder_init", "pooling")
-             if want.get(k) != have.get(k)]
-    if encoder.dim != manifest["dim"]:
-        diffs.append(f"dim: index {manifest['dim']}, encoder {encoder.dim}")
-    recorded = manifest["model"].get("weights_sha256")
+    diffs = [f"index vs encoder {d}" for d in manifest.encoder.differences(encoder.settings)]
+    if encoder.dim != manifest.dim:
+        diffs.append(f"dim: index {manifest.dim}, encoder {encoder.dim}")
+    recorded = manifest.model.weights_sha256
     actual = encoder.source.weights_sha256 if encoder.source else None
     if recorded and actual and recorded != actual:
         diffs.append(f"weights sha256: index {recorded[:12]}..., encoder {actual[:12]}...")
@@ -72,109 +72,270 @@ def check_encoder(manifest: dict, encoder: TPEncoder) -> None:
         raise ConfigMismatch("the encoder does not match the index: " + "; ".join(diffs))
 
 
-class Searcher:
-    """An opened index; thread-safe lazy model loading."""
+def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) -> None:
+    """Check each recorded file's size (and SHA-256) against the manifest."""
+    for name, want in manifest.files.items():
+        path = inside(directory, name)
+        if not path.is_file():
+            raise IndexDamaged(f"{directory}: {name} is missing")
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            raise IndexDamaged(f"{directory}: {name} has {size} bytes, the manifest records "
+                               f"{want.get('bytes')}; the index directory is damaged")
+        if checksums:
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != want.get("sha256"):
+                raise IndexDamaged(f"{directory}: {name} does not match the checksum in the "
+                                   "manifest (changed or copied from another index)")
 
-    def __init__(self, directory: Path, manifest: dict, index: faiss.Index, ids: list,
-                 texts: list | None, encoder: TPEncoder | None = None, device: str = "auto",
-                 model: str | None = None):
+
+@dataclass
+class IdMap:
+    """Per vector: document id, passage number, span, text; and its document's ordinal."""
+
+    ids: list
+    passages: np.ndarray
+    starts: np.ndarray | None
+    ends: np.ndarray | None
+    texts: list | None
+    doc_of_row: np.ndarray
+
+    @classmethod
+    def read(cls, path: Path, with_text: bool) -> "IdMap":
+        try:
+            names = pq.read_schema(path).names
+            cols = [c for c in ("id", "passage", "start", "end", "corpus_row") if c in names]
+            cols += ["text"] if with_text and "text" in names else []
+            t = pq.read_table(path, columns=cols)
+        except (pa.ArrowException, OSError) as exc:
+            raise IndexDamaged(f"{path}: the id map cannot be read ({exc})") from None
+        n = t.num_rows
+        get = (lambda c: t.column(c).to_numpy() if c in cols else None)
+        rows = get("corpus_row")
+        doc = np.unique(rows, return_inverse=True)[1] if rows is not None else np.arange(n)
+        return cls(ids=t.column("id").to_pylist(),
+                   passages=get("passage") if "passage" in cols else np.zeros(n, np.int32),
+                   starts=get("start"), ends=get("end"),
+                   texts=t.column("text").to_pylist() if "text" in cols else None,
+                   doc_of_row=doc.astype(np.int64))
+
+    def hit(self, row: int, score: float, rank: int) -> Hit:
+        return Hit(self.ids[row], float(score), rank,
+                   self.texts[row] if self.texts is not None else None, int(self.passages[row]),
+                   int(self.starts[row]) if self.starts is not None else None,
+                   int(self.ends[row]) if self.ends is not None else None)
+
+
+class Searcher:
+    """An opened index directory."""
+
+    def __init__(self, directory: Path, manifest: Manifest, index: faiss.Index, idmap: IdMap,
+                 encoder: TPEncoder | None = None, device: str = "auto", model: str | None = None,
+                 trust_remote_code: bool = False):
         self.directory = directory
         self.manifest = manifest
         self.index = index
-        self.ids = ids
-        self.texts = texts
+        self.idmap = idmap
         self.device = device
+        self.trust_remote_code = trust_remote_code
         self._model_override = model
         self._encoder = encoder
         self._query_encoder: TPEncoder | None = None
+        self._lexical = None
         self._lock = threading.Lock()
-        self.default_params = dict(manifest["index"].get("search_params") or {})
-        if index.d != manifest["dim"]:
+        self._search_lock = threading.Lock()
+        self.default_params = dict(manifest.index.search_params)
+        self.documents = int(idmap.doc_of_row.max()) + 1 if len(idmap.ids) else 0
+        shift = manifest.transform.query_shift_file
+        self.query_shift = np.load(inside(directory, shift)) if shift else None
+        if index.d != manifest.dim:
             raise ConfigMismatch(f"{directory}: index dimension {index.d} differs from the "
-                                 f"manifest's {manifest['dim']}")
-        if index.ntotal != len(ids):
+                                 f"manifest's {manifest.dim}")
+        if index.ntotal != len(idmap.ids):
             raise ConfigMismatch(f"{directory}: index holds {index.ntotal} vectors but the id map "
-                                 f"{len(ids)} rows")
+                                 f"{len(idmap.ids)} rows")
+        if self.query_shift is not None and self.query_shift.shape != (manifest.dim,):
+            raise IndexDamaged(f"{directory}: {shift} does not hold a {manifest.dim}-vector")
         if encoder is not None:
             check_encoder(manifest, encoder)
 
     @classmethod
     def open(cls, directory: str | Path, device: str = "auto", encoder: TPEncoder | None = None,
-             model: str | None = None) -> "Searcher":
+             model: str | None = None, trust_remote_code: bool = False,
+             verify: bool = True) -> "Searcher":
         """Open an index directory. ``model`` points to the weights if they moved (they are
-        still checked against the recorded hash); ``encoder`` supplies a loaded one."""
+        still checked against the recorded hash); ``encoder`` supplies a loaded one.
+        ``verify`` checks every file against the sizes and checksums in the manifest."""
         d = Path(directory)
         manifest = read_manifest(d)
-        index = faiss.read_index(str(d / manifest["index"]["file"]))
-        cols = ["id"] + (["text"] if manifest.get("store_text") else [])
-        table = pq.read_table(d / manifest["id_map"], columns=cols)
-        ids = table.column("id").to_pylist()
-        texts = table.column("text").to_pylist() if "text" in cols else None
-        return cls(d, manifest, index, ids, texts, encoder=encoder, device=device, model=model)
+        verify_files(d, manifest, checksums=verify)
+        try:
+            index = faiss.read_index(str(inside(d, manifest.index.file)))
+        except RuntimeError as exc:
+            raise IndexDamaged(f"{d}: {manifest.index.file} cannot be read "
+                               f"({str(exc).splitlines()[0][:200]})") from None
+        idmap = IdMap.read(inside(d, manifest.id_map), manifest.store_text)
+        return cls(d, manifest, index, idmap, encoder=encoder, device=device, model=model,
+                   trust_remote_code=trust_remote_code)
 
-    # ------------------------------------------------------------------ encoder
+    # ------------------------------------------------------------------ encoders
+    def _load_encoder(self) -> TPEncoder:
+        m = self.manifest.model
+        if self._model_override:
+            spec = self._model_override
+        elif m.kind in ("gguf", "directory"):
+            spec = m.path or m.spec
+        else:
+            spec = m.spec
+        if not m.weights_sha256 and m.kind != "hub":
+            raise ConfigMismatch(f"{self.directory}: the manifest records no weights hash for "
+                                 f"model {m.spec!r}; refusing to load a model it cannot verify")
+        source = resolve_source(spec)
+        if m.weights_sha256 and source.weights_sha256 and source.weights_sha256 != m.weights_sha256:
+            raise ConfigMismatch(
+                f"{self.directory}: the index was built with model {m.spec!r} (weights sha256 "
+                f"{m.weights_sha256[:12]}...), but {spec!r} now has weights "
+                f"{source.weights_sha256[:12]}...; rebuild the index or pass the original model")
+        e = self.manifest.encoder
+        enc = TPEncoder.from_pretrained(
+            spec, device=self.device, prompt=e.prompt, tp_layers=e.tp_layers,
+            output_layer=e.output_layer, max_length=e.max_length,
+            normalize_sentences=e.normalize_sentences, placeholder_seed=e.placeholder_seed,
+            placeholder_init=e.placeholder_init, pooling=e.pooling,
+            trust_remote_code=self.trust_remote_code)
+        check_encoder(self.manifest, enc)
+        return enc
+
     @property
     def encoder(self) -> TPEncoder:
-        """The query encoder, loaded on first use and verified against the manifest."""
+        """The document encoder, loaded on first use and verified against the manifest."""
         with self._lock:
             if self._encoder is None:
-                m = self.manifest["model"]
-                spec = self._model_override or (m["path"] if m.get("kind") in ("gguf", "directory")
-                                                else m["spec"])
-                source = resolve_source(spec)
-                recorded = m.get("weights_sha256")
-                if recorded and source.weights_sha256 and source.weights_sha256 != recorded:
-                    raise ConfigMismatch(
-                        f"{self.directory}: the index was built with model {m['spec']!r} (weights "
-                        f"sha256 {recorded[:12]}...), but {spec!r} now has weights "
-                        f"{source.weights_sha256[:12]}...; rebuild the index or pass the original model"
-                    )
-                enc = TPEncoder.from_pretrained(spec, device=self.device, **_encoder_kwargs(self.manifest))
-                check_encoder(self.manifest, enc)
-                self._encoder = enc
+                self._encoder = self._load_encoder()
             return self._encoder
 
     @property
     def query_encoder(self) -> TPEncoder:
         """The document encoder, or its variant with the index's query prompt."""
-        if self._query_encoder is None:
-            qp = self.manifest.get("query_prompt")
-            enc = self.encoder
-            self._query_encoder = enc.variant(prompt=qp) if qp else enc
-        return self._query_encoder
+        enc = self.encoder
+        with self._lock:
+            if self._query_encoder is None:
+                qp = self.manifest.query_prompt
+                self._query_encoder = enc.variant(prompt=qp) if qp else enc
+            return self._query_encoder
+
+    @property
+    def lexical(self):
+        """The BM25 index, opened on first use; None where the index has none."""
+        if not self.manifest.lexical:
+            return None
+        with self._lock:
+            if self._lexical is None:
+                from .lexical import LexicalIndex
+
+                self._lexical = LexicalIndex(self.directory)
+                if self._lexical.size != len(self.idmap.ids):
+                    raise IndexDamaged(f"{self.directory}: the lexical index holds "
+                                       f"{self._lexical.size} passages, the id map {len(self.idmap.ids)}")
+            return self._lexical
 
     def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
         """Vectors for texts (the LangChain ``Embeddings`` method name)."""
-        return self.encoder.encode(list(texts), batch_size=batch_size).tolist()
+        return self.encoder.encode([clean_text(t) for t in texts], batch_size=batch_size).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """The vector of one query (LangChain's name); uses the query prompt if the index has one."""
-        return self.query_encoder.encode([text])[0].tolist()
+        return self.query_encoder.encode([clean_text(text)])[0].tolist()
 
     # ------------------------------------------------------------------ search
     def search_vectors(self, vectors: np.ndarray, k: int = 10, **params) -> tuple[np.ndarray, np.ndarray]:
-        """Raw FAISS search: (scores, rows), each (len(vectors), k); rows are -1 past the end."""
-        if k < 1:
-            raise ValueError(f"k must be positive, got {k}")
-        apply_search_params(self.index, {**self.default_params, **params})
-        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        """Raw FAISS search of query vectors as the encoder gives them (the index's query shift
+        is applied here): (scores, passage rows), each (len(vectors), k); rows are -1 past the end."""
+        check_search_params(self.manifest.index.factory, params)
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.query_shift is not None:
+            x = x + self.query_shift
+        k = max(1, min(k, self.index.ntotal))
+        with self._search_lock:
+            apply_search_params(self.index, {**self.default_params, **params})
+            return self.index.search(x, k)
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
-        return [Hit(self.ids[r], float(s), rank, self.texts[r] if self.texts is not None else None)
-                for rank, (s, r) in enumerate(zip(scores, rows), start=1) if r >= 0]
+    def search(self, query: str, k: int = 10, mode: str | None = None, passages: bool = False,
+               **params) -> list[Hit]:
+        """The ``k`` best documents for one query (``passages=True``: the ``k`` best passages).
+        ``mode``: dense, lexical or hybrid (default: the index's); ``params``: nprobe/efSearch."""
+        return self.search_batch([query], k=k, mode=mode, passages=passages, **params)[0]
 
-    def search(self, query: str, k: int = 10, **params) -> list[Hit]:
-        """The top ``k`` documents for one query. ``params`` override nprobe / efSearch."""
-        return self.search_batch([query], k=k, **params)[0]
-
-    def search_batch(self, queries: Sequence[str], k: int = 10, batch_size: int = 32,
-                     **params) -> list[list[Hit]]:
+    def search_batch(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
+                     passages: bool = False, batch_size: int = 32, **params) -> list[list[Hit]]:
         """One hit list per query; queries are encoded in batches."""
+        mode = mode or self.manifest.default_mode
+        if mode not in MODES:
+            raise InputError(f"unknown search mode {mode!r}; use {', '.join(MODES)}")
+        if mode != "dense" and self.lexical is None:
+            raise InputError(f"{self.directory}: this index has no lexical index (built with "
+                             f"--no-lexical or by tpsearch < 0.2); use mode 'dense'")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
         if not queries:
             return []
-        vecs = self.query_encoder.encode(list(queries), batch_size=batch_size)
-        scores, rows = self.search_vectors(vecs, k, **params)
-        return [self._hits(s, r) for s, r in zip(scores, rows)]
+        queries = [clean_text(q) for q in queries]
+        limit = len(self.idmap.ids) if passages else self.documents
+        k = min(k, limit)
+        dense = None
+        if mode != "lexical":
+            vecs = self.query_encoder.encode(queries, batch_size=batch_size)
+            depth = k if passages else max(k, FUSION_DEPTH if mode == "hybrid" else k)
+            dense = [self._dense(v, depth, passages, params) for v in vecs]
+        out = []
+        for i, q in enumerate(queries):
+            if mode == "dense":
+                ranked = dense[i]
+            else:
+                lex = self._lexical_ranking(q, k if mode == "lexical" else max(k, FUSION_DEPTH),
+                                            passages)
+                ranked = lex if mode == "lexical" else fuse(
+                    dense[i], lex, self.manifest.fusion.get("method", "minmax"),
+                    float(self.manifest.fusion.get("lexical_weight", 0.5)))
+            out.append([self.idmap.hit(r, s, rank)
+                        for rank, (_, r, s) in enumerate(ranked[:k], start=1)])
+        return out
+
+    def _dense(self, vec: np.ndarray, depth: int, passages: bool,
+               params: dict) -> list[tuple[int, int, float]]:
+        """(document, passage row, score), best first: ``depth`` passages or documents."""
+        n = self.index.ntotal
+        fetch = depth if passages else min(n, max(4 * depth, 64))
+        while True:
+            scores, rows = self.search_vectors(vec[None, :], fetch, **params)
+            if passages:
+                return [(int(self.idmap.doc_of_row[r]), int(r), float(s))
+                        for s, r in zip(scores[0], rows[0]) if r >= 0]
+            docs = best_per_document(scores[0], rows[0], self.idmap.doc_of_row, depth)
+            if len(docs) >= min(depth, self.documents) or fetch >= n:
+                return docs
+            fetch = min(n, fetch * 4)
+
+    def _lexical_ranking(self, query: str, depth: int, passages: bool) -> list[tuple[int, int, float]]:
+        scores = self.lexical.scores(query)
+        order = np.argsort(-scores, kind="stable")
+        order = order[scores[order] > 0]
+        if passages:
+            return [(int(self.idmap.doc_of_row[r]), int(r), float(scores[r])) for r in order[:depth]]
+        return best_per_document(scores[order], order, self.idmap.doc_of_row, depth)
 
     def __len__(self) -> int:
-        return self.index.ntotal
+        return self.documents
+
+
+def clean_text(text: Any) -> str:
+    """A query as the tokenizer can take it: bytes decoded as UTF-8 and lone surrogates
+    replaced (both with U+FFFD), so one bad query never fails a batch."""
+    if isinstance(text, bytes):
+        return text.decode("utf8", errors="replace")
+    if not isinstance(text, str):
+        raise InputError(f"a query must be a string, got {type(text).__name__}")
+    return text.encode("utf8", errors="replace").decode("utf8")

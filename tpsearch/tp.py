@@ -19,6 +19,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .errors import InputError
+
 
 class EarlyExit(Exception):
     """Raised from a hook to end the forward pass once the output layer's input is known."""
@@ -42,7 +44,7 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n and n > 0:
             return module
-    raise ValueError(
+    raise InputError(
         f"cannot find the decoder layer stack of {type(model).__name__}: no nn.ModuleList of "
         f"{n} layers (config.num_hidden_layers)"
     )
@@ -52,7 +54,7 @@ def resolve_output_layer(output_layer: int, n_layers: int) -> int:
     """Map an ``output_hidden_states``-style index (negative allowed) to ``0..n_layers``."""
     k = output_layer if output_layer >= 0 else n_layers + 1 + output_layer
     if not 0 <= k <= n_layers:
-        raise ValueError(
+        raise InputError(
             f"output layer {output_layer} is out of range for a model of {n_layers} layers "
             f"(valid: {-(n_layers + 1)}..{n_layers}, like output_hidden_states)"
         )
@@ -63,12 +65,12 @@ def validate_tp_layers(tp_layers: tuple[int, int], n_layers: int, output_index: 
     """Refuse a TP range that is empty, outside the model, or that cannot reach the output."""
     start, stop = tp_layers
     if not 0 <= start < stop <= n_layers:
-        raise ValueError(
+        raise InputError(
             f"TP layers {start}:{stop} are out of range for a model of {n_layers} layers "
             f"(need 0 <= start < exit <= {n_layers})"
         )
     if start >= output_index:
-        raise ValueError(
+        raise InputError(
             f"TP layers {start}:{stop} start at or after the output layer (hidden state "
             f"{output_index}): Token Prepending would not change the embedding"
         )

@@ -1,4 +1,4 @@
-"""Mapper: one chunk of corpus rows in, one shard of normalised vectors out."""
+"""Mapper: one chunk of corpus rows in, one shard of passages and their vectors out."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import numpy as np
 
 from ..encoder import TPEncoder
 from ..errors import InputError
-from .reader import Chunk
+from ..passages import PassageSettings, split_passages
+from .reader import Chunk, join_title
 from .writer import Shard
+
+#: The fewest tokens a passage may be given once the prompt and title are counted.
+MIN_PASSAGE_TOKENS = 16
 
 
 @dataclass
@@ -30,46 +34,76 @@ class StageTimes:
         return d
 
 
+@dataclass
+class MapperOptions:
+    """What the mapper needs beyond the encoder."""
+
+    batch_size: int
+    max_batch_tokens: int | None
+    strict: bool
+    id_column: str
+    text_column: str
+    passages: PassageSettings
+
+
 class ChunkEmbedder:
-    """Skips null/empty texts (or refuses them with ``strict``) and embeds the rest."""
+    """Skips null/empty texts (or refuses them with ``strict``), cuts the rest into passages
+    (the title goes with each), and embeds them."""
 
-    def __init__(self, encoder: TPEncoder, batch_size: int, store_text: bool, strict: bool,
-                 id_column: str, text_column: str, max_batch_tokens: int | None = None):
+    def __init__(self, encoder: TPEncoder, options: MapperOptions):
         self.encoder = encoder
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
-        self.store_text = store_text
-        self.strict = strict
-        self.id_column = id_column
-        self.text_column = text_column
+        self.o = options
 
-    def __call__(self, chunk: Chunk, times: StageTimes) -> Shard:
-        keep = [i for i, t in enumerate(chunk.texts) if t is not None and t.strip()]
-        if self.strict and len(keep) < len(chunk.texts):
-            bad = next(i for i, t in enumerate(chunk.texts) if t is None or not t.strip())
+    def _check(self, chunk: Chunk) -> list[int]:
+        """Rows with something to embed: a text, or at least a title."""
+        titles = chunk.titles or [None] * len(chunk.texts)
+        keep = [i for i, (t, h) in enumerate(zip(chunk.texts, titles))
+                if (t is not None and t.strip()) or (h is not None and h.strip())]
+        if self.o.strict and len(keep) < len(chunk.texts):
+            bad = next(i for i in range(len(chunk.texts)) if i not in set(keep))
             raise InputError(
                 f"corpus row {chunk.start + bad} (id {chunk.ids[bad]!r}): column "
-                f"{self.text_column!r} is null or empty (--strict)"
-            )
-        texts = [chunk.texts[i] for i in keep]
+                f"{self.o.text_column!r} is null or empty (--strict)")
+        return keep
+
+    def passages(self, text: str, title: str | None) -> list[tuple[int, int]]:
+        """Character spans of the passages of one document."""
+        ps = self.o.passages
+        if ps.whole_documents or not text.strip():  # a title-only document: one passage
+            return [(0, len(text))]
+        room = ps.max_tokens - self.encoder.prompt_tokens
+        if title:
+            room -= self.encoder.count_tokens([title])[0] + 1
+        room = max(MIN_PASSAGE_TOKENS, room)
+        return [(p.start, p.end) for p in
+                split_passages(text, room, min(ps.overlap, room - 1), self.encoder.count_tokens)]
+
+    def __call__(self, chunk: Chunk, times: StageTimes) -> Shard:
+        keep = self._check(chunk)
         t0 = time.perf_counter()
-        tokenized = self.encoder.tokenize(texts)
+        rows, ids, numbers, spans, bodies, titles, embedded = [], [], [], [], [], [], []
+        for i in keep:
+            text = chunk.texts[i] or ""
+            title = chunk.titles[i] if chunk.titles is not None else None
+            for n, (a, b) in enumerate(self.passages(text, title)):
+                rows.append(chunk.start + i)
+                ids.append(chunk.ids[i])
+                numbers.append(n)
+                spans.append((a, b))
+                bodies.append(text[a:b])
+                titles.append(title)
+                embedded.append(join_title(title, text[a:b]))
+        tokenized = self.encoder.tokenize(embedded)
         t1 = time.perf_counter()
-        if texts:
-            vectors = self.encoder.encode_tokenized(tokenized, batch_size=self.batch_size,
-                                                   max_batch_tokens=self.max_batch_tokens)
+        if embedded:
+            vectors = self.encoder.encode_tokenized(tokenized, batch_size=self.o.batch_size,
+                                                   max_batch_tokens=self.o.max_batch_tokens)
         else:
             vectors = np.zeros((0, self.encoder.dim), dtype=np.float32)
         times.tokenize += t1 - t0
         times.encode += time.perf_counter() - t1
-        return Shard(
-            start=chunk.start,
-            rows=[chunk.start + i for i in keep],
-            ids=[chunk.ids[i] for i in keep],
-            texts=texts if self.store_text else None,
-            vectors=vectors,
-            window_rows=len(chunk.texts),
-            skipped=len(chunk.texts) - len(keep),
-            truncated=sum(tokenized.truncated),
-            tokens=tokenized.num_tokens,
-        )
+        return Shard(start=chunk.start, rows=rows, ids=ids, passages=numbers, spans=spans,
+                     texts=bodies, titles=titles if chunk.titles is not None else None,
+                     vectors=vectors, window_rows=len(chunk.texts), documents=len(keep),
+                     skipped=len(chunk.texts) - len(keep), truncated=sum(tokenized.truncated),
+                     tokens=tokenized.num_tokens)

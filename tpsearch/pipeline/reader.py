@@ -36,7 +36,8 @@ class Chunk:
 
     start: int
     ids: list
-    texts: list[str | None]  # title joined before text where a title column is given
+    texts: list[str | None]
+    titles: list[str | None] | None = None  # where a title column is given
 
 
 def resolve_files(path: str) -> list[Path]:
@@ -154,6 +155,7 @@ class CorpusReader:
         spec = self.spec
         pending_ids: list = []
         pending_texts: list = []
+        pending_titles: list = []
         window_start = start_row
         row = 0
         for pf, n in zip(self._parquet, self.file_rows):
@@ -180,23 +182,25 @@ class CorpusReader:
                 if hi > lo:
                     b = batch.slice(lo, hi - lo)
                     pending_ids.extend(b.column(0).to_pylist())
-                    texts = b.column(1).to_pylist()
+                    pending_texts.extend(b.column(1).to_pylist())
                     if spec.title_column:
-                        titles = b.column(2).to_pylist()
-                        texts = [_join_title(t, x) for t, x in zip(titles, texts)]
-                    pending_texts.extend(texts)
+                        pending_titles.extend(b.column(2).to_pylist())
                 cur += batch.num_rows
                 while len(pending_ids) >= size:
-                    yield Chunk(window_start, pending_ids[:size], pending_texts[:size])
+                    yield Chunk(window_start, pending_ids[:size], pending_texts[:size],
+                                pending_titles[:size] if spec.title_column else None)
                     window_start += size
                     pending_ids, pending_texts = pending_ids[size:], pending_texts[size:]
+                    pending_titles = pending_titles[size:]
                 if cur >= stop_row:
                     break
         if pending_ids:
-            yield Chunk(window_start, pending_ids, pending_texts)
+            yield Chunk(window_start, pending_ids, pending_texts,
+                        pending_titles if spec.title_column else None)
 
 
-def _join_title(title: str | None, text: str | None) -> str | None:
+def join_title(title: str | None, text: str | None) -> str | None:
+    """The text as embedded: the title, a full stop if it has no final punctuation, the text."""
     if not title:
         return text
     if not text:

@@ -1,8 +1,8 @@
-"""Writer: embedding shards in a work directory, one Parquet file per window of corpus rows.
+"""Writer: one Parquet shard per window of corpus rows, one row per passage.
 
-A shard holds the corpus row numbers, ids, optional texts and the vectors of the rows it kept,
-plus counts in its metadata. It is written under a temporary name and renamed, so a shard file
-that exists is complete: a killed build resumes from the shards present.
+A shard holds, per passage: the corpus row, the document id, the passage number, its character
+span in the document, its text and title, and its vector; counts go in the file's metadata.
+It is written under a temporary name and renamed, so a shard file that exists is complete.
 """
 
 from __future__ import annotations
@@ -17,57 +17,58 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SHARD_GLOB = "shard-*.parquet"
-
 
 @dataclass
 class Shard:
-    """One window's output."""
+    """One window's output: passages of the documents it kept."""
 
     start: int  # first corpus row of the window
-    rows: list[int]  # corpus rows kept
-    ids: list
-    texts: list[str] | None
-    vectors: np.ndarray  # (len(rows), dim) float32
+    rows: list[int]  # corpus row of each passage
+    ids: list  # document id of each passage
+    passages: list[int]  # passage number within its document
+    spans: list[tuple[int, int]]  # character span of each passage in its document's text
+    texts: list[str]  # passage text (= document text[start:end])
+    titles: list[str | None] | None
+    vectors: np.ndarray  # (passages, dim) float32
     window_rows: int
+    documents: int  # documents kept
     skipped: int
     truncated: int
     tokens: int
 
 
-def shard_path(directory: Path, start: int) -> Path:
-    return directory / f"shard-{start:012d}.parquet"
-
-
-def write_shard(directory: Path, shard: Shard, id_kind: str) -> Path:
-    """Write atomically; returns the final path."""
+def write_shard(path: Path, shard: Shard, id_kind: str) -> Path:
+    """Write atomically to ``path``."""
     dim = shard.vectors.shape[1] if shard.vectors.ndim == 2 else 0
     flat = pa.array(shard.vectors.reshape(-1), type=pa.float32())
     columns = {
         "row": pa.array(shard.rows, type=pa.int64()),
         "id": pa.array(shard.ids, type=pa.int64() if id_kind == "int" else pa.large_string()),
+        "passage": pa.array(shard.passages, type=pa.int32()),
+        "start": pa.array([a for a, _ in shard.spans], type=pa.int64()),
+        "end": pa.array([b for _, b in shard.spans], type=pa.int64()),
+        "text": pa.array(shard.texts, type=pa.large_string()),
+        "title": pa.array(shard.titles if shard.titles is not None else [None] * len(shard.rows),
+                          type=pa.large_string()),
         "vector": pa.FixedSizeListArray.from_arrays(flat, dim) if dim else pa.array(
             [], type=pa.list_(pa.float32(), 1)),
     }
-    if shard.texts is not None:
-        columns["text"] = pa.array(shard.texts, type=pa.large_string())
-    meta = {"window_rows": shard.window_rows, "skipped": shard.skipped,
-            "truncated": shard.truncated, "tokens": shard.tokens, "dim": dim}
+    meta = {"window_rows": shard.window_rows, "documents": shard.documents,
+            "skipped": shard.skipped, "truncated": shard.truncated, "tokens": shard.tokens,
+            "dim": dim}
     table = pa.table(columns).replace_schema_metadata({"tpsearch": json.dumps(meta)})
-    final = shard_path(directory, shard.start)
-    tmp = final.with_suffix(f".tmp{os.getpid()}")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     pq.write_table(table, tmp)
-    os.replace(tmp, final)
-    return final
+    os.replace(tmp, path)
+    return path
 
 
 def shard_meta(path: Path) -> dict:
     return json.loads(pq.read_schema(path).metadata[b"tpsearch"])
 
 
-def complete_shards(directory: Path) -> list[Path]:
-    """Finished shards in corpus order (leftover temporary files are ignored)."""
-    return sorted(directory.glob(SHARD_GLOB))
+def shard_rows(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def read_vectors(path: Path) -> np.ndarray:
@@ -82,6 +83,5 @@ def iter_vectors(paths: list[Path]) -> Iterator[np.ndarray]:
         yield read_vectors(p)
 
 
-def read_table(path: Path, with_text: bool) -> pa.Table:
-    cols = ["row", "id"] + (["text"] if with_text else [])
-    return pq.read_table(path, columns=cols)
+def read_table(path: Path, columns: list[str]) -> pa.Table:
+    return pq.read_table(path, columns=columns)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import BuildConfig, ModelConfig
-from .errors import InputError
+from ..config import BuildConfig
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .encoder import TPEncoder
+    from ..encoder import TPEncoder
 
 
 @dataclass
@@ -114,71 +115,80 @@ def corpus_to_parquet(data: BeirData, path: Path) -> Path:
     return path
 
 
-def evaluate_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "test",
-                       index: str = "flat", index_dir: str | Path | None = None,
-                       show_progress: bool = False, encoder: "TPEncoder | None" = None) -> dict:
-    """Build an index of the corpus with the pipeline, search every judged query with the
-    Searcher, and score the rankings. Returns metrics, counts and settings.
+def evaluate_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "test",
+                       index_dir: str | Path | None = None, show_progress: bool = False,
+                       encoder: "TPEncoder | None" = None, modes: Sequence[str] | None = None) -> dict:
+    """Build an index of the corpus with the pipeline (``build``'s settings; its corpus and out
+    are filled in), search every judged query with the Searcher in each of ``modes`` (default:
+    the index's default mode), and score the rankings.
 
-    ``encoder``, if given, is used instead of loading ``model`` (its settings must be
-    ``model``'s: they are what the manifest records and the Searcher checks)."""
-    return _evaluate_loaded(load_beir(data_dir, split), model, index, index_dir, show_progress, encoder)
-
-
-def _evaluate_loaded(data: BeirData, model: ModelConfig, index: str, index_dir: str | Path | None,
-                     show_progress: bool, encoder: "TPEncoder | None") -> dict:
-    """``evaluate_retrieval`` on data already read."""
-    from .pipeline import build_index
-    from .searcher import Searcher
-
-    judged = [q for q, rels in data.qrels.items() if any(r > 0 for r in rels.values())]
+    ``encoder``, if given, is used instead of loading ``build.model`` (its settings must be the
+    model config's: they are what the manifest records and the Searcher checks)."""
+    data = load_beir(data_dir, split)
     with tempfile.TemporaryDirectory(prefix="tpsearch-beir-") as tmp:
         corpus = corpus_to_parquet(data, Path(tmp) / "corpus.parquet")
         out = Path(index_dir) if index_dir else Path(tmp) / "index"
-        result = build_index(BuildConfig(corpus=str(corpus), out=str(out), title_column="title",
-                                         store_text=False, index=index, model=model),
-                             encoder=encoder, show_progress=show_progress,
-                             overwrite=index_dir is not None)
-        searcher = Searcher.open(out, device=model.device, encoder=encoder)
-        k = min(100, len(searcher))
-        hits = searcher.search_batch([data.queries[q] for q in judged], k=k,
-                                     batch_size=model.batch_size)
-    run = {q: [h.id for h in hs] for q, hs in zip(judged, hits)}
-    return {
-        "metrics": score_run(run, data.qrels),
-        "queries": len(judged),
-        "documents": result.manifest["documents"],
-        "settings": {**result.manifest["encoder"], "query_prompt": model.query_prompt,
-                     "index": result.manifest["index"]["factory"]},
-    }
+        runs = _build_and_search(data, replace(build, corpus=str(corpus), out=str(out)), encoder,
+                                 show_progress, modes, keep_shards=False)
+    return runs[0] if modes is None or len(modes) == 1 else {"runs": runs}
 
 
-#: The settings ``compare_retrieval`` puts side by side: (label, TP on?, pooling).
-COMPARED = (("vanilla, last token", False, "last"), ("TP, last token", True, "last"),
-            ("vanilla, mean", False, "mean"), ("TP, mean", True, "mean"))
+def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress: bool,
+                      modes: Sequence[str] | None, keep_shards: bool) -> list[dict]:
+    from ..pipeline import build_index
+    from ..searcher import Searcher
+
+    judged = [q for q, rels in data.qrels.items() if any(r > 0 for r in rels.values())]
+    result = build_index(build, encoder=encoder, show_progress=show_progress, overwrite=True,
+                         keep_shards=keep_shards)
+    searcher = Searcher.open(build.out, device=build.model.device, encoder=encoder)
+    m = result.manifest
+    runs = []
+    for mode in modes or [m.default_mode]:
+        t0 = time.perf_counter()
+        hits = searcher.search_batch([data.queries[q] for q in judged], k=min(100, len(searcher)),
+                                     mode=mode, batch_size=build.model.batch_size)
+        run = {q: [h.id for h in hs] for q, hs in zip(judged, hits)}
+        runs.append({
+            "mode": mode, "metrics": score_run(run, data.qrels), "queries": len(judged),
+            "documents": m.documents, "passages": m.vectors,
+            "search_seconds": round(time.perf_counter() - t0, 2),
+            "settings": {**m.encoder.to_dict(), "query_prompt": build.model.query_prompt,
+                         "index": m.index.factory, "passages": m.passages,
+                         "transform": m.transform.kind, "transform_dim": m.transform.dim,
+                         "fusion": m.fusion if mode == "hybrid" else None},
+        })
+    return runs
 
 
-def compare_retrieval(data_dir: str | Path, model: ModelConfig, split: str = "test",
-                      index: str = "flat", show_progress: bool = False) -> list[dict]:
-    """``evaluate_retrieval`` for vanilla and TP, each with last-token and mean pooling, on one
-    loaded model in one run. TP uses ``model``'s TP layers (the preset unless given)."""
-    from dataclasses import replace
+#: What ``compare_retrieval`` puts side by side: (label, build changes, modes).
+#: Each group of rows with the same passage setting shares one encoding (the shards are kept
+#: between builds: transforms and the lexical index are made at assembly).
+COMPARED = (
+    ("whole document", {"passage_tokens": 0, "transform": "none"}, ("dense", "lexical")),
+    ("whole document + transform", {"passage_tokens": 0}, ("dense",)),
+    ("passages", {"transform": "none"}, ("dense",)),
+    ("passages + transform", {}, ("dense", "lexical", "hybrid")),
+)
 
-    from .encoder import TPEncoder
+
+def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "test",
+                      show_progress: bool = False) -> list[dict]:
+    """Dense whole-document (tpsearch 0.1), dense passages, each with and without the fitted
+    transform, lexical and hybrid: side by side in one run, on one loaded model. ``build``
+    gives the settings the rows depart from (the defaults, unless changed)."""
+    from ..encoder import TPEncoder
 
     data = load_beir(data_dir, split)  # read once; bad data is refused before the model loads
-    base = TPEncoder.from_pretrained(**model.encoder_kwargs())
-    tp_layers = base.settings.tp_layers
-    if tp_layers is None:
-        raise InputError("the comparison puts vanilla beside TP: give TP layers (or none for the "
-                         "preset), not --no-tp")
-    runs = []
-    for label, tp_on, pooling in COMPARED:
-        layers = tp_layers if tp_on else None
-        encoder = base.variant(tp_layers=layers, pooling=pooling)
-        settings = replace(model, tp_layers=layers, pooling=pooling, prompt=base.settings.prompt,
-                           output_layer=base.settings.output_layer,
-                           placeholder_init=base.settings.placeholder_init)
-        res = _evaluate_loaded(data, settings, index, None, show_progress, encoder)
-        runs.append({"label": label, **res})
-    return runs
+    encoder = TPEncoder.from_pretrained(**build.model.encoder_kwargs())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tpsearch-compare-") as tmp:
+        corpus = corpus_to_parquet(data, Path(tmp) / "corpus.parquet")
+        for i, (label, changes, modes) in enumerate(COMPARED):
+            cfg = replace(build, corpus=str(corpus), out=str(Path(tmp) / "index"), **changes)
+            last_of_encoding = i + 1 == len(COMPARED) or \
+                COMPARED[i + 1][1].get("passage_tokens") != changes.get("passage_tokens")
+            for run in _build_and_search(data, cfg, encoder, show_progress, modes,
+                                         keep_shards=not last_of_encoding):
+                rows.append({"label": f"{label}, {run['mode']}", **run})
+    return rows

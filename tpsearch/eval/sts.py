@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
+from ..errors import InputError
+
 STS_TASKS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"]
 ALL_TASKS = STS_TASKS + ["STSBenchmark-dev"]
 
@@ -55,21 +57,21 @@ def _read_semeval(folder: Path, name: str) -> StsPairs:
     left, right, gold = [], [], []
     inputs = sorted(folder.glob("STS.input.*.txt"))
     if not inputs:
-        raise FileNotFoundError(f"{folder}: no STS.input.*.txt files")
+        raise InputError(f"{folder}: no STS.input.*.txt files")
     for inp in inputs:
         gs = folder / inp.name.replace("STS.input.", "STS.gs.")
         if not gs.is_file():
-            raise FileNotFoundError(f"{gs}: gold scores missing for {inp.name}")
+            raise InputError(f"{gs}: gold scores missing for {inp.name}")
         pairs = inp.read_text(encoding="utf8").splitlines()
         scores = gs.read_text(encoding="utf8").splitlines()
         if len(pairs) != len(scores):
-            raise ValueError(f"{inp}: {len(pairs)} pairs but {len(scores)} gold lines in {gs.name}")
+            raise InputError(f"{inp}: {len(pairs)} pairs but {len(scores)} gold lines in {gs.name}")
         for lineno, (pair, score) in enumerate(zip(pairs, scores), start=1):
             if not score.strip():
                 continue
             cols = pair.split("\t")
             if len(cols) < 2:
-                raise ValueError(f"{inp}:{lineno}: expected two tab-separated sentences")
+                raise InputError(f"{inp}:{lineno}: expected two tab-separated sentences")
             left.append(_clean(cols[0]))
             right.append(_clean(cols[1]))
             gold.append(float(score))
@@ -84,7 +86,7 @@ def _read_tsv(path: Path, name: str, cols: tuple[int, int, int], header: bool, w
     for lineno, line in enumerate(lines[first - 1:], start=first):
         fields = line.strip().split("\t")
         if len(fields) <= max(cols):
-            raise ValueError(f"{path}:{lineno}: expected {what}")
+            raise InputError(f"{path}:{lineno}: expected {what}")
         left.append(_clean(fields[cols[0]]))
         right.append(_clean(fields[cols[1]]))
         gold.append(float(fields[cols[2]]))
@@ -106,7 +108,7 @@ def load_task(data_dir: str | Path, task: str) -> StsPairs | None:
         path = _find(d, "SICK/SICK_test_annotated.txt", "SICK_test_annotated.txt")
         return _read_tsv(path, task, (1, 2, 3), True,
                          "pair_ID, sentence_A, sentence_B, score") if path else None
-    raise ValueError(f"unknown STS task {task!r}; known: {', '.join(ALL_TASKS)}")
+    raise InputError(f"unknown STS task {task!r}; known: {', '.join(ALL_TASKS)}")
 
 
 def spearman_x100(pairs: StsPairs, vectors: dict[str, np.ndarray]) -> float:
@@ -148,6 +150,20 @@ def evaluate(
         "avg": float(np.mean(list(scores.values()))) if scores else None,
         "pairs": {p.name: len(p) for p in present},
     }
+
+
+def evaluate_fitted(embed: Callable[[list[str]], np.ndarray], data_dir: str | Path,
+                    tasks: Sequence[str], fit_file: str | Path, kind: str = "center",
+                    dim: int = 256) -> dict:
+    """``evaluate`` after a transform fitted on the unlabeled sentences of ``fit_file`` (one a
+    line; none of them should be test sentences). Adds ``transform`` and ``fit_sentences``."""
+    from ..transform import TransformSettings, fit_transform, read_example_queries
+
+    fit = read_example_queries(str(fit_file))
+    fitted = fit_transform(embed(fit), None, TransformSettings(kind, dim))
+    result = evaluate(lambda s: fitted.apply(embed(s)), data_dir, tasks)
+    label = fitted.kind + (f" to {fitted.out_dim} dims" if fitted.kind == "whiten" else "")
+    return {**result, "transform": label, "fit_sentences": len(fit), "note": fitted.note}
 
 
 def format_table(result: dict, tasks: Sequence[str]) -> str:

@@ -21,25 +21,23 @@ from typing import Sequence
 
 import torch
 
-from .encoder import TPEncoder, padding_efficiency, plan_batches
+from ..encoder import TPEncoder, padding_efficiency, plan_batches
+from ..errors import InputError
 
-DEMO_CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo" / "stdlib_docs.parquet"
-
-
-def bench_texts(path: str | Path = DEMO_CORPUS) -> list[str]:
+def bench_texts(path: str | Path) -> list[str]:
     """The non-empty texts of a Parquet file's ``text`` column, each with its ``title`` joined
     before it where the file has one (as a build with ``--title-column title`` embeds them)."""
     import pyarrow.parquet as pq
 
-    from .errors import InputError
-    from .pipeline.reader import _join_title
+
+    from ..pipeline.reader import join_title
 
     table = pq.read_table(path)
     if "text" not in table.column_names:
         raise InputError(f"{path}: no 'text' column")
     texts = table.column("text").to_pylist()
     if "title" in table.column_names:
-        texts = [_join_title(t, x) for t, x in zip(table.column("title").to_pylist(), texts)]
+        texts = [join_title(t, x) for t, x in zip(table.column("title").to_pylist(), texts)]
     return [t for t in texts if t and t.strip()]
 
 
@@ -111,7 +109,7 @@ def run_bench(
     """
     s = encoder.settings
     if s.tp_layers is None:
-        raise ValueError("the benchmark compares TP with vanilla: give a TP setting")
+        raise InputError("the benchmark compares TP with vanilla: give a TP setting")
     variants = _variant_encoders(encoder, s.output_layer, s.tp_layers)
     tokenized = {k: v.tokenize(list(texts)) for k, v in variants.items()}
     for v in variants.values():  # warm-up

@@ -1,0 +1,37 @@
+"""Helpers shared by the test modules: small corpora and build configurations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from conftest import CORPUS
+from tpsearch.config import BuildConfig, ModelConfig
+
+
+def corpus_texts(n: int) -> list[str]:
+    words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone".split()
+    rng = np.random.default_rng(1)
+    return [f"{CORPUS[i % len(CORPUS)]} {' '.join(rng.choice(words, 4))} {i}" for i in range(n)]
+
+
+def write_corpus(path: Path, n: int = 120, ids=None, texts=None, row_group_size: int = 25, **extra):
+    ids = ids if ids is not None else [f"doc-{i}" for i in range(n)]
+    texts = texts if texts is not None else corpus_texts(n)
+    pq.write_table(pa.table({"id": ids, "text": texts, **extra}), path, row_group_size=row_group_size)
+    return path
+
+
+#: One vector per document, nothing fitted, no lexical index: what these tests check (passages,
+#: transforms and the lexical index have their own tests in test_documents.py).
+WHOLE_DOCUMENTS = dict(passage_tokens=0, transform="none", lexical=False, mode="dense")
+WHOLE_DOCUMENT_FLAGS = ["--passage-tokens", "0", "--transform", "none", "--no-lexical", "--mode", "dense"]
+
+
+def config(tmp_path, model_dir, corpus, **kw) -> BuildConfig:
+    model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8)
+    return BuildConfig(corpus=str(corpus), out=str(tmp_path / "index"), shard_rows=32, model=model,
+                       **{**WHOLE_DOCUMENTS, **kw})

@@ -1,0 +1,260 @@
+"""Retrieval on documents: passages, the fitted transform, lexical and hybrid search."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from helpers import corpus_texts, write_corpus
+from tpsearch import Searcher
+from tpsearch.cli import main
+from tpsearch.config import BuildConfig, ModelConfig
+from tpsearch.errors import ConfigMismatch, InputError
+from tpsearch.passages import PassageSettings, split_passages
+from tpsearch.pipeline import build_index
+
+
+def words(texts):
+    return [len(t.split()) for t in texts]
+
+
+# ---------------------------------------------------------------------------- splitting
+DOC = ("The river rises in the hills. It runs north for forty miles! Does it flood? "
+       "Farmers say it floods every spring.\nA second paragraph starts here. It has two sentences.")
+
+
+def test_passages_respect_the_budget_and_map_back_exactly():
+    ps = split_passages(DOC, 12, 0, words)
+    assert len(ps) > 1
+    for p in ps:
+        assert DOC[p.start:p.end] == DOC[p.start:p.end].strip() and p.end > p.start
+        assert len(DOC[p.start:p.end].split()) <= 12
+    # Without overlap, the passages cover every word of the document once, in order.
+    assert " ".join(DOC[p.start:p.end] for p in ps).split() == DOC.split()
+    assert [p.number for p in ps] == list(range(len(ps)))
+
+
+def test_overlap_repeats_whole_sentences_and_always_advances():
+    ps = split_passages(DOC, 14, 6, words)
+    for a, b in zip(ps, ps[1:]):
+        assert b.start > a.start
+        assert b.start < a.end  # the next passage starts inside the previous one
+        assert DOC[b.start:a.end].strip()  # ... with the sentences they share
+    assert ps[-1].end == len(DOC)
+
+
+def test_one_huge_sentence_is_cut_without_tokenising_it_whole():
+    text = " ".join(f"w{i}" for i in range(200_000))  # ~1.3 M characters, no punctuation
+    seen = []
+
+    def count(texts):
+        seen.extend(len(t) for t in texts)
+        return words(texts)
+
+    ps = split_passages(text, 64, 8, count)
+    assert max(seen) <= 64 * 6 + 1  # the counter only ever saw small pieces
+    assert all(len(text[p.start:p.end].split()) <= 64 for p in ps)
+    assert ps[0].start == 0 and ps[-1].end == len(text)
+
+
+def test_a_word_longer_than_the_budget_is_cut_at_characters():
+    text = "x" * 5000
+    ps = split_passages(text, 10, 0, lambda ts: [len(t) for t in ts])
+    assert "".join(text[p.start:p.end] for p in ps) == text
+    assert all(p.end - p.start <= 10 for p in ps)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\n\t", None])
+def test_empty_documents_have_no_passages(text):
+    assert split_passages(text, 16, 4, words) == []
+
+
+def test_passage_settings_are_validated():
+    with pytest.raises(InputError):
+        PassageSettings(4, 0)
+    with pytest.raises(InputError):
+        PassageSettings(64, 64)
+
+
+# ---------------------------------------------------------------------------- the index
+def _config(tmp_path, model_dir, corpus, out="index", **kw):
+    model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8)
+    base = dict(passage_tokens=40, passage_overlap=8, transform="center", shard_rows=16)
+    return BuildConfig(corpus=str(corpus), out=str(tmp_path / out), model=model, **{**base, **kw})
+
+
+def long_docs(n):
+    """Documents of several sentences, each with a word found nowhere else."""
+    base = corpus_texts(n * 3)
+    return [f"{base[3 * i]}. {base[3 * i + 1]}. Unique{i}word appears here. {base[3 * i + 2]}."
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def doc_index(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("docs")
+    texts = long_docs(30)
+    corpus = write_corpus(tmp / "c.parquet", 30, texts=texts,
+                          title=[f"Title {i}" for i in range(30)])
+    res = build_index(_config(tmp, tiny_model_dir("llama"), corpus, title_column="title"))
+    return res, texts, tmp
+
+
+def test_id_map_holds_passages_with_exact_spans(doc_index):
+    res, texts, _ = doc_index
+    m = res.manifest
+    assert m.vectors > m.documents == 30 and m.passages == {"max_tokens": 40, "overlap": 8}
+    t = pq.read_table(res.out / "ids.parquet").to_pydict()
+    assert set(t) >= {"id", "passage", "start", "end", "corpus_row", "text"}
+    for doc_id, row, a, b, text in zip(t["id"], t["corpus_row"], t["start"], t["end"], t["text"]):
+        assert doc_id == f"doc-{row}" and texts[row][a:b] == text
+    # passages of a document are numbered 0, 1, ... in order
+    by_doc = {}
+    for doc_id, p in zip(t["id"], t["passage"]):
+        by_doc.setdefault(doc_id, []).append(p)
+    assert all(ps == list(range(len(ps))) for ps in by_doc.values())
+
+
+def test_search_returns_documents_scored_by_their_best_passage(doc_index):
+    res, texts, _ = doc_index
+    s = Searcher.open(res.out)
+    enc = s.encoder
+    hits = s.search(texts[4][:60], k=5, mode="dense")
+    assert len(hits) == 5 and len({h.id for h in hits}) == 5
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    raw = s.search(texts[4][:60], k=50, mode="dense", passages=True)
+    best = {}
+    for h in raw:
+        best.setdefault(h.id, h)
+    assert [(h.id, h.passage) for h in hits] == [(h.id, h.passage) for h in list(best.values())[:5]]
+    assert all(abs(h.score - best[h.id].score) < 1e-5 for h in hits)
+    for h in hits:
+        row = int(h.id.split("-")[1])
+        assert texts[row][h.start:h.end] == h.text
+    assert len(s.search("anything", k=1000, mode="dense")) == 30  # k is capped at the documents
+    assert enc is s.encoder
+
+
+def test_transform_is_applied_to_documents_and_queries(doc_index):
+    """Scores must equal <l2(q - mu_q), l2(d - mu_d)> with mu_q = mu_d - shift: skipping the
+    transform on either side changes them."""
+    res, texts, _ = doc_index
+    s = Searcher.open(res.out)
+    m = s.manifest
+    assert m.transform.kind == "center" and m.transform.query_stats == "first-sentences"
+    assert s.query_shift is not None and float(np.abs(s.query_shift).max()) > 0
+    t = pq.read_table(res.out / "ids.parquet").to_pydict()
+    titles = [f"Title {r}" for r in t["corpus_row"]]
+    docs = s.encoder.encode([f"{a}. {b}" for a, b in zip(titles, t["text"])])
+    index = faiss.read_index(str(res.out / "index.faiss"))
+    mu_d = faiss.vector_to_array(faiss.downcast_VectorTransform(
+        faiss.downcast_index(index).chain.at(0)).mean)
+    mu_q = mu_d - s.query_shift
+
+    def l2(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    q = s.query_encoder.encode(["a man is playing"])[0]
+    want = np.sort(l2(docs - mu_d) @ l2(q - mu_q))[::-1][:5]
+    got = [h.score for h in s.search("a man is playing", k=5, mode="dense", passages=True)]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    no_query_side = np.sort(l2(docs - mu_d) @ l2(q - mu_d))[::-1][:5]
+    assert not np.allclose(got, no_query_side, atol=1e-4)
+    no_doc_side = np.sort(docs @ l2(q - mu_q))[::-1][:5]
+    assert not np.allclose(got, no_doc_side, atol=1e-4)
+
+
+def test_lexical_and_hybrid_modes(doc_index):
+    res, _, _ = doc_index
+    s = Searcher.open(res.out)
+    assert res.manifest.lexical["passages"] == res.manifest.vectors
+    assert res.manifest.default_mode == "hybrid"
+    for i in (3, 17):
+        lex = s.search(f"unique{i}word", k=3, mode="lexical")
+        assert lex[0].id == f"doc-{i}" and "Unique" in lex[0].text
+        assert s.search(f"unique{i}word", k=3)[0].id == f"doc-{i}"  # hybrid, the default
+    assert s.search("zzzz nothing matches", k=3, mode="lexical") == []
+    with pytest.raises(InputError):
+        s.search("x", mode="sparse")
+    out = CliRunner().invoke(main, ["search", str(res.out), "unique5word", "--mode", "lexical",
+                                    "-k", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    hits = json.loads(out.output)["hits"]
+    assert hits[0]["id"] == "doc-5" and hits[0]["start"] is not None
+    out = CliRunner().invoke(main, ["search", str(res.out), "unique5word", "--passages", "--json"])
+    assert out.exit_code == 0 and len(json.loads(out.output)["hits"]) == 10
+
+
+def test_a_dense_only_index_refuses_lexical_mode(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 12, texts=long_docs(12))
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, lexical=False,
+                              mode="dense", transform="none"))
+    s = Searcher.open(res.out)
+    assert s.manifest.lexical is None and s.query_shift is None
+    assert len(s.search("river", k=3)) == 3
+    with pytest.raises(InputError, match="no lexical index"):
+        s.search("river", mode="hybrid")
+
+
+def test_whitening_reduces_the_dimension_and_falls_back_when_too_few(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 30, texts=long_docs(30))
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, transform="whiten",
+                              transform_dim=16))
+    m = res.manifest
+    assert m.transform.kind == "whiten" and m.transform.dim == 16 and m.dim == 64
+    index = faiss.downcast_index(faiss.read_index(str(res.out / "index.faiss")))
+    assert index.d == 64 and faiss.downcast_index(index.index).d == 16
+    assert len(Searcher.open(res.out).search("river", k=3, mode="dense")) == 3
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, out="w", transform="whiten",
+                              transform_dim=64))
+    assert res.manifest.transform.kind == "center" and "whitening" in res.manifest.transform.note
+
+
+def test_example_queries_set_the_query_mean(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 12, texts=long_docs(12))
+    examples = tmp_path / "q.txt"
+    examples.write_text("where does the river flood\nwho plays the guitar\n")
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus,
+                              query_examples=str(examples)))
+    assert res.manifest.transform.query_stats == f"examples:{examples}"
+    assert res.manifest.transform.query_samples == 2
+
+
+def test_other_transform_reuses_shards_and_other_passages_refuse(tmp_path, tiny_model_dir):
+    llama = tiny_model_dir("llama")
+    corpus = write_corpus(tmp_path / "c.parquet", 20, texts=long_docs(20))
+    first = build_index(_config(tmp_path, llama, corpus), keep_shards=True)
+    assert first.encoded_documents == 20
+    again = build_index(_config(tmp_path, llama, corpus, transform="none"), overwrite=True,
+                        keep_shards=True)
+    assert again.encoded_documents == 0 and again.manifest.transform.kind == "none"
+    with pytest.raises(ConfigMismatch, match="passages"):
+        build_index(_config(tmp_path, llama, corpus, passage_tokens=60), overwrite=True)
+
+
+def test_version_1_index_directories_are_still_searchable(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 10, texts=long_docs(10))
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, passage_tokens=0,
+                              transform="none", lexical=False, mode="dense"))
+    out = res.out
+    m = json.loads((out / "manifest.json").read_text())
+    v1 = {k: m[k] for k in ("format", "model", "encoder", "dim", "index", "id_map", "id_type",
+                            "store_text", "documents", "normalized", "metric", "corpus", "build",
+                            "query_prompt", "query_templates", "skipped_rows", "truncated_texts",
+                            "tokens", "tpsearch_version")}
+    v1["format_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(v1))
+    t = pq.read_table(out / "ids.parquet", columns=["corpus_row", "id", "text"])
+    pq.write_table(t, out / "ids.parquet")
+    s = Searcher.open(out)
+    hits = s.search("river", k=3)
+    assert len(hits) == 3 and hits[0].passage == 0 and hits[0].start is None
+    v1["format_version"] = 7
+    (out / "manifest.json").write_text(json.dumps(v1))
+    with pytest.raises(ConfigMismatch, match="format version 7"):
+        Searcher.open(out)

@@ -1,0 +1,53 @@
+"""Document rankings from passage scores, and fusion of a dense and a lexical ranking."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+FUSIONS = ("rrf", "minmax")
+RRF_K = 60
+
+
+def best_per_document(scores: np.ndarray, rows: np.ndarray, doc_of_row: np.ndarray,
+                      k: int) -> list[tuple[int, int, float]]:
+    """(document, best passage row, score) of the ``k`` best documents, each scored by its best
+    passage among ``rows``; ``rows`` are sorted best first, ``-1`` marks an empty slot."""
+    seen: dict[int, tuple[int, float]] = {}
+    for s, r in zip(scores, rows):
+        if r < 0:
+            continue
+        d = int(doc_of_row[r])
+        if d not in seen:
+            seen[d] = (int(r), float(s))
+            if len(seen) == k:
+                break
+    return [(d, r, s) for d, (r, s) in seen.items()]
+
+
+def fuse(dense: Sequence[tuple[int, int, float]], lexical: Sequence[tuple[int, int, float]],
+         method: str = "minmax", weight: float = 0.5) -> list[tuple[int, int, float]]:
+    """One ranking of documents from two: ``weight`` is the lexical side's share.
+
+    ``minmax``: each list's scores scaled to [0, 1] over its own top, then mixed;
+    ``rrf``: reciprocal rank fusion, weighted. A document's passage is the dense side's where
+    it has one (the passage a reader should see), else the lexical side's.
+    """
+    if method not in FUSIONS:
+        raise ValueError(f"unknown fusion {method!r}; use {' or '.join(FUSIONS)}")
+    fused: dict[int, float] = {}
+    passage: dict[int, int] = {}
+    for ranking, w in ((lexical, weight), (dense, 1.0 - weight)):
+        if not ranking:
+            continue
+        hi, lo = ranking[0][2], ranking[-1][2]
+        for rank, (d, r, s) in enumerate(ranking):
+            if method == "rrf":
+                part = 1.0 / (RRF_K + rank + 1)
+            else:
+                part = (s - lo) / (hi - lo) if hi > lo else 1.0
+            fused[d] = fused.get(d, 0.0) + w * part
+            passage[d] = r  # dense last, so the dense passage wins
+    order = sorted(fused, key=lambda d: -fused[d])
+    return [(d, passage[d], fused[d]) for d in order]

@@ -1,0 +1,199 @@
+"""Assembler: shards in, the searchable index directory's files out.
+
+Streams the shards (never all vectors in memory): fits the transform on a sample, trains the
+FAISS index if it needs it, fills it, writes the id map (one row per passage) and the lexical
+index, and tunes ANN search parameters for recall against exact search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..errors import InputError
+from ..index import IndexPlan, choose_index, exact_topk, fit_plan, new_index, tune_search
+from ..lexical import LexicalBuilder
+from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, TransformInfo
+from ..passages import sentence_spans
+from ..transform import FIT_SAMPLE, QUERY_SAMPLE, TransformSettings, fit_transform
+from .mapper import StageTimes
+from .reader import join_title
+from .writer import iter_vectors, read_table, read_vectors, shard_meta, shard_rows
+
+log = logging.getLogger("tpsearch")
+
+RECALL_QUERIES = 200
+TRAIN_SAMPLE_PER_LIST = 64
+QUERY_SHIFT_FILE = "query_shift.npy"
+
+#: Encodes query-like texts with the index's query prompt (the runner passes the encoder's).
+QueryEncoder = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class AssemblyOptions:
+    index: str  # --index
+    memory_budget: int | None
+    store_text: bool
+    transform: TransformSettings
+    lexical: bool
+
+
+@dataclass
+class Assembled:
+    """What the manifest needs to know about the files written."""
+
+    index: IndexInfo
+    transform: TransformInfo
+    lexical: dict | None
+    dim: int
+    documents: int
+    vectors: int
+    skipped: int
+    truncated: int
+    tokens: int
+
+
+def sample_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, k), replace=False))
+
+
+def gather(shards: list[Path], counts: list[int], rows: np.ndarray) -> np.ndarray:
+    """Vectors at global positions ``rows`` (sorted), reading one shard at a time."""
+    out, offset = [], 0
+    for path, n in zip(shards, counts):
+        sel = rows[(rows >= offset) & (rows < offset + n)] - offset
+        if len(sel):
+            out.append(read_vectors(path)[sel])
+        offset += n
+    return np.concatenate(out)
+
+
+def first_sentences(shards: list[Path], limit: int) -> list[str]:
+    """The first sentence of up to ``limit`` documents, spread over the corpus: query-like text."""
+    texts = []
+    for path in shards:
+        t = read_table(path, ["passage", "text"]).to_pydict()
+        for number, text in zip(t["passage"], t["text"]):
+            if number == 0:
+                span = next(iter(sentence_spans(text)), None)
+                if span:
+                    texts.append(text[span[0]:span[1]])
+    if len(texts) > limit:
+        texts = [texts[i] for i in sample_rows(len(texts), limit, seed=2)]
+    return texts
+
+
+def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder):
+    ts = opts.transform
+    sample = gather(shards, counts, sample_rows(n, FIT_SAMPLE))
+    queries, source = None, None
+    if ts.kind != "none":
+        if ts.query_examples:
+            from ..transform import read_example_queries
+
+            texts, source = read_example_queries(ts.query_examples), f"examples:{ts.query_examples}"
+        else:
+            texts, source = first_sentences(shards, QUERY_SAMPLE), "first-sentences"
+        queries = encode_queries(texts) if texts else None
+    fitted = fit_transform(sample, queries, ts)
+    if fitted.note:
+        log.info("transform: %s", fitted.note)
+    info = TransformInfo(kind=fitted.kind, dim=fitted.out_dim if fitted.kind == "whiten" else None,
+                         fitted_on=len(sample) if fitted.kind != "none" else 0,
+                         query_stats=source if fitted.query_shift is not None else None,
+                         query_samples=len(queries) if fitted.query_shift is not None else 0,
+                         query_shift_file=QUERY_SHIFT_FILE if fitted.query_shift is not None else None,
+                         note=fitted.note)
+    return fitted, sample, info
+
+
+def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> dict | None:
+    """Add every shard's vectors; write the id map and the lexical index beside."""
+    lexical = LexicalBuilder() if opts.lexical else None
+    cols = ["id", "passage", "start", "end", "row"] + (["text"] if opts.store_text else [])
+    writer = None
+    try:
+        for path in shards:
+            index.add(read_vectors(path))
+            table = read_table(path, cols).rename_columns(
+                [("corpus_row" if c == "row" else c) for c in cols])
+            if writer is None:
+                writer = pq.ParquetWriter(final / ID_MAP_FILE, table.schema)
+            writer.write_table(table)
+            if lexical is not None:
+                t = read_table(path, ["title", "text"]).to_pydict()
+                lexical.add([join_title(a, b) for a, b in zip(t["title"], t["text"])])
+    finally:
+        if writer is not None:
+            writer.close()
+    return lexical.save(final) if lexical is not None else None
+
+
+def _recall(index, plan: IndexPlan, shards, counts, n, fitted) -> tuple[dict, float, int]:
+    if plan.is_exact:
+        return {}, 1.0, 0
+    queries = gather(shards, counts, sample_rows(n, RECALL_QUERIES, seed=1))
+    truth = exact_topk(fitted.apply(queries), (fitted.apply(v) for v in iter_vectors(shards)), 10)
+    params, recall = tune_search(index, plan, queries, truth)
+    log.info("recall@10 against exact search on %d sampled passages: %.3f (%s)",
+             len(queries), recall, params or "default parameters")
+    return params, recall, len(queries)
+
+
+def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: StageTimes,
+             encode_queries: QueryEncoder, corpus: str, text_column: str) -> Assembled:
+    """Write index.faiss, ids.parquet, the query shift and the lexical index into ``final``."""
+    metas = [shard_meta(p) for p in shards]
+    counts = [shard_rows(p) for p in shards]
+    n, dim = sum(counts), max(m["dim"] for m in metas)
+    if n == 0:
+        raise InputError(f"{corpus}: every row has a null or empty {text_column!r}")
+    t0 = time.perf_counter()
+    fitted, sample, tinfo = _fit(shards, counts, n, opts, encode_queries)
+    plan = fit_plan(choose_index(opts.index, n, fitted.out_dim, opts.memory_budget), n)
+    log.info("index: %s (%s)", plan.factory, plan.reason)
+    index = fitted.wrap(new_index(plan, fitted.out_dim))
+    if not index.is_trained:
+        nlist = faiss.extract_index_ivf(index).nlist if "IVF" in plan.factory else 256
+        train = sample if len(sample) >= nlist * TRAIN_SAMPLE_PER_LIST else gather(
+            shards, counts, sample_rows(n, max(nlist * TRAIN_SAMPLE_PER_LIST, 10_000)))
+        log.info("training on %d vectors", len(train))
+        index.train(train)
+    lexical = _fill(index, shards, final, opts)
+    params, recall, n_queries = _recall(index, plan, shards, counts, n, fitted)
+    faiss.write_index(index, str(final / INDEX_FILE))
+    if fitted.query_shift is not None:
+        np.save(final / QUERY_SHIFT_FILE, fitted.query_shift)
+    times.index += time.perf_counter() - t0
+    info = IndexInfo(factory=plan.factory, reason=plan.reason, file=INDEX_FILE,
+                     search_params=params, recall_at_10=round(recall, 4), recall_queries=n_queries)
+    return Assembled(index=info, transform=tinfo, lexical=lexical, dim=dim,
+                     documents=sum(m["documents"] for m in metas), vectors=n,
+                     skipped=sum(m["skipped"] for m in metas),
+                     truncated=sum(m["truncated"] for m in metas),
+                     tokens=sum(m["tokens"] for m in metas))
+
+
+def file_digests(directory: Path, names: list[str]) -> dict:
+    """Size and SHA-256 of each named file (every file, for a folder), for the manifest."""
+    out = {}
+    for name in names:
+        p = directory / name
+        for f in sorted([p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()]):
+            h = hashlib.sha256()
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            out[f.relative_to(directory).as_posix()] = {"bytes": f.stat().st_size,
+                                                         "sha256": h.hexdigest()}
+    return out
+

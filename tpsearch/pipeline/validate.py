@@ -1,0 +1,63 @@
+"""Checks of a build's options that need no model: run before the model loads and before any
+work directory is made, so a bad option costs nothing and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..config import BuildConfig, check_types, parse_size
+from ..errors import InputError
+
+MODES = ("dense", "lexical", "hybrid")
+NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+
+
+def validate_build(config: BuildConfig, overwrite: bool) -> Path:
+    """Refuse what cannot work; returns the resolved output path."""
+    check_types(config)
+    if not config.corpus:
+        raise InputError("no corpus given")
+    if not config.out:
+        raise InputError("no output directory given (--out)")
+    out = Path(config.out).resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a directory; choose another --out")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; remove it, choose another --out, or pass --overwrite")
+    parent = out.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: the output's parent directory does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{parent}: not writable; choose another --out")
+    m = config.model
+    for name, value in (("batch_size", m.batch_size), ("shard_rows", config.shard_rows),
+                        ("max_length", m.max_length)):
+        if value < 1:
+            raise InputError(f"{name.replace('_', '-')} must be positive, got {value}")
+    if m.max_batch_tokens is not None and m.max_batch_tokens < 1:
+        raise InputError(f"max-batch-tokens must be positive, got {m.max_batch_tokens}")
+    columns = [c for c in (config.text_column, config.id_column, config.title_column) if c]
+    if len(set(columns)) < len(columns):
+        raise InputError(f"the text, id and title columns must differ (got {', '.join(columns)})")
+    if config.passage_tokens < 0:
+        raise InputError(f"passage-tokens must be 0 (whole documents) or positive, "
+                         f"got {config.passage_tokens}")
+    config.passage_settings()
+    config.transform_settings()
+    if config.query_examples and not Path(config.query_examples).is_file():
+        raise InputError(f"{config.query_examples}: no such file (--query-examples)")
+    if config.mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
+    if config.mode != "dense" and not config.lexical:
+        raise InputError(f"mode {config.mode!r} needs the lexical index (drop --no-lexical)")
+    if config.fusion not in ("rrf", "minmax"):
+        raise InputError(f"fusion must be rrf or minmax, got {config.fusion!r}")
+    if not 0.0 <= config.lexical_weight <= 1.0:
+        raise InputError(f"lexical-weight must lie in 0..1, got {config.lexical_weight}")
+    parse_size(config.max_index_memory)
+    if config.index.strip().lower() not in NAMED_INDEXES and "," not in config.index \
+            and config.index.strip() != "Flat" and not config.index.strip().startswith(("HNSW", "IVF")):
+        raise InputError(f"--index {config.index!r}: use auto, flat, hnsw, ivf, ivfpq or a FAISS "
+                         "factory string such as 'IVF1024,PQ64'")
+    return out

@@ -1,0 +1,135 @@
+"""The work directory of a build: shards, resume, the lock, and the atomic publish.
+
+Layout beside the output directory ``OUT``::
+
+    .OUT.lock                     exclusive lock held by the build (rank 0 under torchrun)
+    .OUT.partial/work.json        settings the shards were made with
+    .OUT.partial/shards/shard-<first corpus row>.parquet
+    .OUT.partial/final/           index, id map and manifest, renamed to OUT when complete
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from ..errors import ConfigMismatch, InputError
+from ..manifest import diff_settings
+
+_SHARD_PREFIX, _SHARD_SUFFIX = "shard-", ".parquet"
+
+
+def shard_name(start: int) -> str:
+    return f"{_SHARD_PREFIX}{start:012d}{_SHARD_SUFFIX}"
+
+
+def shard_start(path: Path) -> int:
+    """The first corpus row of a shard, from its name."""
+    return int(path.name[len(_SHARD_PREFIX):-len(_SHARD_SUFFIX)])
+
+
+class BuildLock:
+    """An exclusive lock on one output path (filelock), naming its holder to whoever is refused."""
+
+    def __init__(self, out: Path):
+        self.path = out.parent / f".{out.name}.lock"
+        self.holder = out.parent / f".{out.name}.lock.holder"
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def __enter__(self) -> "BuildLock":
+        try:
+            self._lock.acquire()
+        except Timeout:
+            try:
+                who = self.holder.read_text().strip()
+            except OSError:
+                who = "another process"
+            raise InputError(f"another build is writing {self.path.name[1:-5]} ({who}); "
+                             "wait for it to finish, or choose another --out") from None
+        self.holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                               f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.holder.unlink(missing_ok=True)
+        self._lock.release()
+
+
+class WorkDir:
+    """Shards of one build, resumable; the finished index is published from ``final``."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.root = out.parent / f".{out.name}.partial"
+        self.shards = self.root / "shards"
+        self.final = self.root / "final"
+        self.marker = self.root / "work.json"
+
+    def prepare(self, settings: dict, fresh: bool) -> None:
+        """Create the work directory, or check that its shards were made with ``settings``."""
+        if self.root.exists() and fresh:
+            shutil.rmtree(self.root)
+        if self.marker.is_file():
+            diffs = diff_settings(json.loads(self.marker.read_text()), settings)
+            if diffs:
+                raise ConfigMismatch(
+                    f"{self.root} holds shards of an interrupted build made with other settings ("
+                    + "; ".join(diffs[:4]) + "); rerun with --fresh to discard them")
+        self.shards.mkdir(parents=True, exist_ok=True)
+        if not self.marker.is_file():
+            self.marker.write_text(json.dumps(settings, indent=1))
+
+    def shard_path(self, start: int) -> Path:
+        return self.shards / shard_name(start)
+
+    def complete_shards(self) -> list[Path]:
+        """Finished shards in corpus order (leftover temporary files are ignored)."""
+        return sorted(self.shards.glob(f"{_SHARD_PREFIX}*{_SHARD_SUFFIX}"))
+
+    def missing_windows(self, num_rows: int, size: int) -> list[tuple[int, int]]:
+        """Runs of consecutive windows (start, stop) that have no shard yet."""
+        done = {shard_start(p) for p in self.complete_shards()}
+        return missing_windows(num_rows, size, done)
+
+    def fresh_final(self) -> Path:
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        self.final.mkdir()
+        return self.final
+
+    def publish(self, keep_shards: bool = False) -> None:
+        """Move ``final`` to OUT atomically (replacing an older OUT), then drop the work dir
+        (or, with ``keep_shards``, all of it but the shards and their settings)."""
+        out = self.out
+        if out.exists():
+            aside = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, aside)
+            os.replace(self.final, out)
+            shutil.rmtree(aside)
+        else:
+            os.replace(self.final, out)
+        if not keep_shards:
+            shutil.rmtree(self.root)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def missing_windows(num_rows: int, size: int, done: set[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive windows (start, stop) whose start is not in ``done``."""
+    runs: list[tuple[int, int]] = []
+    for start in range(0, num_rows, size):
+        if start in done:
+            continue
+        stop = min(start + size, num_rows)
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((start, stop))
+    return runs
