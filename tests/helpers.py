@@ -33,5 +33,5 @@ WHOLE_DOCUMENT_FLAGS = ["--passage-tokens", "0", "--transform", "none", "--no-le
 
 def config(tmp_path, model_dir, corpus, **kw) -> BuildConfig:
     model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8)
-    return BuildConfig(corpus=str(corpus), out=str(tmp_path / "index"), shard_rows=32, model=model,
-                       **{**WHOLE_DOCUMENTS, **kw})
+    return BuildConfig(corpus=str(corpus), out=str(tmp_path / "index"), model=model,
+                       **{"shard_rows": 32, **WHOLE_DOCUMENTS, **kw})

@@ -207,11 +207,14 @@ def test_whitening_reduces_the_dimension_and_falls_back_when_too_few(tmp_path, t
                               transform_dim=16))
     m = res.manifest
     assert m.transform.kind == "whiten" and m.transform.dim == 16 and m.dim == 64
-    index = faiss.downcast_index(faiss.read_index(str(res.out / "index.faiss")))
+    raw = faiss.read_index(str(res.out / "index.faiss"))
+    index = faiss.downcast_index(raw)
     assert index.d == 64 and faiss.downcast_index(index.index).d == 16
     assert len(Searcher.open(res.out).search("river", k=3, mode="dense")) == 3
-    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, out="w", transform="whiten",
+    small = write_corpus(tmp_path / "s.parquet", 4, texts=long_docs(4))
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), small, out="w", transform="whiten",
                               transform_dim=64))
+    assert res.manifest.vectors < 4 * 64
     assert res.manifest.transform.kind == "center" and "whitening" in res.manifest.transform.note
 
 

@@ -197,3 +197,21 @@ def test_model_code_never_runs_unless_allowed(tmp_path, built):
     assert proc.returncode == 0, proc.stderr.decode()
     assert not marker.exists()
     json.loads(proc.stdout.decode())  # only JSON on stdout: nothing asked on the terminal
+
+
+def test_a_moved_model_is_named_and_can_be_pointed_to(tmp_path, built):
+    out, model, _ = built
+    d = copy_index(out, tmp_path)
+    edit_manifest(d, lambda m: m["model"].update(path=str(tmp_path / "gone")))
+    with pytest.raises(InputError, match="if the weights moved"):
+        Searcher.open(d).search("river")
+    r = CliRunner().invoke(main, ["search", str(d), "river", "--model", str(model), "-k", "2"])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_hub_model_fails_fast_offline(monkeypatch):
+    from tpsearch.loading import resolve_source
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="HF_HUB_OFFLINE"):
+        resolve_source("no-such-org/no-such-model")

@@ -90,9 +90,10 @@ def retrieval_options(fn):
     options = [
         click.option("--passage-tokens", type=int, default=None,
               help="Cut documents into sentence-aware passages of at most this many tokens of "
-              "prompted text (prompt + title + passage). 0: whole documents. Default 128."),
+              "prompted text (prompt + title + passage). 0: whole documents. Default 256."),
         click.option("--passage-overlap", type=int, default=None,
-              help="Tokens of whole sentences a passage shares with the previous one. Default 32."),
+              help="Tokens of whole sentences a passage shares with the previous one. "
+              "Default: a quarter of --passage-tokens."),
         click.option("--transform", type=click.Choice(["none", "center", "whiten"]), default=None,
               help="Fit to the corpus: center (subtract the mean; default) or whiten (PCA "
               "whitening to --transform-dim) the vectors, inside the index."),
@@ -246,10 +247,13 @@ def build(corpus, out, text_column, id_column, title_column, store_text, strict,
 @click.option("--passages", is_flag=True, help="Return the k best passages instead of documents.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow the model directory's own Python code to run (never by default).")
+@click.option("--model", "model", default=None,
+              help="Where the index's model is now, if it moved (its weights are still checked "
+              "against the hash the index recorded).")
 @click.option("--width", type=int, default=100, show_default=True, help="Characters of text shown per hit.")
 @_fail_cleanly
 def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passages,
-           trust_remote_code, width):
+           trust_remote_code, model, width):
     """Search INDEX_DIR for QUERY; without QUERY, answer one query per line of standard input.
 
     Hits are documents, each scored by its best passage, shown with that passage (-k counts
@@ -258,7 +262,8 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passag
 
     if k < 1:
         raise click.UsageError(f"-k must be positive, got {k}")
-    searcher = Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code)
+    searcher = Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code,
+                             model=model)
     params = {}
     if nprobe is not None:
         params["nprobe"] = nprobe

@@ -49,8 +49,9 @@ class ModelConfig:
 
 #: Defaults chosen on the dev sets (scifact-dev, STS-B dev/STS12, STS-B as retrieval); see the
 #: README's "Retrieval on documents".
-DEFAULT_PASSAGE_TOKENS = 128
-DEFAULT_PASSAGE_OVERLAP = 32
+DEFAULT_PASSAGE_TOKENS = 256
+#: The overlap, as a share of the passage budget, where it is not given.
+PASSAGE_OVERLAP_SHARE = 0.25
 DEFAULT_TRANSFORM = "center"
 DEFAULT_TRANSFORM_DIM = 256
 DEFAULT_MODE = "hybrid"
@@ -74,7 +75,7 @@ class BuildConfig:
     shard_rows: int = 2048
     fresh: bool = False  # discard shards of an earlier, interrupted build
     passage_tokens: int = DEFAULT_PASSAGE_TOKENS  # 0: whole documents
-    passage_overlap: int = DEFAULT_PASSAGE_OVERLAP
+    passage_overlap: int | None = None  # None: a quarter of passage_tokens
     transform: str = DEFAULT_TRANSFORM  # none | center | whiten
     transform_dim: int = DEFAULT_TRANSFORM_DIM
     query_examples: str | None = None  # text file of example queries (the query-side mean)
@@ -90,7 +91,10 @@ class BuildConfig:
     def passage_settings(self) -> PassageSettings:
         if self.passage_tokens == 0:
             return PassageSettings(None, 0)
-        return PassageSettings(self.passage_tokens, self.passage_overlap)
+        overlap = self.passage_overlap
+        if overlap is None:
+            overlap = int(self.passage_tokens * PASSAGE_OVERLAP_SHARE)
+        return PassageSettings(self.passage_tokens, overlap)
 
     def transform_settings(self) -> TransformSettings:
         return TransformSettings(self.transform, self.transform_dim, self.query_examples)

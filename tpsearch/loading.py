@@ -143,7 +143,33 @@ def resolve_source(spec: str) -> ModelSource:
         return ModelSource(spec, "directory", str(path.resolve()), directory_sha256(path))
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise InputError(f"{spec}: not a model directory, a .gguf file or a hub id")
-    return ModelSource(spec, "hub", spec, "")
+    snapshot = hub_snapshot(spec)
+    return ModelSource(spec, "hub", str(snapshot), directory_sha256(snapshot))
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot of a hub model: from the cache, else downloaded (weights, config and
+    tokenizer files only). With ``HF_HUB_OFFLINE`` set, a model not in the cache fails at once."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"]
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    if hub_offline():
+        raise InputError(f"model {repo_id!r} is not in the local Hugging Face cache and "
+                         "HF_HUB_OFFLINE is set; use a local directory or a .gguf file")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise InputError(f"cannot fetch model {repo_id!r} from the hub ({type(exc).__name__}); "
+                         "no network? use a local directory or a .gguf file") from None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -157,12 +183,34 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_features() -> dict[str, object]:
+    """What the CPU offers for matrix products: torch's kernel capability (AVX2, AVX512, ...)
+    and the native bf16 / int8 matrix units (AMX tiles, AVX-512 BF16, VNNI)."""
+    cpu = torch.cpu
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "amx": bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()),
+        "avx512_bf16": bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
+        "vnni": bool(getattr(cpu, "_is_vnni_supported", lambda: False)()),
+    }
+
+
+def native_bf16_cpu() -> bool:
+    """True where the CPU multiplies bf16 matrices in hardware (AMX tiles with AVX-512 BF16)."""
+    f = cpu_features()
+    return bool(f["amx"] and f["avx512_bf16"])
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp32 on CPU, bf16 on accelerators, unless told otherwise."""
+    """None: float32 on a CPU (exact), bf16 on accelerators. ``auto``: bf16 also on CPUs with
+    bf16 matrix units (AMX), float32 on other CPUs. Names: float32/fp32, bfloat16/bf16,
+    float16/fp16."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype in (None, "auto"):
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype is None or dtype == "auto":
+        if device.type != "cpu":
+            return torch.bfloat16
+        return torch.bfloat16 if dtype == "auto" and native_bf16_cpu() else torch.float32
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:

@@ -190,10 +190,16 @@ class Searcher:
             spec = m.path or m.spec
         else:
             spec = m.spec
-        if not m.weights_sha256 and m.kind != "hub":
+        if not m.weights_sha256:
             raise ConfigMismatch(f"{self.directory}: the manifest records no weights hash for "
                                  f"model {m.spec!r}; refusing to load a model it cannot verify")
-        source = resolve_source(spec)
+        try:
+            source = resolve_source(spec)
+        except InputError as exc:
+            raise InputError(f"{self.directory}: the index was built with model {m.spec!r} at "
+                             f"{spec!r}, which cannot be used here ({exc}); if the weights moved, "
+                             "pass their new place (--model / Searcher.open(model=...)): they are "
+                             "checked against the recorded hash") from None
         if m.weights_sha256 and source.weights_sha256 and source.weights_sha256 != m.weights_sha256:
             raise ConfigMismatch(
                 f"{self.directory}: the index was built with model {m.spec!r} (weights sha256 "

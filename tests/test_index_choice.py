@@ -1,0 +1,59 @@
+"""Index choice over document count x dimension x memory budget, as autofaiss tests its own."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from tpsearch.errors import InputError
+from tpsearch.index import FLAT_MAX_DOCS, choose_index, fit_plan, new_index
+
+
+@pytest.mark.parametrize("n", [10, FLAT_MAX_DOCS, FLAT_MAX_DOCS + 1, 1_000_000])
+@pytest.mark.parametrize("dim", [64, 640, 2304])
+@pytest.mark.parametrize("budget", [None, 2**30, 50 * 2**20])
+def test_auto_choice_fits_the_budget_and_builds(n, dim, budget):
+    plan = choose_index("auto", n, dim, budget)
+    flat, hnsw = n * dim * 4, n * dim * 4 + n * 32 * 2 * 4
+    if n <= FLAT_MAX_DOCS and (budget is None or flat <= budget):
+        assert plan.factory == "Flat" and plan.is_exact
+    elif budget is None or hnsw <= budget:
+        assert plan.factory == "HNSW32,Flat"
+    else:
+        assert plan.factory.startswith("IVF") and ",PQ" in plan.factory
+        m = int(plan.factory.split("PQ")[1])
+        assert dim % m == 0 and n * (m + 8) * 1.1 <= budget  # the codes fit the budget
+    assert new_index(plan, dim).d == dim  # a valid factory string for this dimension
+
+
+def test_a_budget_nothing_fits_is_refused():
+    with pytest.raises(InputError, match="fits a memory budget"):
+        choose_index("auto", 10_000_000, 640, 1 * 2**20)
+
+
+@pytest.mark.parametrize("spec, factory", [("flat", "Flat"), ("hnsw", "HNSW32,Flat"),
+                                           ("IVF256,Flat", "IVF256,Flat")])
+def test_named_choices(spec, factory):
+    assert choose_index(spec, 50_000, 64).factory == factory
+
+
+def test_ivf_and_ivfpq_scale_their_list_count():
+    small, big = choose_index("ivf", 10_000, 64), choose_index("ivf", 1_000_000, 64)
+    n_small = int(small.factory[3:].split(",")[0])
+    n_big = int(big.factory[3:].split(",")[0])
+    assert n_small < n_big and n_small <= 10_000 // 39
+    assert choose_index("ivfpq", 1_000_000, 640).factory.endswith(",PQ128")
+    with pytest.raises(InputError, match="not a FAISS factory string"):
+        choose_index("IVF,Nonsense", 100, 64)
+
+
+def test_fit_plan_lowers_the_list_count_and_refuses_untrainable_pq():
+    plan = fit_plan(choose_index("IVF1024,Flat", 100, 16), 100)
+    assert plan.factory == "IVF2,Flat" and "lowered" in plan.reason
+    index = new_index(plan, 16)
+    index.train(np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32))
+    assert faiss.extract_index_ivf(index).nlist == 2
+    with pytest.raises(InputError, match="product quantisation"):
+        fit_plan(choose_index("IVF16,PQ8", 200, 16), 200)
+    assert fit_plan(choose_index("flat", 3, 16), 3).factory == "Flat"
