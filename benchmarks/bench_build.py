@@ -2,6 +2,7 @@
 
     python benchmarks/bench_build.py                       # full demo corpus, x1 and x10
     python benchmarks/bench_build.py --docs 200 --repeat 10
+    python benchmarks/bench_build.py --tiny --synthetic 200000 --repeat 2 --batch-size 256
 
 1. Throughput: the bare encoder (``TPEncoder.encode`` on the same texts, same batch size) and
    the whole build (read, tokenise, encode, write shards, assemble the index) on the same
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,8 +29,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo" / "stdlib_docs.parquet"
 
 
-def make_corpus(path: Path, docs: int, repeat: int) -> Path:
-    table = pq.read_table(DEMO)
+def synthetic_table(n: int, seed: int = 0) -> pa.Table:
+    """``n`` short documents (12-30 words from a 5,000-word vocabulary) with titles."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    vocab = [f"{a}{b}" for a in ("ka", "lo", "mi", "ne", "su", "ta", "ve", "ro", "pi", "da")
+             for b in range(500)]
+    texts = [" ".join(vocab[j] for j in rng.integers(0, len(vocab), rng.integers(12, 31))) + "."
+             for _ in range(n)]
+    return pa.table({"id": [str(i) for i in range(n)], "text": texts,
+                     "title": [f"Doc {i}" for i in range(n)]})
+
+
+def make_corpus(path: Path, docs: int, repeat: int, synthetic: int = 0) -> Path:
+    table = synthetic_table(synthetic) if synthetic else pq.read_table(DEMO)
     if docs:
         table = table.slice(0, docs)
     parts = []
@@ -64,33 +77,45 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a tiny random llama (hidden 64, 6 layers) instead of --model")
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="a synthetic corpus of N short documents instead of the demo corpus")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
     from tpsearch import TPEncoder
     from tpsearch.config import BuildConfig, ModelConfig
     from tpsearch.pipeline import build_index
-    from tpsearch.pipeline.reader import CorpusReader, CorpusSpec
+    from tpsearch.pipeline.reader import CorpusReader, CorpusSpec, join_title
 
-    figures: dict = {"model": args.model}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        corpus = make_corpus(tmp / "corpus.parquet", args.docs, 1)
-        texts = [t for c in CorpusReader(CorpusSpec(str(corpus), title_column="title")).chunks(10**9)
-                 for t in c.texts]
+        if args.tiny:
+            from tpsearch.testing import save_tiny_model
+
+            sample = synthetic_table(200)
+            args.model = str(save_tiny_model(tmp / "tiny", "llama", sample.column("text").to_pylist()))
+        figures: dict = {"model": "tiny llama (64 x 6)" if args.tiny else args.model}
+        corpus = make_corpus(tmp / "corpus.parquet", args.docs, 1, args.synthetic)
+        texts = [join_title(h, t) for c in
+                 CorpusReader(CorpusSpec(str(corpus), title_column="title")).chunks(10**9)
+                 for h, t in zip(c.titles, c.texts)]
         mc = ModelConfig(model=args.model, batch_size=args.batch_size)
         enc = TPEncoder.from_pretrained(**mc.encoder_kwargs())
         tokens = enc.tokenize(texts).num_tokens
         enc.encode(texts[:64], batch_size=args.batch_size)  # warm-up
         runs = {"encoder": [], "pipeline": []}
+        stages = {}
         for i in range(2):
             t = time.perf_counter()
             enc.encode(texts, batch_size=args.batch_size)
             runs["encoder"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            build_index(BuildConfig(corpus=str(corpus), out=str(tmp / f"idx{i}"), title_column="title",
-                                    model=mc), encoder=enc)
+            res = build_index(BuildConfig(corpus=str(corpus), out=str(tmp / f"idx{i}"),
+                                          title_column="title", model=mc), encoder=enc)
             runs["pipeline"].append(time.perf_counter() - t)
+            stages = res.manifest.build["stage_seconds"]
         print(f"{len(texts)} documents, {tokens} tokens (prompted), model {args.model}, "
               f"batch size {args.batch_size}")
         for name, secs in runs.items():
@@ -99,10 +124,12 @@ def main() -> None:
             print(f"  {name:9s} {best:8.1f} s  {len(texts) / best:8.2f} docs/s  {tokens / best:9.1f} tokens/s")
         share = min(runs["encoder"]) / min(runs["pipeline"])
         figures["pipeline_share_of_encoder"] = share
+        figures["stage_seconds"] = stages
+        print("  build stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
         print(f"  pipeline keeps {share * 100:.1f}% of the bare encoder's throughput (goal >= 90%)")
 
         if not args.skip_memory:
-            big = make_corpus(tmp / "corpus_x.parquet", args.docs, args.repeat)
+            big = make_corpus(tmp / "corpus_x.parquet", args.docs, args.repeat, args.synthetic)
             rss1, s1 = peak_rss_of_build(corpus, tmp / "m1", args.model)
             rssn, sn = peak_rss_of_build(big, tmp / "mn", args.model)
             figures["peak_rss_mib"] = {"x1": rss1, f"x{args.repeat}": rssn, "ratio": rssn / rss1}

@@ -23,7 +23,14 @@ def test_bench_table_and_json(tmp_path, tiny_model_dir):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output.strip().splitlines()[-1])
     assert res == json.loads(out.read_text())
-    assert set(res["variants"]) == {"vanilla_last", "vanilla_exit", "tp_exit", "tp_full"}
+    assert set(res["variants"]) == {"vanilla_last", "vanilla_exit", "tp_exit", "tp_full",
+                                    "tp_exit_bf16", "vanilla_exit_bf16", "tp_exit_int8",
+                                    "vanilla_exit_int8"}
+    assert res["variants"]["tp_exit_int8"]["dtype"] == "int8"
+    assert res["variants"]["tp_exit_bf16"]["dtype"] == "bfloat16"
+    assert set(res["matmul_rates"]) == {"float32", "bfloat16", "int8"}
+    assert res["cpu"]["capability"] and set(res["speedup_vs_float32_tp_exit"]) == {"tp_exit_bf16",
+                                                                                  "tp_exit_int8"}
     for name, v in res["variants"].items():
         assert v["tokens_per_s"] > 0 and v["docs_per_s"] > 0
         assert 0 < v["achieved_fraction"] <= 1

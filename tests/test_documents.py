@@ -172,7 +172,8 @@ def test_transform_is_applied_to_documents_and_queries(doc_index):
 def test_lexical_and_hybrid_modes(doc_index):
     res, _, _ = doc_index
     s = Searcher.open(res.out)
-    assert res.manifest.lexical["passages"] == res.manifest.vectors
+    assert res.manifest.lexical["rows"] == res.manifest.documents
+    assert res.manifest.lexical["unit"] == "document"
     assert res.manifest.default_mode == "hybrid"
     for i in (3, 17):
         lex = s.search(f"unique{i}word", k=3, mode="lexical")
@@ -261,3 +262,28 @@ def test_version_1_index_directories_are_still_searchable(tmp_path, tiny_model_d
     (out / "manifest.json").write_text(json.dumps(v1))
     with pytest.raises(ConfigMismatch, match="format version 7"):
         Searcher.open(out)
+
+
+def test_whole_documents_are_rebuilt_from_overlapping_passages():
+    from tpsearch.pipeline.assembler import document_texts
+
+    docs = [DOC, "One short document.", "x " * 300]
+    t = {k: [] for k in ("row", "passage", "start", "end", "title", "text")}
+    for row, doc in enumerate(docs):
+        for p in split_passages(doc, 14, 6, words):
+            for k, v in zip(t, (row, p.number, p.start, p.end, f"T{row}" if row else None,
+                                doc[p.start:p.end])):
+                t[k].append(v)
+    rebuilt = document_texts(t)
+    assert [" ".join(r.split()) for r in rebuilt] == [
+        " ".join(DOC.split()), "T1. One short document.", "T2. " + " ".join(("x " * 300).split())]
+
+
+def test_lexical_rows_can_be_passages(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 12, texts=long_docs(12))
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, lexical_unit="passage"))
+    assert res.manifest.lexical["unit"] == "passage"
+    assert res.manifest.lexical["rows"] == res.manifest.vectors
+    s = Searcher.open(res.out)
+    hit = s.search("unique7word", k=1, mode="lexical")[0]
+    assert hit.id == "doc-7" and "Unique7word" in hit.text

@@ -246,3 +246,23 @@ def test_killed_build_resumes_to_identical_index(tmp_path, llama_dir):
     b = faiss.read_index(str(out / "index.faiss"))
     np.testing.assert_array_equal(a.reconstruct_n(0, a.ntotal), b.reconstruct_n(0, b.ntotal))
     assert pq.read_table(clean / "ids.parquet").equals(pq.read_table(out / "ids.parquet"))
+
+
+def test_prefetch_keeps_order_bounds_memory_and_raises_in_order():
+    from tpsearch.pipeline.mapper import StageTimes
+    from tpsearch.pipeline.runner import prefetch
+
+    made = []
+
+    def prepare(x):
+        made.append(x)
+        if x == 5:
+            raise InputError("bad row 5")
+        return x * 10
+
+    got = []
+    with pytest.raises(InputError, match="bad row 5"):
+        for item in prefetch(iter(range(10)), prepare, StageTimes(), depth=2):
+            assert len(made) <= len(got) + 4  # never far ahead of the consumer
+            got.append(item)
+    assert got == [0, 10, 20, 30, 40] and max(made) == 5

@@ -78,7 +78,12 @@ def model_options(fn):
                      "this many computed tokens (rows x longest row): long texts go in smaller "
                      "batches. Default: no cap."),
         click.option("--device", default=None, help="auto (cuda, then mps, then cpu), cpu, cuda:0, ..."),
-        click.option("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16."),
+        click.option("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), "
+                     "float16, or auto: bfloat16 on GPUs and on CPUs with bf16 matrix units (AMX), "
+                     "float32 elsewhere."),
+        click.option("--quantize", type=click.Choice(["int8"]), default=None,
+                     help="Dynamic int8 linear layers on CPU (faster, slightly less exact; "
+                     "recorded in the index, and queries are encoded the same way)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -101,7 +106,9 @@ def retrieval_options(fn):
         click.option("--query-examples", type=click.Path(dir_okay=False), default=None,
               help="Text file, one example query a line: their mean centres queries. Default: "
               "the first sentences of the corpus' documents."),
-        click.option("--lexical/--no-lexical", default=None, help="Also build a BM25 index over the passages (default: on)."),
+        click.option("--lexical/--no-lexical", default=None, help="Also build a BM25 index (default: on)."),
+        click.option("--lexical-unit", type=click.Choice(["document", "passage"]), default=None,
+                     help="What one BM25 row is: a whole document (default) or a passage."),
         click.option("--mode", type=click.Choice(["dense", "lexical", "hybrid"]), default=None,
               help="The index's default search mode (default: hybrid)."),
         click.option("--fusion", type=click.Choice(["minmax", "rrf"]), default=None,
@@ -115,18 +122,19 @@ def retrieval_options(fn):
 
 
 RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_dim",
-                  "query_examples", "lexical", "mode", "fusion", "lexical_weight")
+                  "query_examples", "lexical", "lexical_unit", "mode", "fusion", "lexical_weight")
 
 
 def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_init, pooling,
-                    query_prompt, max_length, batch_size, max_batch_tokens, device, dtype) -> dict:
+                    query_prompt, max_length, batch_size, max_batch_tokens, device, dtype,
+                    quantize) -> dict:
     """Only the options given on the command line (so config files and presets fill the rest)."""
     if no_tp and tp_layers:
         raise click.UsageError("--no-tp and --tp-layers contradict each other")
     given = {"model": model, "prompt": prompt, "output_layer": output_layer,
              "placeholder_init": placeholder_init, "pooling": pooling, "query_prompt": query_prompt,
              "max_length": max_length, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
-             "device": device, "dtype": dtype,
+             "device": device, "dtype": dtype, "quantize": quantize,
              "tp_layers": "none" if no_tp else tp_layers}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -328,7 +336,8 @@ def info(index_dir, as_json):
         ("faiss index", f"{ix.factory} ({ix.reason}); search {ix.search_params or 'exact'}; "
                         f"recall@10 {ix.recall_at_10}"
                         + (f" on {ix.recall_queries} queries" if ix.recall_queries else "")),
-        ("lexical", f"BM25 (bm25s) over {m.lexical['passages']} passages" if m.lexical else "none"),
+        ("lexical", f"BM25 (bm25s) over {m.lexical['rows']} {m.lexical.get('unit', 'passage')}s"
+         if m.lexical else "none"),
         ("search mode", m.default_mode + (f" ({m.fusion['method']}, lexical weight "
                                           f"{m.fusion['lexical_weight']})" if m.default_mode == "hybrid" else "")),
         ("corpus", f"{c.get('path')} ({c.get('rows')} rows, text={c.get('text_column')!r}, "

@@ -38,13 +38,14 @@ class ModelConfig:
     batch_size: int = 32
     max_batch_tokens: int | None = None  # token budget per batch (rows x longest row); None: no budget
     device: str = "auto"
-    dtype: str | None = None
+    dtype: str | None = None  # None: float32 on CPU, bf16 on GPU; "auto": bf16 on AMX CPUs too
+    quantize: str | None = None  # "int8": dynamic int8 linear layers (CPU)
 
     def encoder_kwargs(self) -> dict[str, Any]:
         return dict(model=self.model, prompt=self.prompt, tp_layers=self.tp_layers,
                     output_layer=self.output_layer, placeholder_init=self.placeholder_init,
                     pooling=self.pooling, max_length=self.max_length,
-                    device=self.device, dtype=self.dtype)
+                    device=self.device, dtype=self.dtype, quantize=self.quantize)
 
 
 #: Defaults chosen on the dev sets (scifact-dev, STS-B dev/STS12, STS-B as retrieval); see the
@@ -54,6 +55,7 @@ DEFAULT_PASSAGE_TOKENS = 256
 PASSAGE_OVERLAP_SHARE = 0.25
 DEFAULT_TRANSFORM = "center"
 DEFAULT_TRANSFORM_DIM = 256
+DEFAULT_LEXICAL_UNIT = "document"
 DEFAULT_MODE = "hybrid"
 DEFAULT_FUSION = "minmax"
 DEFAULT_LEXICAL_WEIGHT = 0.7
@@ -79,7 +81,8 @@ class BuildConfig:
     transform: str = DEFAULT_TRANSFORM  # none | center | whiten
     transform_dim: int = DEFAULT_TRANSFORM_DIM
     query_examples: str | None = None  # text file of example queries (the query-side mean)
-    lexical: bool = True  # also build a BM25 index over the passages
+    lexical: bool = True  # also build a BM25 index
+    lexical_unit: str = DEFAULT_LEXICAL_UNIT  # one BM25 row: a "document" or a "passage"
     mode: str = DEFAULT_MODE  # the index's default search mode: dense | lexical | hybrid
     fusion: str = DEFAULT_FUSION  # rrf | minmax
     lexical_weight: float = DEFAULT_LEXICAL_WEIGHT  # the lexical side's share in hybrid

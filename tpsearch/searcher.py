@@ -134,13 +134,15 @@ class Searcher:
 
     def __init__(self, directory: Path, manifest: Manifest, index: faiss.Index, idmap: IdMap,
                  encoder: TPEncoder | None = None, device: str = "auto", model: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, dtype: str | None = None):
         self.directory = directory
         self.manifest = manifest
         self.index = index
         self.idmap = idmap
         self.device = device
         self.trust_remote_code = trust_remote_code
+        # Queries are encoded in the dtype the documents were (recorded at build), unless told.
+        self.dtype = dtype
         self._model_override = model
         self._encoder = encoder
         self._query_encoder: TPEncoder | None = None
@@ -165,7 +167,7 @@ class Searcher:
     @classmethod
     def open(cls, directory: str | Path, device: str = "auto", encoder: TPEncoder | None = None,
              model: str | None = None, trust_remote_code: bool = False,
-             verify: bool = True) -> "Searcher":
+             verify: bool = True, dtype: str | None = None) -> "Searcher":
         """Open an index directory. ``model`` points to the weights if they moved (they are
         still checked against the recorded hash); ``encoder`` supplies a loaded one.
         ``verify`` checks every file against the sizes and checksums in the manifest."""
@@ -179,7 +181,7 @@ class Searcher:
                                f"({str(exc).splitlines()[0][:200]})") from None
         idmap = IdMap.read(inside(d, manifest.id_map), manifest.store_text)
         return cls(d, manifest, index, idmap, encoder=encoder, device=device, model=model,
-                   trust_remote_code=trust_remote_code)
+                   trust_remote_code=trust_remote_code, dtype=dtype)
 
     # ------------------------------------------------------------------ encoders
     def _load_encoder(self) -> TPEncoder:
@@ -210,7 +212,8 @@ class Searcher:
             spec, device=self.device, prompt=e.prompt, tp_layers=e.tp_layers,
             output_layer=e.output_layer, max_length=e.max_length,
             normalize_sentences=e.normalize_sentences, placeholder_seed=e.placeholder_seed,
-            placeholder_init=e.placeholder_init, pooling=e.pooling,
+            placeholder_init=e.placeholder_init, pooling=e.pooling, quantize=e.quantize,
+            dtype=self.dtype or self.manifest.build.get("dtype"),
             trust_remote_code=self.trust_remote_code)
         check_encoder(self.manifest, enc)
         return enc
@@ -243,9 +246,11 @@ class Searcher:
                 from .lexical import LexicalIndex
 
                 self._lexical = LexicalIndex(self.directory)
-                if self._lexical.size != len(self.idmap.ids):
+                want = self.documents if self.lexical_unit == "document" else len(self.idmap.ids)
+                if self._lexical.size != want:
                     raise IndexDamaged(f"{self.directory}: the lexical index holds "
-                                       f"{self._lexical.size} passages, the id map {len(self.idmap.ids)}")
+                                       f"{self._lexical.size} rows, the index {want} "
+                                       f"{self.lexical_unit}s")
             return self._lexical
 
     def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
@@ -325,13 +330,41 @@ class Searcher:
                 return docs
             fetch = min(n, fetch * 4)
 
+    @property
+    def lexical_unit(self) -> str:
+        return (self.manifest.lexical or {}).get("unit", "passage")
+
     def _lexical_ranking(self, query: str, depth: int, passages: bool) -> list[tuple[int, int, float]]:
+        """(document, passage row, score), best first. With whole-document BM25 rows, each
+        document's passage is the one holding the most distinct query words."""
         scores = self.lexical.scores(query)
         order = np.argsort(-scores, kind="stable")
-        order = order[scores[order] > 0]
-        if passages:
-            return [(int(self.idmap.doc_of_row[r]), int(r), float(scores[r])) for r in order[:depth]]
-        return best_per_document(scores[order], order, self.idmap.doc_of_row, depth)
+        order = order[scores[order] > 0][:depth]
+        if self.lexical_unit == "passage":
+            if passages:
+                return [(int(self.idmap.doc_of_row[r]), int(r), float(scores[r])) for r in order]
+            return best_per_document(scores[order], order, self.idmap.doc_of_row, depth)
+        return [(int(d), self._passage_for(int(d), query), float(scores[d])) for d in order]
+
+    def _passage_for(self, doc: int, query: str) -> int:
+        """The row of the document's passage sharing the most distinct words with ``query``
+        (its first passage where the index stores no text)."""
+        rows = self._doc_rows[doc]
+        if self.idmap.texts is None or len(rows) == 1:
+            return int(rows[0])
+        from .lexical import words
+
+        want = set(words([query])[0])
+        found = words([self.idmap.texts[r] for r in rows])
+        return int(rows[max(range(len(rows)), key=lambda i: (len(want & set(found[i])), -i))])
+
+    @property
+    def _doc_rows(self) -> list[np.ndarray]:
+        """Passage rows of each document (computed once)."""
+        if not hasattr(self, "_doc_rows_cache"):
+            bounds = np.flatnonzero(np.diff(self.idmap.doc_of_row)) + 1
+            self._doc_rows_cache = np.split(np.arange(len(self.idmap.ids)), bounds)
+        return self._doc_rows_cache
 
     def __len__(self) -> int:
         return self.documents

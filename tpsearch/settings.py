@@ -24,6 +24,7 @@ class EncoderSettings:
     placeholder_seed: int
     placeholder_init: str
     pooling: str = "last"
+    quantize: str | None = None  # "int8": dynamic int8 linear layers (CPU)
 
     #: Fields that name things rather than change the vectors (not compared).
     DESCRIPTIVE = ("model", "prompt")
@@ -42,8 +43,8 @@ class EncoderSettings:
         values = {}
         for f in fields(cls):
             if f.name not in d:
-                if f.name == "pooling":
-                    values[f.name] = "last"
+                if f.name in ("pooling", "quantize"):  # older manifests
+                    values[f.name] = f.default
                     continue
                 raise IndexDamaged(f"{where}.{f.name} is missing")
             values[f.name] = _check(f.name, d[f.name], where)
@@ -75,6 +76,10 @@ def _check(name: str, value: Any, where: str) -> Any:
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             raise bad("null or [start, exit]")
         return (value[0], value[1])
+    if name == "quantize":
+        if value not in (None, "int8"):
+            raise bad('null or "int8"')
+        return value
     if name == "normalize_sentences":
         if not isinstance(value, bool):
             raise bad("true or false")

@@ -6,22 +6,28 @@ Variants (all on one loaded model, measured alternately over ``rounds`` so drift
 * ``vanilla_last``: no TP, final layer (full depth);
 * ``vanilla_exit``: no TP, the configured output layer (layers after it not run);
 * ``tp_exit``: TP, the configured output layer;
-* ``tp_full``: TP, final layer (full depth).
+* ``tp_full``: TP, final layer (full depth);
+* on a float32 CPU model also ``tp_exit_bf16``/``vanilla_exit_bf16`` and
+  ``tp_exit_int8``/``vanilla_exit_int8`` (dynamic int8 linear layers), on copies of the model.
 
-The machine limit is a float32 (CPU) or bfloat16 (GPU) matrix product timed on the spot,
+The machine limit is a matrix product timed on the spot in each dtype measured (float32, bfloat16
+and int8 on a CPU; the loaded dtype on a GPU),
 turned into tokens/s at 2 x non-embedding parameters FLOPs per token (attention's own
 quadratic term is left out, so the limit is slightly optimistic).
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..encoder import TPEncoder, padding_efficiency, plan_batches
+from ..encoder import TPEncoder, padding_efficiency, plan_batches, quantize_int8
+from ..loading import cpu_features
 from ..errors import InputError
 
 def bench_texts(path: str | Path) -> list[str]:
@@ -39,6 +45,19 @@ def bench_texts(path: str | Path) -> list[str]:
     if "title" in table.column_names:
         texts = [join_title(t, x) for t, x in zip(table.column("title").to_pylist(), texts)]
     return [t for t in texts if t and t.strip()]
+
+
+def int8_matmul_ops(size: int = 2048, seconds: float = 2.0) -> float:
+    """Sustained int8 OP/s of a dynamically quantised linear layer (the int8 path's kernel)."""
+    lin = quantize_int8(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)))
+    x = torch.randn(size, size)
+    with torch.inference_mode():
+        lin(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            lin(x)
+            n += 1
+    return 2 * size**3 * n / (time.perf_counter() - t0)
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
@@ -70,13 +89,26 @@ def layer_params(encoder: TPEncoder) -> tuple[int, int]:
     return total, total // len(encoder.layers)
 
 
-def _variant_encoders(base: TPEncoder, output_layer: int, tp_layers) -> dict[str, TPEncoder]:
-    return {
+def _variant_encoders(base: TPEncoder, output_layer: int, tp_layers,
+                     other_dtypes: bool) -> dict[str, TPEncoder]:
+    """The four depth/TP variants in the loaded dtype; on a float32 CPU model also TP (and
+    vanilla) with early exit in bfloat16 and in dynamic int8, on copies of the model."""
+    out = {
         "vanilla_last": base.variant(tp_layers=None, output_layer=-1),
         "vanilla_exit": base.variant(tp_layers=None, output_layer=output_layer),
         "tp_exit": base.variant(tp_layers=tp_layers, output_layer=output_layer),
         "tp_full": base.variant(tp_layers=tp_layers, output_layer=-1),
     }
+    if other_dtypes:
+        bf16 = copy.deepcopy(base.model).to(torch.bfloat16)
+        int8 = quantize_int8(copy.deepcopy(base.model))
+        for name, model, quant in (("bf16", bf16, None), ("int8", int8, "int8")):
+            for kind, layers in (("tp_exit", tp_layers), ("vanilla_exit", None)):
+                settings = replace(base.settings, tp_layers=layers, output_layer=output_layer,
+                                   quantize=quant)
+                out[f"{kind}_{name}"] = TPEncoder.from_settings(settings, model, base.tokenizer,
+                                                                base.source)
+    return out
 
 
 def corpus_padding_efficiency(encoder: TPEncoder, texts: Sequence[str], batch_size: int,
@@ -92,6 +124,35 @@ def corpus_padding_efficiency(encoder: TPEncoder, texts: Sequence[str], batch_si
     return real / computed if computed else 1.0
 
 
+def time_variants(variants: dict[str, TPEncoder], texts: Sequence[str], rounds: int,
+                  batch_size: int, max_batch_tokens: int | None) -> tuple[dict, dict]:
+    """Best seconds of each variant over ``rounds`` alternating rounds, and its tokenisation."""
+    tokenized = {k: v.tokenize(list(texts)) for k, v in variants.items()}
+    for v in variants.values():  # warm-up
+        v.encode(list(texts[:batch_size]), batch_size=batch_size)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, v in variants.items():
+            _sync(v.device)
+            t0 = time.perf_counter()
+            v.encode_tokenized(tokenized[k], batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+            _sync(v.device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: min(t) for k, t in times.items()}, tokenized
+
+
+def machine_rates(device: torch.device, dtype: torch.dtype, seconds: float) -> dict[str, float]:
+    """Matrix-product rates measured on the spot: the loaded dtype's, and on a CPU also
+    bfloat16 and int8 (whatever the loaded dtype)."""
+    # A GPU needs large products to reach its rate; 2048 is already plenty for a CPU.
+    rates = {str(dtype).removeprefix("torch."): matmul_flops(
+        device, dtype, size=8192 if device.type == "cuda" else 2048, seconds=seconds)}
+    if device.type == "cpu":
+        rates.setdefault("bfloat16", matmul_flops(device, torch.bfloat16, seconds=seconds))
+        rates["int8"] = int8_matmul_ops(seconds=seconds)
+    return rates
+
+
 def run_bench(
     texts: Sequence[str],
     encoder: TPEncoder,
@@ -101,8 +162,9 @@ def run_bench(
     matmul_seconds: float = 2.0,
     corpus_texts: Sequence[str] | None = None,
     window: int = 2048,
+    other_dtypes: bool = True,
 ) -> dict:
-    """Measure the four variants on ``texts``; returns the figures as a dict.
+    """Measure the variants on ``texts``; returns the figures as a dict.
 
     With ``corpus_texts`` (the whole corpus ``texts`` were taken from), the padding efficiency
     a build of that corpus gets with these batch settings is reported as well.
@@ -110,53 +172,47 @@ def run_bench(
     s = encoder.settings
     if s.tp_layers is None:
         raise InputError("the benchmark compares TP with vanilla: give a TP setting")
-    variants = _variant_encoders(encoder, s.output_layer, s.tp_layers)
-    tokenized = {k: v.tokenize(list(texts)) for k, v in variants.items()}
-    for v in variants.values():  # warm-up
-        v.encode(list(texts[:batch_size]), batch_size=batch_size)
-    times: dict[str, list[float]] = {k: [] for k in variants}
     dev = encoder.device
-    for _ in range(rounds):
-        for k, v in variants.items():
-            _sync(dev)
-            t0 = time.perf_counter()
-            v.encode_tokenized(tokenized[k], batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-            _sync(dev)
-            times[k].append(time.perf_counter() - t0)
+    other = other_dtypes and dev.type == "cpu" and encoder.dtype == torch.float32 and not s.quantize
+    variants = _variant_encoders(encoder, s.output_layer, s.tp_layers, other)
+    best, tokenized = time_variants(variants, texts, rounds, batch_size, max_batch_tokens)
     all_params, per_layer = layer_params(encoder)
-    # A GPU needs large products to reach its rate; 2048 is already plenty for a CPU.
-    flops = matmul_flops(dev, encoder.dtype,
-                         size=8192 if dev.type == "cuda" else 2048, seconds=matmul_seconds)
-    limit = flops / (2 * all_params)
+    rates = machine_rates(dev, encoder.dtype, matmul_seconds)
     result: dict = {"variants": {}}
     for k, v in variants.items():
-        best = min(times[k])
         toks = tokenized[k].num_tokens
+        rate = rates["int8" if v.settings.quantize else str(v.dtype).removeprefix("torch.")]
         layers_run = v.plan.output_index
-        limit_v = flops / (2 * per_layer * max(1, layers_run))
         result["variants"][k] = {
-            "tokens_per_s": toks / best, "docs_per_s": len(texts) / best, "seconds": best,
-            "tokens": toks, "layers_run": layers_run,
+            "tokens_per_s": toks / best[k], "docs_per_s": len(texts) / best[k], "seconds": best[k],
+            "tokens": toks, "layers_run": layers_run, "dtype": "int8" if v.settings.quantize
+            else str(v.dtype).removeprefix("torch."),
             "output_layer": v.settings.output_layer, "tp_layers": v.settings.tp_layers,
-            "achieved_fraction": min(1.0, (toks / best) / limit_v),
+            "achieved_fraction": min(1.0, (toks / best[k]) / (rate / (2 * per_layer * max(1, layers_run)))),
         }
     lengths = [len(r) for r in tokenized["tp_exit"].input_ids]
+    flops = rates[str(encoder.dtype).removeprefix("torch.")]
     # Per document, not per token: TP's prompt carries the extra <PST> token(s).
-    va, ve, te = (result["variants"][k]["docs_per_s"] for k in ("vanilla_last", "vanilla_exit", "tp_exit"))
+    vr = result["variants"]
     result.update({
         "model": s.model, "device": str(dev), "documents": len(texts), "rounds": rounds,
         "batch_size": batch_size, "max_batch_tokens": max_batch_tokens, "window": window,
+        "cpu": cpu_features() if dev.type == "cpu" else None,
         "padding_efficiency": padding_efficiency(lengths, plan_batches(lengths, batch_size, max_batch_tokens)),
         "corpus_documents": len(corpus_texts) if corpus_texts is not None else None,
         "corpus_padding_efficiency": (
             corpus_padding_efficiency(variants["tp_exit"], corpus_texts, batch_size, max_batch_tokens, window)
             if corpus_texts is not None else None),
         "matmul_flops_per_s": flops,
+        "matmul_rates": rates,
+        "machine_limits_tokens_per_s": {k: r / (2 * all_params) for k, r in rates.items()},
         "non_embedding_params": all_params,
-        "machine_limit_tokens_per_s": limit,
-        "achieved_fraction": min(1.0, result["variants"]["vanilla_last"]["tokens_per_s"] / limit),
-        "tp_cost_vs_vanilla_exit": ve / te - 1.0,
-        "tp_exit_speedup_vs_vanilla_last": te / va,
+        "machine_limit_tokens_per_s": flops / (2 * all_params),
+        "achieved_fraction": min(1.0, vr["vanilla_last"]["tokens_per_s"] / (flops / (2 * all_params))),
+        "tp_cost_vs_vanilla_exit": vr["vanilla_exit"]["docs_per_s"] / vr["tp_exit"]["docs_per_s"] - 1.0,
+        "tp_exit_speedup_vs_vanilla_last": vr["tp_exit"]["docs_per_s"] / vr["vanilla_last"]["docs_per_s"],
+        "speedup_vs_float32_tp_exit": {k: vr[k]["docs_per_s"] / vr["tp_exit"]["docs_per_s"]
+                                       for k in vr if k.startswith("tp_exit_")},
     })
     return result
 
@@ -165,10 +221,10 @@ def format_bench(r: dict) -> str:
     """A table of the variants and the summary figures."""
     lines = [f"model {r['model']} on {r['device']}: {r['documents']} documents, best of {r['rounds']} "
              f"alternating rounds, batch size {r['batch_size']}, max batch tokens {r['max_batch_tokens']}",
-             f"{'variant':14s} {'TP':>6s} {'out':>4s} {'layers':>6s} {'tokens/s':>10s} {'docs/s':>8s} {'of limit':>8s}"]
+             f"{'variant':18s} {'TP':>6s} {'out':>4s} {'layers':>6s} {'tokens/s':>10s} {'docs/s':>8s} {'of limit':>8s}"]
     for k, v in r["variants"].items():
         tp = f"{v['tp_layers'][0]}:{v['tp_layers'][1]}" if v["tp_layers"] else "-"
-        lines.append(f"{k:14s} {tp:>6s} {v['output_layer']:>4d} {v['layers_run']:>6d} "
+        lines.append(f"{k:18s} {tp:>6s} {v['output_layer']:>4d} {v['layers_run']:>6d} "
                      f"{v['tokens_per_s']:>10.1f} {v['docs_per_s']:>8.2f} {v['achieved_fraction']:>8.1%}")
     lines += [
         f"padding efficiency (real / computed tokens): {r['padding_efficiency']:.1%} on the measured documents"
@@ -182,4 +238,12 @@ def format_bench(r: dict) -> str:
         f"TP cost per document over vanilla at the same exit: {r['tp_cost_vs_vanilla_exit']:+.1%}; "
         f"tp_exit vs vanilla_last: {r['tp_exit_speedup_vs_vanilla_last']:.2f}x the documents/s",
     ]
+    if r.get("cpu"):
+        c = r["cpu"]
+        lines.append(f"CPU: {c['capability']} kernels; AMX {'yes' if c['amx'] else 'no'}, AVX-512 BF16 "
+                     f"{'yes' if c['avx512_bf16'] else 'no'}, VNNI {'yes' if c['vnni'] else 'no'}; rates "
+                     + ", ".join(f"{k} {v / 1e9:.0f} G/s" for k, v in r["matmul_rates"].items()))
+    for k, x in r.get("speedup_vs_float32_tp_exit", {}).items():
+        lines.append(f"{k}: {x:.2f}x the documents/s of tp_exit in {r['device']} "
+                     f"{r['variants']['tp_exit'].get('dtype', '')}")
     return "\n".join(lines)

@@ -45,6 +45,7 @@ class AssemblyOptions:
     store_text: bool
     transform: TransformSettings
     lexical: bool
+    lexical_unit: str = "document"  # document | passage
 
 
 @dataclass
@@ -130,12 +131,37 @@ def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> dict
                 writer = pq.ParquetWriter(final / ID_MAP_FILE, table.schema)
             writer.write_table(table)
             if lexical is not None:
-                t = read_table(path, ["title", "text"]).to_pydict()
-                lexical.add([join_title(a, b) for a, b in zip(t["title"], t["text"])])
+                t = read_table(path, ["row", "passage", "start", "end", "title", "text"]).to_pydict()
+                if opts.lexical_unit == "passage":
+                    lexical.add([join_title(a, b) for a, b in zip(t["title"], t["text"])])
+                else:
+                    lexical.add(document_texts(t))
     finally:
         if writer is not None:
             writer.close()
-    return lexical.save(final) if lexical is not None else None
+    return lexical.save(final, opts.lexical_unit) if lexical is not None else None
+
+
+def document_texts(t: dict) -> list[str]:
+    """Each document's text (title first) rebuilt from its passages, in corpus order: the
+    passages of a document are consecutive, numbered from 0, and overlap where they share
+    sentences; the white space between sentences becomes one space."""
+    docs: list[str] = []
+    pieces: list[str] = []
+    prev_end = 0
+    for i, (row, number, start, end, text) in enumerate(
+            zip(t["row"], t["passage"], t["start"], t["end"], t["text"])):
+        if number == 0:
+            if i:
+                docs.append("".join(pieces))
+            pieces, prev_end = [t["title"][i] + ". "] if t["title"][i] else [], 0
+        if end > prev_end:
+            skip = max(0, prev_end - start)
+            pieces.append((" " if pieces and start > prev_end else "") + text[skip:])
+            prev_end = end
+    if t["row"]:
+        docs.append("".join(pieces))
+    return docs
 
 
 def _recall(index, plan: IndexPlan, shards, counts, n, fitted) -> tuple[dict, float, int]:

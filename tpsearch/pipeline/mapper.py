@@ -78,32 +78,60 @@ class ChunkEmbedder:
         return [(p.start, p.end) for p in
                 split_passages(text, room, min(ps.overlap, room - 1), self.encoder.count_tokens)]
 
-    def __call__(self, chunk: Chunk, times: StageTimes) -> Shard:
-        keep = self._check(chunk)
+    def prepare(self, chunk: Chunk) -> "Prepared":
+        """Everything before the model: checks, passages, tokenisation (runs ahead of the
+        encoder in a background thread; the fast tokenizers release the GIL)."""
         t0 = time.perf_counter()
-        rows, ids, numbers, spans, bodies, titles, embedded = [], [], [], [], [], [], []
+        keep = self._check(chunk)
+        p = Prepared(chunk=chunk, documents=len(keep))
         for i in keep:
             text = chunk.texts[i] or ""
             title = chunk.titles[i] if chunk.titles is not None else None
             for n, (a, b) in enumerate(self.passages(text, title)):
-                rows.append(chunk.start + i)
-                ids.append(chunk.ids[i])
-                numbers.append(n)
-                spans.append((a, b))
-                bodies.append(text[a:b])
-                titles.append(title)
-                embedded.append(join_title(title, text[a:b]))
-        tokenized = self.encoder.tokenize(embedded)
+                p.rows.append(chunk.start + i)
+                p.ids.append(chunk.ids[i])
+                p.numbers.append(n)
+                p.spans.append((a, b))
+                p.bodies.append(text[a:b])
+                p.titles.append(title)
+                p.embedded.append(join_title(title, text[a:b]))
+        p.tokenized = self.encoder.tokenize(p.embedded)
+        p.seconds = time.perf_counter() - t0
+        return p
+
+    def encode(self, p: "Prepared", times: StageTimes) -> Shard:
+        """The model's part: vectors of the prepared passages, as a shard."""
         t1 = time.perf_counter()
-        if embedded:
-            vectors = self.encoder.encode_tokenized(tokenized, batch_size=self.o.batch_size,
+        if p.embedded:
+            vectors = self.encoder.encode_tokenized(p.tokenized, batch_size=self.o.batch_size,
                                                    max_batch_tokens=self.o.max_batch_tokens)
         else:
             vectors = np.zeros((0, self.encoder.dim), dtype=np.float32)
-        times.tokenize += t1 - t0
+        times.tokenize += p.seconds
         times.encode += time.perf_counter() - t1
-        return Shard(start=chunk.start, rows=rows, ids=ids, passages=numbers, spans=spans,
-                     texts=bodies, titles=titles if chunk.titles is not None else None,
-                     vectors=vectors, window_rows=len(chunk.texts), documents=len(keep),
-                     skipped=len(chunk.texts) - len(keep), truncated=sum(tokenized.truncated),
-                     tokens=tokenized.num_tokens)
+        chunk = p.chunk
+        return Shard(start=chunk.start, rows=p.rows, ids=p.ids, passages=p.numbers, spans=p.spans,
+                     texts=p.bodies, titles=p.titles if chunk.titles is not None else None,
+                     vectors=vectors, window_rows=len(chunk.texts), documents=p.documents,
+                     skipped=len(chunk.texts) - p.documents, truncated=sum(p.tokenized.truncated),
+                     tokens=p.tokenized.num_tokens)
+
+    def __call__(self, chunk: Chunk, times: StageTimes) -> Shard:
+        return self.encode(self.prepare(chunk), times)
+
+
+@dataclass
+class Prepared:
+    """A chunk cut into passages and tokenised, waiting for the encoder."""
+
+    chunk: Chunk
+    documents: int
+    rows: list = field(default_factory=list)
+    ids: list = field(default_factory=list)
+    numbers: list = field(default_factory=list)
+    spans: list = field(default_factory=list)
+    bodies: list = field(default_factory=list)
+    titles: list = field(default_factory=list)
+    embedded: list = field(default_factory=list)
+    tokenized: object = None
+    seconds: float = 0.0

@@ -9,11 +9,13 @@ encodes its share of the windows and rank 0 assembles.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .. import __version__
 from ..config import BuildConfig, parse_size
@@ -72,22 +74,62 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
 
         bar = tqdm(total=sum(b - a for a, b in runs), unit="doc", desc="embedding", smoothing=0.1)
     docs = tokens = 0
-    started = t_read = time.perf_counter()
-    for a, b in runs:
-        for chunk in reader.chunks(config.shard_rows, start_row=a, stop_row=b):
-            times.read += time.perf_counter() - t_read
-            shard = embed(chunk, times)
-            t_write = time.perf_counter()
-            write_shard(work.shard_path(shard.start), shard, reader.id_kind)
-            times.write += time.perf_counter() - t_write
-            docs, tokens = docs + shard.documents, tokens + shard.tokens
-            if bar is not None:
-                bar.set_postfix_str(f"{tokens / max(1e-9, time.perf_counter() - started):,.0f} tok/s")
-                bar.update(shard.window_rows)
-            t_read = time.perf_counter()
+    started = time.perf_counter()
+    chunks = (c for a, b in runs for c in reader.chunks(config.shard_rows, start_row=a, stop_row=b))
+    for prepared in prefetch(chunks, embed.prepare, times):
+        shard = embed.encode(prepared, times)
+        t_write = time.perf_counter()
+        write_shard(work.shard_path(shard.start), shard, reader.id_kind)
+        times.write += time.perf_counter() - t_write
+        docs, tokens = docs + shard.documents, tokens + shard.tokens
+        if bar is not None:
+            bar.set_postfix_str(f"{tokens / max(1e-9, time.perf_counter() - started):,.0f} tok/s")
+            bar.update(shard.window_rows)
     if bar is not None:
         bar.close()
     return docs, tokens
+
+
+def prefetch(chunks: Iterator, prepare: Callable, times: StageTimes, depth: int = 2) -> Iterator:
+    """``prepare(chunk)`` for each chunk in a background thread, up to ``depth`` ahead of the
+    consumer (the encoder), so reading, passage splitting and tokenisation overlap encoding.
+    Errors surface in the consumer, in corpus order; memory stays bounded by ``depth``."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            t_read = time.perf_counter()
+            for chunk in chunks:
+                times.read += time.perf_counter() - t_read
+                item = prepare(chunk)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+                t_read = time.perf_counter()
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+
+    worker = threading.Thread(target=work, name="tpsearch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_progress: bool = False,
@@ -172,7 +214,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes) -> Assembled:
     query_encoder = encoder.variant(prompt=config.model.query_prompt) if config.model.query_prompt else encoder
     opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
-                           config.transform_settings(), config.lexical)
+                           config.transform_settings(), config.lexical, config.lexical_unit)
     try:
         return assemble(work.complete_shards(), work.fresh_final(), opts, times,
                         lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),

@@ -51,6 +51,8 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
     if config.mode != "dense" and not config.lexical:
         raise InputError(f"mode {config.mode!r} needs the lexical index (drop --no-lexical)")
+    if config.lexical_unit not in ("document", "passage"):
+        raise InputError(f"lexical-unit must be document or passage, got {config.lexical_unit!r}")
     if config.fusion not in ("rrf", "minmax"):
         raise InputError(f"fusion must be rrf or minmax, got {config.fusion!r}")
     if not 0.0 <= config.lexical_weight <= 1.0:
