@@ -37,9 +37,9 @@ ARCHS: dict[str, dict] = {
 def _tokenizer_dir(given: str | None) -> Path:
     if given:
         return Path(given)
-    from tpsearch.loading import DEFAULT_MODEL, _gguf_cache_entry, resolve_source
+    from tpsearch.loading import DEFAULT_MODEL, gguf_cache_entry, resolve_source
 
-    return _gguf_cache_entry(resolve_source(DEFAULT_MODEL))
+    return gguf_cache_entry(resolve_source(DEFAULT_MODEL))
 
 
 def build_model(arch: str, tokenizer_dir: Path, device: torch.device, dtype: torch.dtype):

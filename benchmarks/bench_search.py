@@ -45,10 +45,10 @@ def real_index(s: Searcher, queries: list[str], repeat: int, k: int) -> float:
         for q in queries:
             vec, ms = timed(lambda: s.query_encoder.encode([q]))
             stages["encode"].append(ms)
-            dense, ms = timed(lambda: s._dense(vec[0], 100, False, {}))
+            dense, ms = timed(lambda: s.dense_ranking(vec[0], 100, False, {}))
             stages["dense"].append(ms)
             if s.lexical is not None:
-                lex, ms = timed(lambda: s._lexical_ranking(q, 100, False))
+                lex, ms = timed(lambda: s.lexical_ranking(q, 100, False))
                 stages["lexical"].append(ms)
                 _, ms = timed(lambda: fuse(dense, lex, s.manifest.fusion["method"],
                                            s.manifest.fusion["lexical_weight"]))

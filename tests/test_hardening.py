@@ -215,3 +215,22 @@ def test_a_hub_model_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError, match="HF_HUB_OFFLINE"):
         resolve_source("no-such-org/no-such-model")
+
+
+def test_two_builds_started_at_once_give_one_complete_index_or_a_clean_refusal(tmp_path, built):
+    _, model, _ = built
+    corpus = write_corpus(tmp_path / "c.parquet", 120)
+    out = tmp_path / "idx"
+    cmd = [sys.executable, "-m", "tpsearch.cli", "build", str(corpus), "--out", str(out), "--model",
+           str(model), "--device", "cpu", "--shard-rows", "20", "--no-progress", "--overwrite"]
+    for _ in range(3):
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
+        codes = sorted(code for code, _ in results)
+        assert codes in ([0, 0], [0, 1]), results  # one after the other, or one refused
+        for code, err in results:
+            if code == 1:
+                assert "another build is writing" in err and "Traceback" not in err
+        s = Searcher.open(out)
+        assert s.manifest.documents == 120 and len(s.idmap.ids) == s.manifest.vectors
+        assert not WorkDir(out.resolve()).root.exists()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -358,8 +358,10 @@ class TPEncoder:
         show_progress: bool,
         also_layers: Sequence[int] = (),
         max_batch_tokens: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
-        """(len(also_layers) + 1, num_texts, dim) float32, templates averaged, input order."""
+        """(len(also_layers) + 1, num_texts, dim) float32, templates averaged, input order.
+        ``on_batch(rows)`` is called after each forward pass (for progress bars)."""
         rows = tokenized.input_ids
         out = torch.empty((len(also_layers) + 1, len(rows), self.dim), dtype=torch.float32)
         bar = None
@@ -377,6 +379,8 @@ class TPEncoder:
             pending.append((batch, got if also_layers else got.unsqueeze(0)))
             if bar is not None:
                 bar.update(len(batch))
+            if on_batch is not None:
+                on_batch(len(batch))
         for batch, got in pending:
             out[:, batch] = got.float().cpu()
         if bar is not None:
@@ -392,10 +396,11 @@ class TPEncoder:
         normalize: bool = True,
         show_progress: bool = False,
         max_batch_tokens: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Embed pre-tokenised texts, length-sorted into batches, returned in input order."""
         out = self._encode_stack(tokenized, batch_size, show_progress,
-                                 max_batch_tokens=max_batch_tokens)[0]
+                                 max_batch_tokens=max_batch_tokens, on_batch=on_batch)[0]
         if normalize:
             out = torch.nn.functional.normalize(out, dim=1)
         return out.numpy()

@@ -66,13 +66,13 @@ def choose_index(spec: str, n: int, dim: int, memory_budget: int | None = None) 
     flat_bytes = n * dim * 4
     if key == "auto":
         if n <= FLAT_MAX_DOCS and (memory_budget is None or flat_bytes <= memory_budget):
-            return IndexPlan("Flat", f"{n} documents <= {FLAT_MAX_DOCS}: exact search is cheap")
+            return IndexPlan("Flat", f"{n} vectors <= {FLAT_MAX_DOCS}: exact search is cheap")
         hnsw_bytes = flat_bytes + n * 32 * 2 * 4
         if memory_budget is None or hnsw_bytes <= memory_budget:
-            return IndexPlan("HNSW32,Flat", f"{n} documents > {FLAT_MAX_DOCS}; "
+            return IndexPlan("HNSW32,Flat", f"{n} vectors > {FLAT_MAX_DOCS}; "
                              f"vectors and graph need {hnsw_bytes / 2**20:.0f} MiB")
         m = _pq_m(dim, n, memory_budget)
-        return IndexPlan(f"IVF{_nlist(n)},PQ{m}", f"{n} documents; HNSW needs "
+        return IndexPlan(f"IVF{_nlist(n)},PQ{m}", f"{n} vectors; HNSW needs "
                          f"{hnsw_bytes / 2**20:.0f} MiB, over the budget: compressed to {m} B/vector")
     if key == "flat":
         return IndexPlan("Flat", "asked for")

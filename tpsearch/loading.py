@@ -218,7 +218,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-def _gguf_cache_entry(source: ModelSource) -> Path:
+def gguf_cache_entry(source: ModelSource) -> Path:
     """Dequantise a GGUF file once into a cached transformers directory; return that directory."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -260,7 +260,7 @@ def load_model(
 
     where = source.path
     if source.kind in ("gguf", "bundled"):
-        where = str(_gguf_cache_entry(source))
+        where = str(gguf_cache_entry(source))
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

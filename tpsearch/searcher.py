@@ -300,13 +300,13 @@ class Searcher:
         if mode != "lexical":
             vecs = self.query_encoder.encode(queries, batch_size=batch_size)
             depth = k if passages else max(k, FUSION_DEPTH if mode == "hybrid" else k)
-            dense = [self._dense(v, depth, passages, params) for v in vecs]
+            dense = [self.dense_ranking(v, depth, passages, params) for v in vecs]
         out = []
         for i, q in enumerate(queries):
             if mode == "dense":
                 ranked = dense[i]
             else:
-                lex = self._lexical_ranking(q, k if mode == "lexical" else max(k, FUSION_DEPTH),
+                lex = self.lexical_ranking(q, k if mode == "lexical" else max(k, FUSION_DEPTH),
                                             passages)
                 ranked = lex if mode == "lexical" else fuse(
                     dense[i], lex, self.manifest.fusion.get("method", "minmax"),
@@ -315,7 +315,7 @@ class Searcher:
                         for rank, (_, r, s) in enumerate(ranked[:k], start=1)])
         return out
 
-    def _dense(self, vec: np.ndarray, depth: int, passages: bool,
+    def dense_ranking(self, vec: np.ndarray, depth: int, passages: bool,
                params: dict) -> list[tuple[int, int, float]]:
         """(document, passage row, score), best first: ``depth`` passages or documents."""
         n = self.index.ntotal
@@ -334,7 +334,7 @@ class Searcher:
     def lexical_unit(self) -> str:
         return (self.manifest.lexical or {}).get("unit", "passage")
 
-    def _lexical_ranking(self, query: str, depth: int, passages: bool) -> list[tuple[int, int, float]]:
+    def lexical_ranking(self, query: str, depth: int, passages: bool) -> list[tuple[int, int, float]]:
         """(document, passage row, score), best first. With whole-document BM25 rows, each
         document's passage is the one holding the most distinct query words."""
         scores = self.lexical.scores(query)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -99,14 +100,21 @@ class ChunkEmbedder:
         p.seconds = time.perf_counter() - t0
         return p
 
-    def encode(self, p: "Prepared", times: StageTimes) -> Shard:
-        """The model's part: vectors of the prepared passages, as a shard."""
+    def encode(self, p: "Prepared", times: StageTimes,
+               progress: Callable[[float], None] | None = None) -> Shard:
+        """The model's part: vectors of the prepared passages, as a shard. ``progress`` gets
+        the share of the window's corpus rows each forward pass finished."""
         t1 = time.perf_counter()
         if p.embedded:
+            per_row = len(p.chunk.texts) / (len(p.tokenized.input_ids) or 1)
+            on_batch = (lambda n: progress(n * per_row)) if progress is not None else None
             vectors = self.encoder.encode_tokenized(p.tokenized, batch_size=self.o.batch_size,
-                                                   max_batch_tokens=self.o.max_batch_tokens)
+                                                   max_batch_tokens=self.o.max_batch_tokens,
+                                                   on_batch=on_batch)
         else:
             vectors = np.zeros((0, self.encoder.dim), dtype=np.float32)
+            if progress is not None:
+                progress(len(p.chunk.texts))
         times.tokenize += p.seconds
         times.encode += time.perf_counter() - t1
         chunk = p.chunk

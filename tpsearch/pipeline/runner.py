@@ -77,14 +77,15 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
     started = time.perf_counter()
     chunks = (c for a, b in runs for c in reader.chunks(config.shard_rows, start_row=a, stop_row=b))
     for prepared in prefetch(chunks, embed.prepare, times):
-        shard = embed.encode(prepared, times)
+        shard = embed.encode(prepared, times, bar.update if bar is not None else None)
         t_write = time.perf_counter()
         write_shard(work.shard_path(shard.start), shard, reader.id_kind)
         times.write += time.perf_counter() - t_write
         docs, tokens = docs + shard.documents, tokens + shard.tokens
         if bar is not None:
             bar.set_postfix_str(f"{tokens / max(1e-9, time.perf_counter() - started):,.0f} tok/s")
-            bar.update(shard.window_rows)
+            bar.n = round(bar.n)  # whole windows done: no float drift
+            bar.refresh()
     if bar is not None:
         bar.close()
     return docs, tokens
