@@ -32,6 +32,8 @@ WHOLE_DOCUMENT_FLAGS = ["--passage-tokens", "0", "--transform", "none", "--no-le
 
 
 def config(tmp_path, model_dir, corpus, **kw) -> BuildConfig:
-    model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8)
+    """A build of ``corpus`` on a tiny model, exact float32 on every CPU (the default dtype
+    "auto" is bfloat16 on AMX machines)."""
+    model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8, dtype="float32")
     return BuildConfig(corpus=str(corpus), out=str(tmp_path / "index"), model=model,
                        **{"shard_rows": 32, **WHOLE_DOCUMENTS, **kw})

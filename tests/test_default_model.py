@@ -74,7 +74,7 @@ def test_demo_slice_build_and_query(default_encoder, tmp_path):
     corpus = tmp_path / "slice.parquet"
     pq.write_table(table, corpus)
     cfg = BuildConfig(corpus=str(corpus), out=str(tmp_path / "idx"), title_column="title",
-                      model=ModelConfig(device="cpu"))
+                      model=ModelConfig(device="cpu", dtype="float32"))
     res = build_index(cfg, encoder=default_encoder)
     assert res.manifest.to_dict()["documents"] == 40
     s = Searcher.open(res.out, encoder=default_encoder)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PAT
 
 
 def _args(corpus, out, model_dir):
-    return [str(corpus), "--out", str(out), "--model", str(model_dir), "--device", "cpu",
+    return [str(corpus), "--out", str(out), "--model", str(model_dir), "--device", "cpu", "--dtype", "float32",
             "--shard-rows", "16", "--batch-size", "4", "--no-progress"]
 
 

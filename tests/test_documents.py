@@ -83,7 +83,7 @@ def test_passage_settings_are_validated():
 
 # ---------------------------------------------------------------------------- the index
 def _config(tmp_path, model_dir, corpus, out="index", **kw):
-    model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8)
+    model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8, dtype="float32")
     base = dict(passage_tokens=40, passage_overlap=8, transform="center", shard_rows=16)
     return BuildConfig(corpus=str(corpus), out=str(tmp_path / out), model=model, **{**base, **kw})
 

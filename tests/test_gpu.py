@@ -39,7 +39,7 @@ def test_gpu_build_equals_cpu_build(tmp_path, tiny_model_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 300, row_group_size=50)
     model = str(tiny_model_dir("qwen2"))
     outs = {}
-    for name, extra in {"cpu": ["--device", "cpu"], "gpu": ["--device", "cuda", "--dtype", "float32"],
+    for name, extra in {"cpu": ["--device", "cpu", "--dtype", "float32"], "gpu": ["--device", "cuda", "--dtype", "float32"],
                         "bf16": ["--device", "auto"]}.items():
         outs[name] = tmp_path / name
         r = CliRunner().invoke(main, ["build", str(corpus), "--out", str(outs[name]), "--model", model,

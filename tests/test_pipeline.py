@@ -205,7 +205,7 @@ def test_token_budget_batches_give_the_same_vectors(tmp_path, llama_dir):
     plain = build_index(config(tmp_path, llama_dir, corpus)).out
     budget = tmp_path / "budget"
     result = CliRunner().invoke(main, ["build", str(corpus), "--out", str(budget), "--model", str(llama_dir),
-                                       "--device", "cpu", "--max-batch-tokens", "40", "--no-progress",
+                                       "--device", "cpu", "--dtype", "float32", "--max-batch-tokens", "40", "--no-progress",
                                        *WHOLE_DOCUMENT_FLAGS])
     assert result.exit_code == 0, result.output
     m = json.loads((budget / "manifest.json").read_text())
@@ -217,7 +217,8 @@ def test_token_budget_batches_give_the_same_vectors(tmp_path, llama_dir):
 
 def _build_cmd(corpus, out, model_dir):
     return [sys.executable, "-m", "tpsearch.cli", "build", str(corpus), "--out", str(out),
-            "--model", str(model_dir), "--device", "cpu", "--shard-rows", "16", "--batch-size", "4",
+            "--model", str(model_dir), "--device", "cpu", "--dtype", "float32", "--shard-rows", "16",
+            "--batch-size", "4",
             "--no-progress"]
 
 

@@ -58,7 +58,7 @@ def build_config(model_dir, **kw) -> BuildConfig:
     """The evaluation's settings on a tiny model: whole documents unless told otherwise."""
     base = dict(passage_tokens=0, transform="none", lexical=False, mode="dense", title_column="title")
     model = {k: kw.pop(k) for k in ("pooling", "query_prompt", "tp_layers") if k in kw}
-    return BuildConfig(model=ModelConfig(model=str(model_dir), device="cpu", **model),
+    return BuildConfig(model=ModelConfig(model=str(model_dir), device="cpu", dtype="float32", **model),
                        **{**base, **kw})
 
 
@@ -119,7 +119,8 @@ COMPARED_LABELS = ["whole document, dense", "whole document, lexical",
 
 def test_compare_equals_separate_runs(tiny_model_dir):
     model_dir = tiny_model_dir("qwen2")
-    base = BuildConfig(model=ModelConfig(model=str(model_dir), device="cpu"), passage_tokens=32,
+    base = BuildConfig(model=ModelConfig(model=str(model_dir), device="cpu", dtype="float32"),
+                       passage_tokens=32,
                        passage_overlap=8, title_column="title", store_text=False, index="flat")
     runs = compare_retrieval(BEIR, base)
     assert [r["label"] for r in runs] == COMPARED_LABELS
