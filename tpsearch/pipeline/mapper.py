@@ -67,15 +67,16 @@ class ChunkEmbedder:
                 f"{self.o.text_column!r} is null or empty (--strict)")
         return keep
 
-    def passages(self, text: str, title: str | None) -> list[tuple[int, int]]:
-        """Character spans of the passages of one document."""
+    def passages(self, text: str, title_tokens: int = 0) -> list[tuple[int, int]]:
+        """Character spans of the passages of one document whose title (if any) takes
+        ``title_tokens`` tokens."""
         ps = self.o.passages
         if ps.whole_documents or not text.strip():  # a title-only document: one passage
             return [(0, len(text))]
-        room = ps.max_tokens - self.encoder.prompt_tokens
-        if title:
-            room -= self.encoder.count_tokens([title])[0] + 1
+        room = ps.max_tokens - self.encoder.prompt_tokens - (title_tokens + 1 if title_tokens else 0)
         room = max(MIN_PASSAGE_TOKENS, room)
+        if len(text.encode("utf8")) < room:  # fewer bytes than the budget: fewer tokens too
+            return [(len(text) - len(text.lstrip()), len(text.rstrip()))]
         return [(p.start, p.end) for p in
                 split_passages(text, room, min(ps.overlap, room - 1), self.encoder.count_tokens)]
 
@@ -85,10 +86,11 @@ class ChunkEmbedder:
         t0 = time.perf_counter()
         keep = self._check(chunk)
         p = Prepared(chunk=chunk, documents=len(keep))
-        for i in keep:
+        titles = [chunk.titles[i] if chunk.titles is not None else None for i in keep]
+        counts = dict(zip((t for t in titles if t), self.encoder.count_tokens([t for t in titles if t])))
+        for i, title in zip(keep, titles):
             text = chunk.texts[i] or ""
-            title = chunk.titles[i] if chunk.titles is not None else None
-            for n, (a, b) in enumerate(self.passages(text, title)):
+            for n, (a, b) in enumerate(self.passages(text, counts.get(title, 0))):
                 p.rows.append(chunk.start + i)
                 p.ids.append(chunk.ids[i])
                 p.numbers.append(n)
