@@ -371,8 +371,8 @@ class Searcher:
 
 
 def clean_text(text: Any) -> str:
-    """A query as the tokenizer can take it: bytes decoded as UTF-8 and lone surrogates
-    replaced (both with U+FFFD), so one bad query never fails a batch."""
+    """A query as the tokenizer can take it: bytes decoded as UTF-8 (bad bytes become U+FFFD)
+    and lone surrogates replaced with '?', so one bad query never fails a batch."""
     if isinstance(text, bytes):
         return text.decode("utf8", errors="replace")
     if not isinstance(text, str):
