@@ -287,3 +287,14 @@ def test_lexical_rows_can_be_passages(tmp_path, tiny_model_dir):
     s = Searcher.open(res.out)
     hit = s.search("unique7word", k=1, mode="lexical")[0]
     assert hit.id == "doc-7" and "Unique7word" in hit.text
+
+
+def test_passage_lexical_rows_fill_k_documents(tmp_path, tiny_model_dir):
+    """Every document shares the query word in several passages: k documents come back, not
+    just the documents of the first k passages."""
+    texts = [" ".join(f"River bank {i} sentence {j}." for j in range(12)) for i in range(8)]
+    corpus = write_corpus(tmp_path / "c.parquet", 8, texts=texts)
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, lexical_unit="passage"))
+    assert res.manifest.vectors >= 16
+    hits = Searcher.open(res.out).search("river", k=5, mode="lexical")
+    assert len(hits) == 5 and len({h.id for h in hits}) == 5

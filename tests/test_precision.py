@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -36,20 +38,24 @@ def test_bf16_and_int8_stay_close_to_float32(tiny_model_dir, arch):
     assert not np.allclose(vanilla8, c, atol=1e-3)
 
 
+def build(tmp_path, model_dir, corpus, out="index", **model):
+    """A float32 tiny-model build of ``corpus`` with some model settings changed."""
+    cfg = config(tmp_path, model_dir, corpus)
+    cfg.out = str(tmp_path / out)
+    cfg.model = replace(cfg.model, **model)
+    return build_index(cfg)
+
+
 def test_int8_index_refuses_float32_queries_and_the_reverse(tmp_path, tiny_model_dir):
     path = tiny_model_dir("llama")
     corpus = write_corpus(tmp_path / "c.parquet", 20)
-    cfg = config(tmp_path, path, corpus)
-    cfg.model.quantize = "int8"
-    res = build_index(cfg)
+    res = build(tmp_path, path, corpus, quantize="int8")
     assert res.manifest.encoder.quantize == "int8"
     s = Searcher.open(res.out)
     assert s.encoder.settings.quantize == "int8" and len(s.search("river", k=3)) == 3
     with pytest.raises(ConfigMismatch, match="quantize"):
         Searcher.open(res.out, encoder=TPEncoder.from_pretrained(str(path), device="cpu"))
-    cfg = config(tmp_path, path, corpus)
-    cfg.out = str(tmp_path / "fp32")
-    plain = build_index(cfg).out
+    plain = build(tmp_path, path, corpus, out="fp32").out
     with pytest.raises(ConfigMismatch, match="quantize"):
         Searcher.open(plain, encoder=TPEncoder.from_pretrained(str(path), device="cpu", quantize="int8"))
 
@@ -57,9 +63,7 @@ def test_int8_index_refuses_float32_queries_and_the_reverse(tmp_path, tiny_model
 def test_queries_follow_the_dtype_the_documents_were_encoded_in(tmp_path, tiny_model_dir):
     path = tiny_model_dir("llama")
     corpus = write_corpus(tmp_path / "c.parquet", 12)
-    cfg = config(tmp_path, path, corpus)
-    cfg.model.dtype = "bfloat16"
-    res = build_index(cfg)
+    res = build(tmp_path, path, corpus, dtype="bfloat16")
     assert res.manifest.build["dtype"] == "bfloat16"
     s = Searcher.open(res.out)
     assert s.encoder.dtype == torch.bfloat16

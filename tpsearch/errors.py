@@ -9,6 +9,11 @@ class InputError(TPSearchError, ValueError):
     """Bad input data: a missing file, a wrong column, duplicate ids, ..."""
 
 
+class UnbuildableIndex(InputError):
+    """The ``--index`` asked for cannot be trained on this corpus. The encoded shards are still
+    good: the same build with another ``--index`` resumes without encoding."""
+
+
 class ConfigMismatch(TPSearchError):
     """Existing work (shards, an index) was made with other settings than the ones given."""
 

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+#: Search modes: vectors only, BM25 only, or the two fused.
+MODES = ("dense", "lexical", "hybrid")
 FUSIONS = ("rrf", "minmax")
 RRF_K = 60
 

@@ -24,7 +24,7 @@ from typing import Iterable
 import faiss
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, UnbuildableIndex
 
 FLAT_MAX_DOCS = 20_000
 TARGET_RECALL = 0.95
@@ -85,7 +85,7 @@ def choose_index(spec: str, n: int, dim: int, memory_budget: int | None = None) 
     try:
         faiss.index_factory(dim, s, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise InputError(f"--index {s!r}: not a FAISS factory string ({str(exc).splitlines()[0]})") from None
+        raise UnbuildableIndex(f"--index {s!r}: not a FAISS factory string ({str(exc).splitlines()[0]})") from None
     return IndexPlan(s, "asked for")
 
 
@@ -103,7 +103,7 @@ def fit_plan(plan: IndexPlan, n: int) -> IndexPlan:
         factory = factory.replace(m.group(0), f"IVF{lists}", 1)
         reason += f"; {m.group(0)} lowered to IVF{lists}: only {n} vectors to train on"
     if re.search(r"PQ\d+", factory) and n < PQ_CENTROIDS:
-        raise InputError(
+        raise UnbuildableIndex(
             f"--index {plan.factory!r}: product quantisation trains {PQ_CENTROIDS} centroids per "
             f"code and the corpus has only {n} vectors; use --index flat (or auto). The encoded "
             "shards are kept: the same command with another --index resumes without encoding")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .digest import sha256_file
 from .errors import InputError
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -66,11 +67,7 @@ def file_sha256(path: Path) -> str:
         memo = {}
     if key in memo:
         return memo[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    memo[key] = digest.hexdigest()
+    memo[key] = sha256_file(path)
     memo_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo_file.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(memo, indent=0))

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .digest import sha256_file
 from .errors import ConfigMismatch, IndexDamaged, InputError
+from .fusion import MODES
 from .settings import EncoderSettings
 
 FORMAT = "tpsearch-index"
@@ -138,7 +140,7 @@ class Manifest:
                 query_shift_file=r.str_("transform.query_shift_file", tr, null=True, default=None),
                 note=r.str_("transform.note", tr, null=True, default=None)),
             lexical=r.obj("lexical", optional=True),
-            default_mode=r.choice("default_mode", ("dense", "lexical", "hybrid"), default="dense"),
+            default_mode=r.choice("default_mode", MODES, default="dense"),
             fusion=r.obj("fusion", optional=True) or {},
             query_prompt=r.str_("query_prompt", null=True, default=None),
             query_templates=d.get("query_templates"),
@@ -186,59 +188,46 @@ class _Reader:
     def __init__(self, d: dict, where: str):
         self.d, self.where = d, where
 
-    def _get(self, name, src, default):
+    def _typed(self, name, src, default, null, ok, expected: str):
+        """The field ``name`` of ``src`` (the manifest by default), ``default`` where absent
+        (absent and no default: refused), None where allowed, else it must pass ``ok``."""
         key = name.rsplit(".", 1)[-1]
         src = self.d if src is None else src
-        if key not in src:
-            if default is self._MISSING:
-                raise IndexDamaged(f"{self.where}: {name} is missing")
-            return default, True
-        return src[key], False
-
-    def _bad(self, name, value, expected) -> IndexDamaged:
-        return IndexDamaged(f"{self.where}: {name} must be {expected}, got {value!r}")
+        if key in src:
+            value = src[key]
+        elif default is self._MISSING:
+            raise IndexDamaged(f"{self.where}: {name} is missing")
+        else:
+            value = default
+        if value is None and null:
+            return None
+        if not ok(value):
+            raise IndexDamaged(f"{self.where}: {name} must be {expected}, got {value!r}")
+        return value
 
     def obj(self, name, src=None, optional=False):
-        v, missing = self._get(name, src, None if optional else self._MISSING)
-        if v is None and optional:
-            return None
-        if not isinstance(v, dict):
-            raise self._bad(name, v, "an object")
-        return v
+        return self._typed(name, src, None if optional else self._MISSING, optional,
+                           lambda v: isinstance(v, dict), "an object")
 
     def str_(self, name, src=None, null=False, default=_MISSING):
-        v, _ = self._get(name, src, default)
-        if v is None and null:
-            return None
-        if not isinstance(v, str):
-            raise self._bad(name, v, "a string")
-        return v
+        return self._typed(name, src, default, null, lambda v: isinstance(v, str), "a string")
 
     def int_(self, name, src=None, null=False, default=_MISSING):
-        v, _ = self._get(name, src, default)
-        if v is None and null:
-            return None
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise self._bad(name, v, "a non-negative integer")
-        return v
+        return self._typed(name, src, default, null,
+                           lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                           "a non-negative integer")
 
     def num(self, name, src=None, default=_MISSING):
-        v, _ = self._get(name, src, default)
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            raise self._bad(name, v, "a number")
-        return v
+        return self._typed(name, src, default, False,
+                           lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                           "a number")
 
     def bool_(self, name, src=None, default=_MISSING):
-        v, _ = self._get(name, src, default)
-        if not isinstance(v, bool):
-            raise self._bad(name, v, "true or false")
-        return v
+        return self._typed(name, src, default, False, lambda v: isinstance(v, bool),
+                           "true or false")
 
     def choice(self, name, options, src=None, default=_MISSING):
-        v, _ = self._get(name, src, default)
-        if v not in options:
-            raise self._bad(name, v, " or ".join(options))
-        return v
+        return self._typed(name, src, default, False, lambda v: v in options, " or ".join(options))
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -275,6 +264,32 @@ def inside(directory: Path, name: str) -> Path:
         raise IndexDamaged(f"{directory}: the manifest names {name!r}, which is outside the index "
                            "directory; refusing to read it")
     return target
+
+
+def file_digests(directory: Path, names: list[str]) -> dict:
+    """Size and SHA-256 of each named file (every file, for a folder), as ``Manifest.files``."""
+    out = {}
+    for name in names:
+        p = directory / name
+        for f in sorted([p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()]):
+            out[f.relative_to(directory).as_posix()] = {"bytes": f.stat().st_size,
+                                                         "sha256": sha256_file(f)}
+    return out
+
+
+def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) -> None:
+    """Check each recorded file's size (and SHA-256) against the manifest."""
+    for name, want in manifest.files.items():
+        path = inside(directory, name)
+        if not path.is_file():
+            raise IndexDamaged(f"{directory}: {name} is missing")
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            raise IndexDamaged(f"{directory}: {name} has {size} bytes, the manifest records "
+                               f"{want.get('bytes')}; the index directory is damaged")
+        if checksums and sha256_file(path) != want.get("sha256"):
+            raise IndexDamaged(f"{directory}: {name} does not match the checksum in the "
+                               "manifest (changed or copied from another index)")
 
 
 def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -13,10 +13,9 @@ be shared between threads.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,14 +26,11 @@ import pyarrow.parquet as pq
 
 from .encoder import TPEncoder
 from .errors import ConfigMismatch, IndexDamaged, InputError
-from .fusion import best_per_document, fuse
+from .fusion import MODES, best_per_document, fuse
 from .index import apply_search_params, check_search_params
 from .loading import resolve_source
-from .manifest import Manifest, inside, read_manifest
+from .manifest import Manifest, inside, read_manifest, verify_files
 
-log = logging.getLogger("tpsearch")
-
-MODES = ("dense", "lexical", "hybrid")
 #: Documents each side contributes before fusion (hybrid), at least.
 FUSION_DEPTH = 100
 
@@ -72,26 +68,6 @@ def check_encoder(manifest: Manifest, encoder: TPEncoder) -> None:
         raise ConfigMismatch("the encoder does not match the index: " + "; ".join(diffs))
 
 
-def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) -> None:
-    """Check each recorded file's size (and SHA-256) against the manifest."""
-    for name, want in manifest.files.items():
-        path = inside(directory, name)
-        if not path.is_file():
-            raise IndexDamaged(f"{directory}: {name} is missing")
-        size = path.stat().st_size
-        if size != want.get("bytes"):
-            raise IndexDamaged(f"{directory}: {name} has {size} bytes, the manifest records "
-                               f"{want.get('bytes')}; the index directory is damaged")
-        if checksums:
-            h = hashlib.sha256()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            if h.hexdigest() != want.get("sha256"):
-                raise IndexDamaged(f"{directory}: {name} does not match the checksum in the "
-                                   "manifest (changed or copied from another index)")
-
-
 @dataclass
 class IdMap:
     """Per vector: document id, passage number, span, text; and its document's ordinal."""
@@ -121,6 +97,12 @@ class IdMap:
                    starts=get("start"), ends=get("end"),
                    texts=t.column("text").to_pylist() if "text" in cols else None,
                    doc_of_row=doc.astype(np.int64))
+
+    @cached_property
+    def doc_rows(self) -> list[np.ndarray]:
+        """Passage rows of each document, by document ordinal (computed on first use)."""
+        bounds = np.flatnonzero(np.diff(self.doc_of_row)) + 1
+        return np.split(np.arange(len(self.ids)), bounds)
 
     def hit(self, row: int, score: float, rank: int) -> Hit:
         return Hit(self.ids[row], float(score), rank,
@@ -339,17 +321,19 @@ class Searcher:
         document's passage is the one holding the most distinct query words."""
         scores = self.lexical.scores(query)
         order = np.argsort(-scores, kind="stable")
-        order = order[scores[order] > 0][:depth]
+        order = order[scores[order] > 0]
         if self.lexical_unit == "passage":
             if passages:
-                return [(int(self.idmap.doc_of_row[r]), int(r), float(scores[r])) for r in order]
+                return [(int(self.idmap.doc_of_row[r]), int(r), float(scores[r]))
+                        for r in order[:depth]]
+            # all matching passages: the best `depth` documents may need more than `depth` rows
             return best_per_document(scores[order], order, self.idmap.doc_of_row, depth)
-        return [(int(d), self._passage_for(int(d), query), float(scores[d])) for d in order]
+        return [(int(d), self._passage_for(int(d), query), float(scores[d])) for d in order[:depth]]
 
     def _passage_for(self, doc: int, query: str) -> int:
         """The row of the document's passage sharing the most distinct words with ``query``
         (its first passage where the index stores no text)."""
-        rows = self._doc_rows[doc]
+        rows = self.idmap.doc_rows[doc]
         if self.idmap.texts is None or len(rows) == 1:
             return int(rows[0])
         from .lexical import words
@@ -357,14 +341,6 @@ class Searcher:
         want = set(words([query])[0])
         found = words([self.idmap.texts[r] for r in rows])
         return int(rows[max(range(len(rows)), key=lambda i: (len(want & set(found[i])), -i))])
-
-    @property
-    def _doc_rows(self) -> list[np.ndarray]:
-        """Passage rows of each document (computed once)."""
-        if not hasattr(self, "_doc_rows_cache"):
-            bounds = np.flatnonzero(np.diff(self.idmap.doc_of_row)) + 1
-            self._doc_rows_cache = np.split(np.arange(len(self.idmap.ids)), bounds)
-        return self._doc_rows_cache
 
     def __len__(self) -> int:
         return self.documents

@@ -69,8 +69,7 @@ class FittedTransform:
             return inner
         index = faiss.IndexPreTransform(inner)
         for vt in reversed(self.chain):
-            index.prepend_transform(vt)
-        self._keep = (inner, self.chain)  # SWIG: keep Python owners alive with the index
+            index.prepend_transform(vt)  # faiss's wrapper keeps the transforms alive
         return index
 
 

@@ -7,7 +7,6 @@ index, and tunes ANN search parameters for recall against exact search.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from ..index import IndexPlan, choose_index, exact_topk, fit_plan, new_index, tu
 from ..lexical import LexicalBuilder
 from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, TransformInfo
 from ..passages import sentence_spans
-from ..transform import FIT_SAMPLE, QUERY_SAMPLE, TransformSettings, fit_transform
+from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, TransformSettings, fit_transform,
+                         read_example_queries)
 from .mapper import StageTimes
 from .reader import join_title
 from .writer import iter_vectors, read_table, read_vectors, shard_meta, shard_rows
@@ -99,8 +99,6 @@ def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder)
     queries, source = None, None
     if ts.kind != "none":
         if ts.query_examples:
-            from ..transform import read_example_queries
-
             texts, source = read_example_queries(ts.query_examples), f"examples:{ts.query_examples}"
         else:
             texts, source = first_sentences(shards, QUERY_SAMPLE), "first-sentences"
@@ -121,17 +119,19 @@ def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> dict
     """Add every shard's vectors; write the id map and the lexical index beside."""
     lexical = LexicalBuilder() if opts.lexical else None
     cols = ["id", "passage", "start", "end", "row"] + (["text"] if opts.store_text else [])
+    read = cols + [c for c in ("title", "text") if lexical is not None and c not in cols]
     writer = None
     try:
         for path in shards:
             index.add(read_vectors(path))
-            table = read_table(path, cols).rename_columns(
+            shard = read_table(path, read)
+            table = shard.select(cols).rename_columns(
                 [("corpus_row" if c == "row" else c) for c in cols])
             if writer is None:
                 writer = pq.ParquetWriter(final / ID_MAP_FILE, table.schema)
             writer.write_table(table)
             if lexical is not None:
-                t = read_table(path, ["row", "passage", "start", "end", "title", "text"]).to_pydict()
+                t = shard.to_pydict()
                 if opts.lexical_unit == "passage":
                     lexical.add([join_title(a, b) for a, b in zip(t["title"], t["text"])])
                 else:
@@ -207,19 +207,3 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
                      skipped=sum(m["skipped"] for m in metas),
                      truncated=sum(m["truncated"] for m in metas),
                      tokens=sum(m["tokens"] for m in metas))
-
-
-def file_digests(directory: Path, names: list[str]) -> dict:
-    """Size and SHA-256 of each named file (every file, for a folder), for the manifest."""
-    out = {}
-    for name in names:
-        p = directory / name
-        for f in sorted([p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()]):
-            h = hashlib.sha256()
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            out[f.relative_to(directory).as_posix()] = {"bytes": f.stat().st_size,
-                                                         "sha256": h.hexdigest()}
-    return out
-

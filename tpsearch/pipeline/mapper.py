@@ -126,9 +126,6 @@ class ChunkEmbedder:
                      skipped=len(chunk.texts) - p.documents, truncated=sum(p.tokenized.truncated),
                      tokens=p.tokenized.num_tokens)
 
-    def __call__(self, chunk: Chunk, times: StageTimes) -> Shard:
-        return self.encode(self.prepare(chunk), times)
-
 
 @dataclass
 class Prepared:

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,10 +20,10 @@ from typing import Callable, Iterator
 from .. import __version__
 from ..config import BuildConfig, parse_size
 from ..encoder import TPEncoder
-from ..errors import InputError, TPSearchError
+from ..errors import InputError, TPSearchError, UnbuildableIndex
 from ..index import choose_index
-from ..manifest import ID_MAP_FILE, Manifest, ModelRef, write_manifest
-from .assembler import Assembled, AssemblyOptions, assemble, file_digests
+from ..manifest import Manifest, ModelRef, file_digests, write_manifest
+from .assembler import Assembled, AssemblyOptions, assemble
 from .distributor import Distributor
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .reader import CorpusReader, CorpusSpec
@@ -65,6 +65,10 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
     """Embed every window without a shard; returns (documents, tokens) encoded now."""
     runs = work.missing_windows(reader.num_rows, config.shard_rows)
     runs = select(runs) if select is not None else runs
+    done = len(work.complete_shards())
+    if done:
+        log.info("resuming: %d shard(s) done, %d corpus rows left", done,
+                 sum(b - a for a, b in runs))
     embed = ChunkEmbedder(encoder, MapperOptions(
         config.model.batch_size, config.model.max_batch_tokens, config.strict, config.id_column,
         config.text_column, config.passage_settings()))
@@ -200,13 +204,13 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
             agreed(d, lambda: None)  # wait for rank 0's assembly
             return BuildResult(out, None, docs, tokens)
         part = agreed(d, lambda: _assemble(config, encoder, work, times))
-    except InputError as exc:
-        if not getattr(exc, "keep_shards", False):
-            work.discard()  # bad data will not get better on a rerun: leave nothing behind
+    except UnbuildableIndex:
+        raise  # the shards serve a rerun with another --index
+    except InputError:
+        work.discard()  # bad data will not get better on a rerun: leave nothing behind
         raise
-    files = file_digests(work.final, _named_files(part))
-    manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens,
-                         files)
+    manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens)
+    manifest = replace(manifest, files=file_digests(work.final, manifest.named_files()))
     write_manifest(work.final, manifest)
     work.publish(keep_shards)
     return BuildResult(out, manifest, docs, tokens)
@@ -216,19 +220,13 @@ def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: Sta
     query_encoder = encoder.variant(prompt=config.model.query_prompt) if config.model.query_prompt else encoder
     opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
                            config.transform_settings(), config.lexical, config.lexical_unit)
-    try:
-        return assemble(work.complete_shards(), work.fresh_final(), opts, times,
-                        lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),
-                        config.corpus, config.text_column)
-    except InputError as exc:
-        if "--index" in str(exc):
-            exc.keep_shards = True  # another --index reuses the shards
-        raise
+    return assemble(work.complete_shards(), work.fresh_final(), opts, times,
+                    lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),
+                    config.corpus, config.text_column)
 
 
 def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fingerprint: str,
-              part: Assembled, times: StageTimes, began: float, docs: int, tokens: int,
-              files: dict) -> Manifest:
+              part: Assembled, times: StageTimes, began: float, docs: int, tokens: int) -> Manifest:
     src = encoder.source
     return Manifest(
         model=ModelRef(spec=encoder.settings.model, path=src.path if src else None,
@@ -255,14 +253,5 @@ def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fin
                # Where this process encoded (rank 0 for sharded builds): bf16 on a GPU by default.
                "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch."),
                "config": config.to_dict()},
-        files=files, tpsearch_version=__version__,
+        tpsearch_version=__version__,
     )
-
-
-def _named_files(part: Assembled) -> list[str]:
-    names = [part.index.file, ID_MAP_FILE]
-    if part.transform.query_shift_file:
-        names.append(part.transform.query_shift_file)
-    if part.lexical:
-        names.append(part.lexical["dir"])
-    return names

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..config import BuildConfig, check_types, parse_size
 from ..errors import InputError
+from ..fusion import FUSIONS, MODES
 
-MODES = ("dense", "lexical", "hybrid")
 NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 
 
@@ -53,8 +53,8 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
         raise InputError(f"mode {config.mode!r} needs the lexical index (drop --no-lexical)")
     if config.lexical_unit not in ("document", "passage"):
         raise InputError(f"lexical-unit must be document or passage, got {config.lexical_unit!r}")
-    if config.fusion not in ("rrf", "minmax"):
-        raise InputError(f"fusion must be rrf or minmax, got {config.fusion!r}")
+    if config.fusion not in FUSIONS:
+        raise InputError(f"fusion must be {' or '.join(FUSIONS)}, got {config.fusion!r}")
     if not 0.0 <= config.lexical_weight <= 1.0:
         raise InputError(f"lexical-weight must lie in 0..1, got {config.lexical_weight}")
     parse_size(config.max_index_memory)
