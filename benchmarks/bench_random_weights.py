@@ -76,9 +76,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concat", type=int, default=1, help="Join this many consecutive demo "
+                    "documents into one (8: about 250 tokens, a build's default passage size).")
+    ap.add_argument("--batching", default="sorted", help="Comma-separated batchings measured side "
+                    "by side (sorted, bucketed, graphs); the first is the reference.")
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the figures here.")
     args = ap.parse_args()
 
+    from tpsearch.cli import _demo_corpus
     from tpsearch.eval.bench import bench_texts, format_bench, run_bench
     from tpsearch.encoder import TPEncoder
     from tpsearch.loading import resolve_device, resolve_dtype
@@ -87,11 +92,16 @@ def main() -> None:
     dtype = resolve_dtype(args.dtype, device)
     tok_dir = _tokenizer_dir(args.tokenizer)
     model, tokenizer, tp_layers, output_layer = build_model(args.arch, tok_dir, device, dtype)
-    texts = bench_texts()[: args.docs]
+    docs = bench_texts(_demo_corpus())
+    k = max(1, args.concat)
+    texts = [" ".join(docs[i:i + k]) for i in range(0, len(docs), k)][: args.docs]
     enc = TPEncoder(model, tokenizer, prompt="prompteol", tp_layers=tp_layers,
                     output_layer=output_layer, model_name=f"{args.arch} (random weights)")
+    batchings = [b.strip() for b in args.batching.split(",") if b.strip()]
+    enc.batching = batchings[0]
     result = run_bench(texts, enc, rounds=args.rounds, batch_size=args.batch_size,
-                       max_batch_tokens=args.max_batch_tokens)
+                       max_batch_tokens=args.max_batch_tokens, batchings=batchings[1:])
+    result["concat"] = k
     result.update({"arch": args.arch, "dtype": str(dtype).removeprefix("torch."),
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                    "tokenizer": str(tok_dir)})

@@ -42,12 +42,16 @@ class ModelConfig:
     # on the dev sets bf16 moved STS-B dev, STS12 and scifact-dev by at most 0.07 (README).
     dtype: str | None = "auto"
     quantize: str | None = None  # "int8": dynamic int8 linear layers (CPU)
+    # Batch shapes: "sorted", "bucketed", "graphs" (CUDA graphs) or "auto" (the measured best
+    # for the device). Speed only: the vectors are the same up to rounding.
+    batching: str = "auto"
 
     def encoder_kwargs(self) -> dict[str, Any]:
         return dict(model=self.model, prompt=self.prompt, tp_layers=self.tp_layers,
                     output_layer=self.output_layer, placeholder_init=self.placeholder_init,
                     pooling=self.pooling, max_length=self.max_length,
-                    device=self.device, dtype=self.dtype, quantize=self.quantize)
+                    device=self.device, dtype=self.dtype, quantize=self.quantize,
+                    batching=self.batching)
 
 
 #: Defaults chosen on the dev sets (scifact-dev, STS-B dev/STS12, STS-B as retrieval); see the

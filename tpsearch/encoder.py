@@ -13,10 +13,11 @@ not depend on its batch-mates or on the padding side (up to fp32 rounding).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from .errors import InputError
 from .presets import fallback_preset, find_preset
 from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, resolve_prompt
 from .settings import EncoderSettings
+from .shapes import BATCHING, ShapeRunner, resolve_batching, pack_batch, plan_buckets, sliding_window, width_ladder
 from .tp import (
     EarlyExit,
     ForwardPlan,
@@ -127,6 +129,23 @@ class TPEncoder:
         )
         self.pad_id = _pad_id(tokenizer)
         self.padding_side = "left"
+        self._runner = None
+        self.batching = "sorted"
+
+    @property
+    def batching(self) -> str:
+        """How batches are shaped: ``"sorted"`` (length-sorted, exact widths; the default),
+        ``"bucketed"`` (a few fixed shapes, masks built on the device) or ``"graphs"`` (bucketed
+        and replayed as CUDA graphs; CUDA only). The embeddings are the same up to rounding;
+        see :mod:`tpsearch.shapes`."""
+        return self._batching
+
+    @batching.setter
+    def batching(self, value: str) -> None:
+        if value not in BATCHING:
+            raise InputError(f"unknown batching {value!r}; use one of {', '.join(BATCHING)}")
+        self._runner = None if value == "sorted" else ShapeRunner(self, graphs=value == "graphs")
+        self._batching = value
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -143,13 +162,15 @@ class TPEncoder:
         placeholder_init: str | None = None,
         trust_remote_code: bool = False,
         quantize: str | None = None,
+        batching: str = "auto",
         **kwargs,
     ) -> "TPEncoder":
         """Load ``model`` (bundled name, GGUF file, directory or hub id) and set up TP.
 
         ``tp_layers=None`` gives vanilla embeddings (same prompt, no placeholder); ``"auto"``
         and ``output_layer=None`` take the model's preset, or TP 1..min(7, L-1) and output
-        layer -2 for a model without one.
+        layer -2 for a model without one. ``batching`` shapes the batches (see
+        :attr:`batching`); ``"auto"`` picks what measured fastest on the device type.
         """
         source = resolve_source(model)
         dev = resolve_device(device)
@@ -160,7 +181,7 @@ class TPEncoder:
             if dev.type != "cpu":
                 raise InputError("quantize='int8' runs on a CPU; on a GPU use bfloat16")
             quantize_int8(net)
-        return cls(
+        encoder = cls(
             net,
             tokenizer,
             prompt=prompt or preset.prompt,
@@ -173,6 +194,8 @@ class TPEncoder:
             quantize=quantize,
             **kwargs,
         )
+        encoder.batching = resolve_batching(batching, dev)
+        return encoder
 
     @classmethod
     def from_settings(cls, settings: EncoderSettings, model: nn.Module, tokenizer,
@@ -187,9 +210,11 @@ class TPEncoder:
 
     def variant(self, **changes) -> "TPEncoder":
         """Another encoder on the same loaded model and tokenizer, with some settings changed
-        (``prompt``, ``tp_layers``, ``output_layer``, ``pooling``, ...)."""
-        return TPEncoder.from_settings(replace(self.settings, **changes), self.model,
-                                       self.tokenizer, self.source)
+        (``prompt``, ``tp_layers``, ``output_layer``, ``pooling``, ...); same ``batching``."""
+        other = TPEncoder.from_settings(replace(self.settings, **changes), self.model,
+                                        self.tokenizer, self.source)
+        other.batching = self.batching
+        return other
 
     # ------------------------------------------------------------------ properties
     @property
@@ -281,22 +306,30 @@ class TPEncoder:
     # ------------------------------------------------------------------ forward
     def _batch_tensors(self, rows: Sequence[Sequence[int]],
                        spans: Sequence[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
-        """Pad rows by hand; position ids count real tokens only."""
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        last = torch.empty(len(rows), dtype=torch.long)
-        pst = torch.zeros(len(rows), dtype=torch.long)
-        pool = torch.zeros((len(rows), width), dtype=torch.float32) if spans is not None else None
-        for b, r in enumerate(rows):
-            off = width - len(r) if self.padding_side == "left" else 0
-            ids[b, off:off + len(r)] = torch.as_tensor(r, dtype=torch.long)
-            mask[b, off:off + len(r)] = 1
-            last[b] = off + len(r) - 1
-            if self.placeholder_id is not None:
-                pst[b] = off + r.index(self.placeholder_id)
-            if pool is not None:
-                start, end = spans[b]
+        """Pad rows by hand (vectorised); position ids count real tokens only."""
+        n = len(rows)
+        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n)
+        width = int(lens.max())
+        offsets = width - lens if self.padding_side == "left" else np.zeros(n, dtype=np.int64)
+        total = int(lens.sum())
+        row_of = np.repeat(np.arange(n), lens)
+        col = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(offsets, lens)
+        ids_np = np.full((n, width), self.pad_id, dtype=np.int64)
+        ids_np[row_of, col] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64,
+                                          count=total)
+        mask_np = np.zeros((n, width), dtype=np.int64)
+        mask_np[row_of, col] = 1
+        ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
+        last = torch.from_numpy(offsets + lens - 1)
+        pst = torch.zeros(n, dtype=torch.long)
+        if self.placeholder_id is not None:
+            hit = (ids_np == self.placeholder_id) & (mask_np == 1)
+            pst = torch.from_numpy(hit.argmax(axis=1))
+        pool = None
+        if spans is not None:
+            pool = torch.zeros((n, width), dtype=torch.float32)
+            for b, (start, end) in enumerate(spans):
+                off = int(offsets[b])
                 pool[b, off + start:off + end] = 1.0 / (end - start)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         out = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
@@ -369,13 +402,10 @@ class TPEncoder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(rows), desc="encoding", unit="prompt")
-        spans = tokenized.spans
         # Results stay on the device until the end: no host sync per batch, so on a GPU the
         # next batch's (pinned, non-blocking) upload overlaps the current batch's compute.
         pending: list[tuple[list[int], torch.Tensor]] = []
-        for batch in plan_batches([len(r) for r in rows], batch_size, max_batch_tokens):
-            got = self._forward([rows[j] for j in batch], also_layers,
-                                [spans[j] for j in batch] if spans is not None else None)
+        for batch, got in self._batches(tokenized, batch_size, max_batch_tokens, also_layers):
             pending.append((batch, got if also_layers else got.unsqueeze(0)))
             if bar is not None:
                 bar.update(len(batch))
@@ -388,6 +418,32 @@ class TPEncoder:
         if tokenized.n_templates > 1:
             out = out.view(out.shape[0], -1, tokenized.n_templates, out.shape[2]).mean(dim=2)
         return out
+
+    def _batches(self, tokenized: Tokenized, batch_size: int, max_batch_tokens: int | None,
+                 also_layers: Sequence[int]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(row indices, their states on the device) per forward pass, as ``batching`` says.
+        Fixed shapes serve last-token pooling of the output layer alone; rows longer than the
+        model's sliding window, mean pooling and extra layers take the sorted path."""
+        rows, spans = tokenized.input_ids, tokenized.spans
+        lengths = [len(r) for r in rows]
+        todo = list(range(len(rows)))
+        if self._runner is not None and self.pooling == "last" and not also_layers:
+            batches, todo = plan_buckets(lengths, batch_size, max_batch_tokens, self._widths())
+            for b in batches:
+                packed = pack_batch([rows[j] for j in b.indices], b.rows, b.width, self.pad_id,
+                                    self.placeholder_id)
+                with torch.inference_mode(), model_lock(self.model):
+                    got = self._runner(packed)
+                yield list(b.indices), got[: len(b.indices)]
+        for batch in plan_batches([lengths[j] for j in todo], batch_size, max_batch_tokens):
+            batch = [todo[j] for j in batch]
+            yield batch, self._forward([rows[j] for j in batch], also_layers,
+                                       [spans[j] for j in batch] if spans is not None else None)
+
+    def _widths(self) -> tuple[int, ...]:
+        window = sliding_window(self.model)
+        limit = self.settings.max_length if window is None else min(window, self.settings.max_length)
+        return width_ladder(limit)
 
     def encode_tokenized(
         self,

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from ..encoder import TPEncoder, padding_efficiency, plan_batches, quantize_int8
+from ..shapes import plan_buckets
 from ..loading import cpu_features
 from ..errors import InputError
 
@@ -128,8 +129,11 @@ def time_variants(variants: dict[str, TPEncoder], texts: Sequence[str], rounds: 
                   batch_size: int, max_batch_tokens: int | None) -> tuple[dict, dict]:
     """Best seconds of each variant over ``rounds`` alternating rounds, and its tokenisation."""
     tokenized = {k: v.tokenize(list(texts)) for k, v in variants.items()}
-    for v in variants.values():  # warm-up
-        v.encode(list(texts[:batch_size]), batch_size=batch_size)
+    for k, v in variants.items():  # warm-up (fixed shapes: every shape, so graphs are captured)
+        if v.batching == "sorted":
+            v.encode(list(texts[:batch_size]), batch_size=batch_size)
+        else:
+            v.encode_tokenized(tokenized[k], batch_size=batch_size, max_batch_tokens=max_batch_tokens)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
         for k, v in variants.items():
@@ -163,8 +167,12 @@ def run_bench(
     corpus_texts: Sequence[str] | None = None,
     window: int = 2048,
     other_dtypes: bool = True,
+    batchings: Sequence[str] = (),
 ) -> dict:
     """Measure the variants on ``texts``; returns the figures as a dict.
+
+    With ``batchings`` (other than the encoder's own), the four depth/TP variants are measured
+    again with each, as ``tp_exit/graphs`` and so on, in the same alternating rounds.
 
     With ``corpus_texts`` (the whole corpus ``texts`` were taken from), the padding efficiency
     a build of that corpus gets with these batch settings is reported as well.
@@ -175,6 +183,10 @@ def run_bench(
     dev = encoder.device
     other = other_dtypes and dev.type == "cpu" and encoder.dtype == torch.float32 and not s.quantize
     variants = _variant_encoders(encoder, s.output_layer, s.tp_layers, other)
+    for b in [b for b in batchings if b != encoder.batching]:
+        for k in ("vanilla_last", "vanilla_exit", "tp_exit", "tp_full"):
+            variants[f"{k}/{b}"] = variants[k].variant()
+            variants[f"{k}/{b}"].batching = b
     best, tokenized = time_variants(variants, texts, rounds, batch_size, max_batch_tokens)
     all_params, per_layer = layer_params(encoder)
     rates = machine_rates(dev, encoder.dtype, matmul_seconds)
@@ -213,8 +225,26 @@ def run_bench(
         "tp_exit_speedup_vs_vanilla_last": vr["tp_exit"]["docs_per_s"] / vr["vanilla_last"]["docs_per_s"],
         "speedup_vs_float32_tp_exit": {k: vr[k]["docs_per_s"] / vr["tp_exit"]["docs_per_s"]
                                        for k in vr if k.startswith("tp_exit_")},
+        "batching": encoder.batching,
+        "bucketed_padding_efficiency": bucketed_padding_efficiency(
+            variants["tp_exit"], lengths, batch_size, max_batch_tokens),
+        "speedup_by_batching": {k.split("/")[1]: vr[k]["docs_per_s"] / vr["tp_exit"]["docs_per_s"]
+                                for k in vr if k.startswith("tp_exit/")},
+        "graphs": {k: {"shapes": v._runner.shapes_captured, "capture_failures": {
+                       f"{r}x{w}": why for (r, w), why in v._runner.capture_failures.items()}}
+                   for k, v in variants.items() if v.batching == "graphs"},
     })
     return result
+
+
+def bucketed_padding_efficiency(encoder: TPEncoder, lengths: Sequence[int], batch_size: int,
+                                max_batch_tokens: int | None) -> float:
+    """Real / computed tokens with fixed shapes (filler rows count as computed)."""
+    batches, over = plan_buckets(lengths, batch_size, max_batch_tokens, encoder._widths())
+    computed = sum(b.rows * b.width for b in batches)
+    rest = plan_batches([lengths[j] for j in over], batch_size, max_batch_tokens)
+    computed += sum(len(b) * max(lengths[over[j]] for j in b) for b in rest)
+    return sum(lengths) / computed if computed else 1.0
 
 
 def format_bench(r: dict) -> str:
@@ -243,6 +273,14 @@ def format_bench(r: dict) -> str:
         lines.append(f"CPU: {c['capability']} kernels; AMX {'yes' if c['amx'] else 'no'}, AVX-512 BF16 "
                      f"{'yes' if c['avx512_bf16'] else 'no'}, VNNI {'yes' if c['vnni'] else 'no'}; rates "
                      + ", ".join(f"{k} {v / 1e9:.0f} G/s" for k, v in r["matmul_rates"].items()))
+    if r.get("speedup_by_batching"):
+        lines.append(f"fixed shapes: padding efficiency {r['bucketed_padding_efficiency']:.1%}; tp_exit "
+                     + ", ".join(f"{k} {x:.2f}x" for k, x in r["speedup_by_batching"].items())
+                     + f" the documents/s of {r['batching']}")
+    for k, g in r.get("graphs", {}).items():
+        if g["capture_failures"]:
+            lines.append(f"{k}: {len(g['capture_failures'])} shape(s) could not be captured and ran "
+                         f"eagerly: {next(iter(g['capture_failures'].values()))}")
     for k, x in r.get("speedup_vs_float32_tp_exit", {}).items():
         lines.append(f"{k}: {x:.2f}x the documents/s of tp_exit in {r['device']} "
                      f"{r['variants']['tp_exit'].get('dtype', '')}")

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..config import BuildConfig, check_types, parse_size
 from ..errors import InputError
 from ..fusion import FUSIONS, MODES
+from ..shapes import BATCHING
 
 NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 
@@ -37,6 +40,11 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
             raise InputError(f"{name.replace('_', '-')} must be positive, got {value}")
     if m.max_batch_tokens is not None and m.max_batch_tokens < 1:
         raise InputError(f"max-batch-tokens must be positive, got {m.max_batch_tokens}")
+    if m.batching not in ("auto", *BATCHING):
+        raise InputError(f"batching must be auto or one of {', '.join(BATCHING)}, got {m.batching!r}")
+    on_cuda = str(m.device).startswith("cuda") or (m.device == "auto" and torch.cuda.is_available())
+    if m.batching == "graphs" and not on_cuda:
+        raise InputError(f"batching 'graphs' needs --device cuda (got {m.device!r})")
     columns = [c for c in (config.text_column, config.id_column, config.title_column) if c]
     if len(set(columns)) < len(columns):
         raise InputError(f"the text, id and title columns must differ (got {', '.join(columns)})")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU checks of fixed-shape batching and CUDA graphs, in one call on a lent GPU machine.
+#
+# Needs, beside the checkout (the device tool carries them; both are git-ignored):
+#   .whl/      wheels for cp312 of what the GPU image lacks: faiss-cpu, bm25s, PyStemmer
+#   runs/gpu/  the default model's config.json, tokenizer_config.json, tokenizer.json.gz
+# Writes its logs and JSON figures to $OUT (default ./gpu-out).
+#
+#   bash benchmarks/gpu_check.sh
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT" /tmp/tok
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+cp runs/gpu/config.json runs/gpu/tokenizer_config.json /tmp/tok/
+gunzip -c runs/gpu/tokenizer.json.gz > /tmp/tok/tokenizer.json
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"; } \
+    | tee "$OUT/env.txt"
+
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -30 | tee "$OUT/test_gpu.txt"
+
+bench() {  # name, then bench_random_weights arguments
+    local name=$1; shift
+    timeout 240 python3 benchmarks/bench_random_weights.py --tokenizer /tmp/tok --device cuda \
+        --batching sorted,bucketed,graphs --json "$OUT/$name.json" "$@" 2>&1 \
+        | grep -v -E "Warning|warn\(" | tee "$OUT/$name.txt"
+}
+bench gemma-short --arch gemma-3-270m --batch-size 2048 --max-batch-tokens 65536 --docs 2000 --rounds 3
+bench gemma-passages --arch gemma-3-270m --concat 8 --batch-size 2048 --max-batch-tokens 65536 --docs 250 --rounds 3
+bench llama-7b-short --arch llama-2-7b --batch-size 1024 --max-batch-tokens 8192 --docs 1000 --rounds 2

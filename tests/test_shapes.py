@@ -1,0 +1,148 @@
+"""Fixed-shape batching (tpsearch.shapes): the bucket plan, the packed batch, the device-side
+mask, and embeddings equal to the length-sorted path for every architecture (CPU; the CUDA
+graph replay of the same function is checked in test_gpu.py)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CORPUS, TINY_ARCHS
+from tpsearch import TPEncoder
+from tpsearch.errors import InputError
+from tpsearch.shapes import device_inputs, pack_batch, plan_buckets, sliding_window, width_ladder
+from tpsearch.testing import tiny_config, tiny_tokenizer
+
+TEXTS = CORPUS * 3 + [c[: 5 + 3 * i] for i, c in enumerate(CORPUS)] + ["ok"]
+
+
+def test_width_ladder_steps_and_cap():
+    assert width_ladder(512) == (16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+    assert width_ladder(100) == (16, 32, 48, 64, 96, 100)
+    assert width_ladder(8) == (8,)
+    assert width_ladder(700)[-3:] == (512, 640, 700)
+
+
+@pytest.mark.parametrize("budget", [None, 256, 1000, 5])
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_bucket_plan_covers_each_row_once_within_its_shape(budget, batch_size):
+    rng = random.Random(batch_size * 31 + (budget or 0))
+    lengths = [rng.randint(1, 300) for _ in range(500)]
+    widths = width_ladder(256)
+    batches, over = plan_buckets(lengths, batch_size, budget, widths)
+    seen = [j for b in batches for j in b.indices] + over
+    assert sorted(seen) == list(range(len(lengths)))
+    assert over == [j for j, n in enumerate(lengths) if n > 256]
+    shapes = set()
+    for b in batches:
+        assert b.width in widths and all(lengths[j] <= b.width for j in b.indices)
+        # the smallest width of the ladder that holds the row: padding at most one step
+        assert all(b.width == min(w for w in widths if w >= lengths[j]) for j in b.indices)
+        assert b.rows & (b.rows - 1) == 0 and len(b.indices) <= b.rows <= batch_size
+        assert budget is None or b.rows == 1 or b.rows * b.width <= budget
+        shapes.add((b.rows, b.width))
+    # Full batches share one row count per width: few shapes (one full + partial per width).
+    per_width = {}
+    for rows, width in shapes:
+        per_width.setdefault(width, set()).add(rows)
+    assert all(len(v) <= 2 for v in per_width.values())
+
+
+def test_bucket_plan_is_deterministic_and_breaks_ties_by_position():
+    lengths = [10, 40, 10, 40, 33, 10]
+    a, _ = plan_buckets(lengths, 2, None, width_ladder(64))
+    b, _ = plan_buckets(list(lengths), 2, None, width_ladder(64))
+    assert a == b
+    assert [(x.width, x.rows, x.indices) for x in a] == [
+        (48, 2, (1, 3)), (48, 1, (4,)), (16, 2, (0, 2)), (16, 1, (5,))]
+
+
+def test_bucket_plan_refuses_bad_sizes():
+    with pytest.raises(InputError):
+        plan_buckets([3], 0, None, (16,))
+    with pytest.raises(InputError):
+        plan_buckets([3], 4, 0, (16,))
+
+
+def test_pack_left_pads_and_points_at_placeholder_and_filler():
+    packed = pack_batch([[5, 9, 7], [9, 6]], shape_rows=4, width=5, pad_id=0, placeholder_id=9)
+    assert packed.tolist() == [
+        [0, 0, 5, 9, 7, 2, 3],
+        [0, 0, 0, 9, 6, 3, 3],
+        [0, 0, 0, 0, 0, 4, 4],  # filler: one pad token at the end, <PST> points at it
+        [0, 0, 0, 0, 0, 4, 4],
+    ]
+    with pytest.raises(ValueError, match="lacks the <PST>"):
+        pack_batch([[5, 6]], 1, 4, 0, placeholder_id=9)
+    with pytest.raises(ValueError, match="do not fit"):
+        pack_batch([[1] * 6], 1, 5, 0, None)
+
+
+def test_device_mask_hides_padding_and_leaves_no_row_empty():
+    packed = pack_batch([[5, 6, 7], [8]], shape_rows=2, width=4, pad_id=0, placeholder_id=None)
+    inp = device_inputs(packed, torch.float32)
+    allowed = inp["attention_mask"][:, 0] == 0
+    assert inp["position_ids"].tolist() == [[0, 0, 1, 2], [0, 0, 0, 0]]
+    # row 0: real columns 1..3, causal among them; the padding query sees only itself
+    assert allowed[0].int().tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1]]
+    assert allowed[1, 3].int().tolist() == [0, 0, 0, 1]
+    assert allowed.any(dim=-1).all()
+
+
+def _model_dir(tmp_path, arch: str, window: int | None = None):
+    """A tiny ``arch`` decoder; ``window`` overrides its sliding window where it has one."""
+    from transformers import AutoModel
+
+    tokenizer = tiny_tokenizer(CORPUS)
+    config = tiny_config(arch, len(tokenizer))
+    if window is not None and getattr(config, "sliding_window", None):
+        config.sliding_window = window
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_bucketed_equals_sorted_for_every_architecture(tmp_path, arch):
+    enc = TPEncoder.from_pretrained(_model_dir(tmp_path, arch, window=128), tp_layers=(1, 3),
+                                    output_layer=-2, dtype="float32")
+    for variant in (enc, enc.variant(output_layer=-1), enc.variant(tp_layers=None),
+                    enc.variant(prompt="metaeol")):
+        ref = variant.encode(TEXTS, batch_size=4)
+        variant.batching = "bucketed"
+        got = variant.encode(TEXTS, batch_size=8, max_batch_tokens=128)
+        np.testing.assert_allclose(got, ref, atol=2e-6, err_msg=str(variant.settings))
+
+
+def test_bucketed_embedding_does_not_depend_on_batch_mates(tmp_path):
+    enc = TPEncoder.from_pretrained(_model_dir(tmp_path, "llama"), dtype="float32")
+    enc.batching = "bucketed"
+    alone = np.stack([enc.encode(t) for t in TEXTS[:6]])
+    together = enc.encode(TEXTS[:6] + ["x " * 40, "y"], batch_size=4)[:6]
+    np.testing.assert_allclose(together, alone, atol=2e-6)
+
+
+def test_rows_longer_than_the_sliding_window_take_the_sorted_path(tmp_path):
+    enc = TPEncoder.from_pretrained(_model_dir(tmp_path, "gemma3_text", window=8), dtype="float32")
+    assert sliding_window(enc.model) == 8 and enc._widths() == (8,)
+    ref = enc.encode(TEXTS)
+    enc.batching = "bucketed"
+    np.testing.assert_allclose(enc.encode(TEXTS), ref, atol=2e-6)
+    # Control: a prepared mask over a width beyond the window ignores the window, and differs.
+    enc._widths = lambda: width_ladder(512)
+    assert np.abs(enc.encode(TEXTS) - ref).max() > 1e-3
+
+
+def test_batching_choices(tmp_path):
+    enc = TPEncoder.from_pretrained(_model_dir(tmp_path, "qwen2"), dtype="float32")
+    assert enc.batching == "sorted"
+    with pytest.raises(InputError, match="CUDA"):
+        enc.batching = "graphs"
+    with pytest.raises(InputError, match="unknown batching"):
+        enc.batching = "fast"
+    enc.batching = "bucketed"
+    assert enc.variant(output_layer=-1).batching == "bucketed"

@@ -1,0 +1,254 @@
+"""Fixed-shape batches for accelerators: bucket plans, masks built on the device, CUDA graphs.
+
+On a GPU a small decoder is bound by per-batch host work and kernel launches, not arithmetic
+(transformers' mask preparation alone synchronises with the device once per forward pass).
+``batching="bucketed"`` and ``"graphs"`` keep every batch to one of a few shapes:
+
+* :func:`plan_buckets` pads each row to the next width of a fixed ladder (16-token steps up to
+  64, 32 up to 256, 64 up to 512, then 128) and cuts each width's rows into batches whose row
+  count is a power of two within the batch size and token budget: a handful of shapes, and the
+  same plan for the same lengths (ties broken by input position).
+* A batch travels as one integer tensor (token ids, first real column, ``<PST>`` column). Left
+  padding puts every row's last token at the last column; position ids and a 4-D additive mask
+  are computed on the device. transformers passes an already prepared 4-D mask through untouched,
+  so its own mask preparation (and its device synchronisation) is skipped.
+* With ``"graphs"`` (CUDA only), each shape's forward pass, TP hooks and early exit included, is
+  captured once as a CUDA graph and replayed; nothing in the batch loop waits for the device.
+
+Exactness: the mask hides padding keys from every query and lets a padding query see only
+itself (no fully masked row, so no NaN); position ids count real tokens; so a row's embedding
+matches the length-sorted path up to kernel rounding. A prepared mask bypasses sliding windows,
+so the widths stop at the model's smallest sliding window; longer rows take the sorted path.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .tp import EarlyExit, token_prepending
+
+if TYPE_CHECKING:
+    from .encoder import TPEncoder
+
+BATCHING = ("sorted", "bucketed", "graphs")
+#: What ``batching="auto"`` means on each device type.
+AUTO_BATCHING = {"cuda": "sorted"}
+
+
+def resolve_batching(value: str | None, device: torch.device) -> str:
+    """``"auto"`` (or None): the measured best for the device type; otherwise ``value``."""
+    if value in (None, "auto"):
+        return AUTO_BATCHING.get(device.type, "sorted")
+    if value not in BATCHING:
+        raise InputError(f"unknown batching {value!r}; use auto or one of {', '.join(BATCHING)}")
+    return value
+#: Most shapes one encoder captures as CUDA graphs; later shapes run eagerly.
+MAX_GRAPHS = 48
+
+
+@dataclass(frozen=True)
+class ShapedBatch:
+    """One fixed-shape batch: ``indices`` (input rows) padded to ``rows`` x ``width``."""
+
+    rows: int
+    width: int
+    indices: tuple[int, ...]
+
+
+def width_ladder(max_width: int) -> tuple[int, ...]:
+    """Padded widths up to ``max_width`` (which is always the last one)."""
+    widths: list[int] = []
+    w = 0
+    while w < max_width:
+        w += 16 if w < 64 else 32 if w < 256 else 64 if w < 512 else 128
+        widths.append(min(w, max_width))
+    return tuple(widths)
+
+
+def sliding_window(model: torch.nn.Module) -> int | None:
+    """The model's smallest sliding attention window, or None if it attends to everything."""
+    config = model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << (max(1, n) - 1).bit_length()
+
+
+def plan_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None,
+                 widths: Sequence[int]) -> tuple[list[ShapedBatch], list[int]]:
+    """Fixed-shape batches for rows of ``lengths``, and the rows longer than every width.
+
+    Widest first; within a width, longest rows first, ties by input position. A full batch has
+    ``rows`` = the largest power of two within ``batch_size`` and ``max_batch_tokens // width``
+    (at least 1); the last batch of a width is rounded up to a power of two, the rest filler.
+    """
+    if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
+        raise InputError("batch_size and max_batch_tokens must be positive")
+    ladder = sorted(set(int(w) for w in widths))
+    groups: dict[int, list[int]] = {}
+    over: list[int] = []
+    for j, n in enumerate(lengths):
+        k = bisect.bisect_left(ladder, n)
+        if k == len(ladder):
+            over.append(j)
+        else:
+            groups.setdefault(ladder[k], []).append(j)
+    batches: list[ShapedBatch] = []
+    for w in sorted(groups, reverse=True):
+        idx = sorted(groups[w], key=lambda j: (-lengths[j], j))
+        budget_rows = batch_size if max_batch_tokens is None else max(1, max_batch_tokens // w)
+        cap = _pow2_floor(min(batch_size, budget_rows))
+        for s in range(0, len(idx), cap):
+            chunk = tuple(idx[s:s + cap])
+            batches.append(ShapedBatch(rows=min(cap, _pow2_ceil(len(chunk))), width=w, indices=chunk))
+    return batches, over
+
+
+def pack_batch(rows: Sequence[Sequence[int]], shape_rows: int, width: int, pad_id: int,
+               placeholder_id: int | None) -> torch.Tensor:
+    """One (shape_rows, width + 2) int64 tensor: left-padded ids, first real column, <PST> column.
+
+    Filler rows (beyond ``len(rows)``) hold one pad token in the last column and point both
+    columns there, so TP's replacement is a no-op on them.
+    """
+    n = len(rows)
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n)
+    if n > shape_rows or (n and lens.max() > width) or (n and lens.min() < 1):
+        raise ValueError(f"{n} rows of up to {lens.max() if n else 0} tokens do not fit "
+                         f"{shape_rows} x {width}")
+    out = np.full((shape_rows, width + 2), pad_id, dtype=np.int64)
+    total = int(lens.sum())
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
+    starts = width - lens
+    row_of = np.repeat(np.arange(n), lens)
+    first = np.repeat(np.cumsum(lens) - lens, lens)
+    out[row_of, np.arange(total) - first + np.repeat(starts, lens)] = flat
+    out[:n, width] = starts
+    out[n:, width] = width - 1
+    out[:, width + 1] = width - 1
+    if placeholder_id is not None and n:
+        hit = out[:n, :width] == placeholder_id
+        if not hit.any(axis=1).all():
+            raise ValueError("a row lacks the <PST> token")
+        out[:n, width + 1] = hit.argmax(axis=1)
+    return torch.from_numpy(out)
+
+
+def device_inputs(packed: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Model inputs of a packed batch, computed where ``packed`` lives (no host round trip)."""
+    width = packed.shape[1] - 2
+    ids, start = packed[:, :width], packed[:, width]
+    col = torch.arange(width, device=packed.device)
+    real = col.unsqueeze(0) >= start.unsqueeze(1)  # (B, W): real (not padding) columns
+    positions = (col.unsqueeze(0) - start.unsqueeze(1)).clamp(min=0)
+    causal = col.unsqueeze(0) <= col.unsqueeze(1)  # (query, key): key at or before query
+    allowed = (causal.unsqueeze(0) & real.unsqueeze(1)) | torch.eye(
+        width, dtype=torch.bool, device=packed.device).unsqueeze(0)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=packed.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+    return {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
+
+
+def forward_packed(encoder: "TPEncoder", packed: torch.Tensor) -> torch.Tensor:
+    """Last-token states (rows, dim) at the output layer, in the model's dtype and device.
+
+    Pure device work: safe to capture in a CUDA graph (the early exit's exception is caught
+    inside the captured region, after the kernels it needs were recorded).
+    """
+    width = packed.shape[1] - 2
+    inputs = device_inputs(packed, encoder.dtype)
+    last = torch.full((packed.shape[0],), width - 1, dtype=torch.long, device=packed.device)
+    pst = packed[:, width + 1] if encoder.placeholder_id is not None else None
+    with token_prepending(encoder.layers, encoder.plan, pst, last):
+        try:
+            out = encoder.model(**inputs, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        except EarlyExit as stop:
+            hidden = stop.hidden
+    return hidden[:, width - 1]
+
+
+class GraphedShape:
+    """One captured CUDA graph of :func:`forward_packed` at a fixed (rows, width)."""
+
+    def __init__(self, encoder: "TPEncoder", rows: int, width: int, pool) -> None:
+        dev = encoder.device
+        filler = pack_batch([], rows, width, encoder.pad_id, None)
+        self.static_in = filler.to(dev)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up: lazy library init stays out of the capture
+            for _ in range(2):
+                forward_packed(encoder, self.static_in)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+            self.static_out = forward_packed(encoder, self.static_in)
+
+    def __call__(self, packed: torch.Tensor) -> torch.Tensor:
+        self.static_in.copy_(packed, non_blocking=True)
+        self.graph.replay()
+        return self.static_out.clone()
+
+
+class ShapeRunner:
+    """Runs packed batches for one encoder: eagerly, or through per-shape CUDA graphs."""
+
+    def __init__(self, encoder: "TPEncoder", graphs: bool) -> None:
+        if graphs and encoder.device.type != "cuda":
+            raise InputError("batching='graphs' needs a CUDA device; use 'bucketed' or 'sorted'")
+        self.encoder = encoder
+        self.graphs = graphs
+        self._captured: dict[tuple[int, int], GraphedShape] = {}
+        self._pool = torch.cuda.graph_pool_handle() if graphs else None
+        self.capture_failures: dict[tuple[int, int], str] = {}
+
+    def __call__(self, packed_host: torch.Tensor) -> torch.Tensor:
+        enc = self.encoder
+        shape = (packed_host.shape[0], packed_host.shape[1] - 2)
+        if enc.device.type == "cuda":
+            packed = packed_host.pin_memory().to(enc.device, non_blocking=True)
+        else:
+            packed = packed_host.to(enc.device)
+        graph = self._graph(shape) if self.graphs else None
+        if graph is not None:
+            return graph(packed)
+        return forward_packed(enc, packed)
+
+    def _graph(self, shape: tuple[int, int]) -> GraphedShape | None:
+        if shape in self._captured:
+            return self._captured[shape]
+        if shape in self.capture_failures or len(self._captured) >= MAX_GRAPHS:
+            return None
+        try:
+            self._captured[shape] = GraphedShape(self.encoder, shape[0], shape[1], self._pool)
+        except RuntimeError as err:  # e.g. an op that synchronises: that shape runs eagerly
+            self.capture_failures[shape] = f"{type(err).__name__}: {err}"
+            return None
+        return self._captured[shape]
+
+    @property
+    def shapes_captured(self) -> list[tuple[int, int]]:
+        return sorted(self._captured)
