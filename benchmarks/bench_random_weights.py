@@ -65,6 +65,21 @@ def build_model(arch: str, tokenizer_dir: Path, device: torch.device, dtype: tor
     return model, tokenizer, tp_layers, output_layer
 
 
+def profile_pass(enc, texts, batch_size: int, max_batch_tokens: int | None) -> str:
+    """Kernel and operator times of one encoding pass, the most expensive first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tokenized = enc.tokenize(list(texts))
+    enc.encode_tokenized(tokenized, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        enc.encode_tokenized(tokenized, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="gemma-3-270m", choices=["gemma-3-270m", *ARCHS])
@@ -80,6 +95,10 @@ def main() -> None:
                     "documents into one (8: about 250 tokens, a build's default passage size).")
     ap.add_argument("--batching", default="sorted", help="Comma-separated batchings measured side "
                     "by side (sorted, bucketed, graphs); the first is the reference.")
+    ap.add_argument("--compile", action="store_true", help="Then compile the decoder layers "
+                    "(regional torch.compile) and measure again with the last --batching.")
+    ap.add_argument("--profile", default=None, help="Write the top kernels of one tp_exit pass "
+                    "(first --batching) to this file (torch.profiler).")
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the figures here.")
     args = ap.parse_args()
 
@@ -102,6 +121,19 @@ def main() -> None:
     result = run_bench(texts, enc, rounds=args.rounds, batch_size=args.batch_size,
                        max_batch_tokens=args.max_batch_tokens, batchings=batchings[1:])
     result["concat"] = k
+    if args.profile:
+        Path(args.profile).write_text(profile_pass(enc, texts, args.batch_size, args.max_batch_tokens))
+    if args.compile:
+        from tpsearch.shapes import compile_decoder_layers
+
+        compile_decoder_layers(enc.model)
+        enc.batching = batchings[-1]
+        # other_dtypes=False: a deep copy of compiled layers would still call the originals.
+        compiled = run_bench(texts, enc, rounds=args.rounds, batch_size=args.batch_size,
+                             max_batch_tokens=args.max_batch_tokens, other_dtypes=False)
+        result["compiled"] = compiled
+        print(f"after compiling the decoder layers ({batchings[-1]}):")
+        print(format_bench(compiled))
     result.update({"arch": args.arch, "dtype": str(dtype).removeprefix("torch."),
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                    "tokenizer": str(tok_dir)})

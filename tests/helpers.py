@@ -37,3 +37,21 @@ def config(tmp_path, model_dir, corpus, **kw) -> BuildConfig:
     model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8, dtype="float32")
     return BuildConfig(corpus=str(corpus), out=str(tmp_path / "index"), model=model,
                        **{"shard_rows": 32, **WHOLE_DOCUMENTS, **kw})
+
+
+def tiny_model(path: Path, arch: str, window: int | None = None) -> str:
+    """A tiny ``arch`` decoder saved at ``path``; ``window`` overrides its sliding window where
+    it has one (the conftest models' window of 8 sends every row to the sorted path)."""
+    import torch
+    from transformers import AutoModel
+
+    from tpsearch.testing import tiny_config, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(CORPUS)
+    config = tiny_config(arch, len(tokenizer))
+    if window is not None and getattr(config, "sliding_window", None):
+        config.sliding_window = window
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -14,16 +14,18 @@ from conftest import CORPUS, TINY_ARCHS
 from tpsearch import TPEncoder
 from tpsearch.errors import InputError
 from tpsearch.shapes import device_inputs, pack_batch, plan_buckets, sliding_window, width_ladder
-from tpsearch.testing import tiny_config, tiny_tokenizer
+from helpers import tiny_model
 
 TEXTS = CORPUS * 3 + [c[: 5 + 3 * i] for i, c in enumerate(CORPUS)] + ["ok"]
 
 
 def test_width_ladder_steps_and_cap():
-    assert width_ladder(512) == (16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
-    assert width_ladder(100) == (16, 32, 48, 64, 96, 100)
-    assert width_ladder(8) == (8,)
-    assert width_ladder(700)[-3:] == (512, 640, 700)
+    ladder = width_ladder(512)
+    assert ladder[:3] == (8, 16, 24) and ladder[15:18] == (128, 144, 160)
+    assert ladder[-5:] == (384, 416, 448, 480, 512)
+    assert width_ladder(100)[-2:] == (96, 100)
+    assert width_ladder(8) == (8,) and width_ladder(5) == (5,)
+    assert width_ladder(700)[-4:] == (512, 576, 640, 700)
 
 
 @pytest.mark.parametrize("budget", [None, 256, 1000, 5])
@@ -41,7 +43,9 @@ def test_bucket_plan_covers_each_row_once_within_its_shape(budget, batch_size):
         assert b.width in widths and all(lengths[j] <= b.width for j in b.indices)
         # the smallest width of the ladder that holds the row: padding at most one step
         assert all(b.width == min(w for w in widths if w >= lengths[j]) for j in b.indices)
-        assert b.rows & (b.rows - 1) == 0 and len(b.indices) <= b.rows <= batch_size
+        full = 1 << (min(batch_size, budget // b.width if budget else batch_size) or 1).bit_length() - 1
+        assert len(b.indices) <= b.rows <= full <= batch_size
+        assert b.rows == full or b.rows % max(1, full // 8) == 0
         assert budget is None or b.rows == 1 or b.rows * b.width <= budget
         shapes.add((b.rows, b.width))
     # Full batches share one row count per width: few shapes (one full + partial per width).
@@ -57,7 +61,9 @@ def test_bucket_plan_is_deterministic_and_breaks_ties_by_position():
     b, _ = plan_buckets(list(lengths), 2, None, width_ladder(64))
     assert a == b
     assert [(x.width, x.rows, x.indices) for x in a] == [
-        (48, 2, (1, 3)), (48, 1, (4,)), (16, 2, (0, 2)), (16, 1, (5,))]
+        (40, 2, (1, 3)), (40, 1, (4,)), (16, 2, (0, 2)), (16, 1, (5,))]
+    c, _ = plan_buckets([30] * 21, 16, None, (32,))
+    assert [(x.rows, len(x.indices)) for x in c] == [(16, 16), (6, 5)]  # 5 rounded up to 2s
 
 
 def test_bucket_plan_refuses_bad_sizes():
@@ -92,23 +98,9 @@ def test_device_mask_hides_padding_and_leaves_no_row_empty():
     assert allowed.any(dim=-1).all()
 
 
-def _model_dir(tmp_path, arch: str, window: int | None = None):
-    """A tiny ``arch`` decoder; ``window`` overrides its sliding window where it has one."""
-    from transformers import AutoModel
-
-    tokenizer = tiny_tokenizer(CORPUS)
-    config = tiny_config(arch, len(tokenizer))
-    if window is not None and getattr(config, "sliding_window", None):
-        config.sliding_window = window
-    torch.manual_seed(0)
-    AutoModel.from_config(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    return str(tmp_path)
-
-
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_bucketed_equals_sorted_for_every_architecture(tmp_path, arch):
-    enc = TPEncoder.from_pretrained(_model_dir(tmp_path, arch, window=128), tp_layers=(1, 3),
+    enc = TPEncoder.from_pretrained(tiny_model(tmp_path, arch, window=128), tp_layers=(1, 3),
                                     output_layer=-2, dtype="float32")
     for variant in (enc, enc.variant(output_layer=-1), enc.variant(tp_layers=None),
                     enc.variant(prompt="metaeol")):
@@ -119,7 +111,7 @@ def test_bucketed_equals_sorted_for_every_architecture(tmp_path, arch):
 
 
 def test_bucketed_embedding_does_not_depend_on_batch_mates(tmp_path):
-    enc = TPEncoder.from_pretrained(_model_dir(tmp_path, "llama"), dtype="float32")
+    enc = TPEncoder.from_pretrained(tiny_model(tmp_path, "llama"), dtype="float32")
     enc.batching = "bucketed"
     alone = np.stack([enc.encode(t) for t in TEXTS[:6]])
     together = enc.encode(TEXTS[:6] + ["x " * 40, "y"], batch_size=4)[:6]
@@ -127,7 +119,7 @@ def test_bucketed_embedding_does_not_depend_on_batch_mates(tmp_path):
 
 
 def test_rows_longer_than_the_sliding_window_take_the_sorted_path(tmp_path):
-    enc = TPEncoder.from_pretrained(_model_dir(tmp_path, "gemma3_text", window=8), dtype="float32")
+    enc = TPEncoder.from_pretrained(tiny_model(tmp_path, "gemma3_text", window=8), dtype="float32")
     assert sliding_window(enc.model) == 8 and enc._widths() == (8,)
     ref = enc.encode(TEXTS)
     enc.batching = "bucketed"
@@ -138,7 +130,7 @@ def test_rows_longer_than_the_sliding_window_take_the_sorted_path(tmp_path):
 
 
 def test_batching_choices(tmp_path):
-    enc = TPEncoder.from_pretrained(_model_dir(tmp_path, "qwen2"), dtype="float32")
+    enc = TPEncoder.from_pretrained(tiny_model(tmp_path, "qwen2"), dtype="float32")
     assert enc.batching == "sorted"
     with pytest.raises(InputError, match="CUDA"):
         enc.batching = "graphs"

@@ -4,9 +4,10 @@ On a GPU a small decoder is bound by per-batch host work and kernel launches, no
 (transformers' mask preparation alone synchronises with the device once per forward pass).
 ``batching="bucketed"`` and ``"graphs"`` keep every batch to one of a few shapes:
 
-* :func:`plan_buckets` pads each row to the next width of a fixed ladder (16-token steps up to
-  64, 32 up to 256, 64 up to 512, then 128) and cuts each width's rows into batches whose row
-  count is a power of two within the batch size and token budget: a handful of shapes, and the
+* :func:`plan_buckets` pads each row to the next width of a fixed ladder (8-token steps up to
+  128, 16 up to 256, 32 up to 512, then 64) and cuts each width's rows into batches of a fixed
+  row count (a power of two within the batch size and token budget; a width's last batch is
+  rounded up to an eighth of that): few shapes, padding near the length-sorted path's, and the
   same plan for the same lengths (ties broken by input position).
 * A batch travels as one integer tensor (token ids, first real column, ``<PST>`` column). Left
   padding puts every row's last token at the last column; position ids and a 4-D additive mask
@@ -67,7 +68,7 @@ def width_ladder(max_width: int) -> tuple[int, ...]:
     widths: list[int] = []
     w = 0
     while w < max_width:
-        w += 16 if w < 64 else 32 if w < 256 else 64 if w < 512 else 128
+        w += 8 if w < 128 else 16 if w < 256 else 32 if w < 512 else 64
         widths.append(min(w, max_width))
     return tuple(widths)
 
@@ -92,17 +93,14 @@ def _pow2_floor(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
-def _pow2_ceil(n: int) -> int:
-    return 1 << (max(1, n) - 1).bit_length()
-
-
 def plan_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None,
                  widths: Sequence[int]) -> tuple[list[ShapedBatch], list[int]]:
     """Fixed-shape batches for rows of ``lengths``, and the rows longer than every width.
 
     Widest first; within a width, longest rows first, ties by input position. A full batch has
     ``rows`` = the largest power of two within ``batch_size`` and ``max_batch_tokens // width``
-    (at least 1); the last batch of a width is rounded up to a power of two, the rest filler.
+    (at least 1); the last batch of a width is rounded up to a multiple of ``rows / 8``, the
+    rest filler.
     """
     if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
         raise InputError("batch_size and max_batch_tokens must be positive")
@@ -122,7 +120,8 @@ def plan_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int 
         cap = _pow2_floor(min(batch_size, budget_rows))
         for s in range(0, len(idx), cap):
             chunk = tuple(idx[s:s + cap])
-            batches.append(ShapedBatch(rows=min(cap, _pow2_ceil(len(chunk))), width=w, indices=chunk))
+            step = max(1, cap // 8)
+            batches.append(ShapedBatch(rows=-(-len(chunk) // step) * step, width=w, indices=chunk))
     return batches, over
 
 
@@ -252,3 +251,18 @@ class ShapeRunner:
     @property
     def shapes_captured(self) -> list[tuple[int, int]]:
         return sorted(self._captured)
+
+
+def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = None) -> int:
+    """Regional ``torch.compile``: each decoder layer's ``forward`` is compiled (one graph serves
+    every layer of the same kind, so it compiles about once per shape), fusing the layer's
+    elementwise work. TP's hooks run around ``forward``, outside the compiled region, and
+    unchanged. In place, on the shared model; returns the number of layers compiled."""
+    from .tp import find_decoder_layers
+
+    layers = find_decoder_layers(model)
+    for layer in layers:
+        if not getattr(layer, "_tpsearch_compiled", False):
+            layer.forward = torch.compile(layer.forward, dynamic=dynamic)
+            layer._tpsearch_compiled = True
+    return len(layers)
