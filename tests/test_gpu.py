@@ -73,3 +73,15 @@ def test_cuda_graphs_equal_the_sorted_path(tmp_path, arch):
             np.testing.assert_allclose(first, ref, atol=atol)
         else:
             assert (first * ref).sum(axis=1).min() > 0.99
+
+
+def test_compiled_layers_equal_the_sorted_path(tmp_path):
+    texts = CORPUS * 5 + [c[:12] for c in CORPUS]
+    for dtype in ("float32", "bfloat16"):
+        enc = TPEncoder.from_pretrained(tiny_model(tmp_path / dtype, "llama"), device="cuda",
+                                        dtype=dtype, tp_layers=(1, 4), output_layer=-2)
+        ref = enc.encode(texts, batch_size=8)
+        enc.batching = "compiled"
+        got = enc.encode(texts, batch_size=8, max_batch_tokens=256)
+        assert enc._runner.shapes_captured and not enc._runner.capture_failures
+        assert (got * ref).sum(axis=1).min() > (0.9999 if dtype == "float32" else 0.99)

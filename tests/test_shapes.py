@@ -45,7 +45,7 @@ def test_bucket_plan_covers_each_row_once_within_its_shape(budget, batch_size):
         assert all(b.width == min(w for w in widths if w >= lengths[j]) for j in b.indices)
         full = 1 << (min(batch_size, budget // b.width if budget else batch_size) or 1).bit_length() - 1
         assert len(b.indices) <= b.rows <= full <= batch_size
-        assert b.rows == full or b.rows % max(1, full // 8) == 0
+        assert b.rows == full or b.rows % min(8, full) == 0
         assert budget is None or b.rows == 1 or b.rows * b.width <= budget
         shapes.add((b.rows, b.width))
     # Full batches share one row count per width: few shapes (one full + partial per width).
@@ -61,9 +61,9 @@ def test_bucket_plan_is_deterministic_and_breaks_ties_by_position():
     b, _ = plan_buckets(list(lengths), 2, None, width_ladder(64))
     assert a == b
     assert [(x.width, x.rows, x.indices) for x in a] == [
-        (40, 2, (1, 3)), (40, 1, (4,)), (16, 2, (0, 2)), (16, 1, (5,))]
+        (40, 2, (1, 3)), (40, 2, (4,)), (16, 2, (0, 2)), (16, 2, (5,))]
     c, _ = plan_buckets([30] * 21, 16, None, (32,))
-    assert [(x.rows, len(x.indices)) for x in c] == [(16, 16), (6, 5)]  # 5 rounded up to 2s
+    assert [(x.rows, len(x.indices)) for x in c] == [(16, 16), (8, 5)]  # 5 rounded up to 8
 
 
 def test_bucket_plan_refuses_bad_sizes():
@@ -132,8 +132,9 @@ def test_rows_longer_than_the_sliding_window_take_the_sorted_path(tmp_path):
 def test_batching_choices(tmp_path):
     enc = TPEncoder.from_pretrained(tiny_model(tmp_path, "qwen2"), dtype="float32")
     assert enc.batching == "sorted"
-    with pytest.raises(InputError, match="CUDA"):
-        enc.batching = "graphs"
+    for needs_cuda in ("graphs", "compiled"):
+        with pytest.raises(InputError, match="CUDA"):
+            enc.batching = needs_cuda
     with pytest.raises(InputError, match="unknown batching"):
         enc.batching = "fast"
     enc.batching = "bucketed"

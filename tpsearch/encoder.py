@@ -35,7 +35,7 @@ from .errors import InputError
 from .presets import fallback_preset, find_preset
 from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, resolve_prompt
 from .settings import EncoderSettings
-from .shapes import BATCHING, ShapeRunner, resolve_batching, pack_batch, plan_buckets, sliding_window, width_ladder
+from .shapes import BATCHING, ShapeRunner, compile_decoder_layers, resolve_batching, pack_batch, plan_buckets, sliding_window, width_ladder
 from .tp import (
     EarlyExit,
     ForwardPlan,
@@ -135,16 +135,20 @@ class TPEncoder:
     @property
     def batching(self) -> str:
         """How batches are shaped: ``"sorted"`` (length-sorted, exact widths; the default),
-        ``"bucketed"`` (a few fixed shapes, masks built on the device) or ``"graphs"`` (bucketed
-        and replayed as CUDA graphs; CUDA only). The embeddings are the same up to rounding;
-        see :mod:`tpsearch.shapes`."""
+        ``"bucketed"`` (a few fixed shapes, masks built on the device), ``"graphs"`` (bucketed
+        and replayed as CUDA graphs; CUDA only) or ``"compiled"`` (graphs over decoder layers
+        compiled with torch.compile, in place on the shared model; CUDA only). The embeddings
+        are the same up to rounding; see :mod:`tpsearch.shapes`."""
         return self._batching
 
     @batching.setter
     def batching(self, value: str) -> None:
         if value not in BATCHING:
             raise InputError(f"unknown batching {value!r}; use one of {', '.join(BATCHING)}")
-        self._runner = None if value == "sorted" else ShapeRunner(self, graphs=value == "graphs")
+        self._runner = (None if value == "sorted"
+                        else ShapeRunner(self, graphs=value in ("graphs", "compiled")))
+        if value == "compiled":
+            compile_decoder_layers(self.model)
         self._batching = value
 
     # ------------------------------------------------------------------ construction

@@ -7,14 +7,17 @@ On a GPU a small decoder is bound by per-batch host work and kernel launches, no
 * :func:`plan_buckets` pads each row to the next width of a fixed ladder (8-token steps up to
   128, 16 up to 256, 32 up to 512, then 64) and cuts each width's rows into batches of a fixed
   row count (a power of two within the batch size and token budget; a width's last batch is
-  rounded up to an eighth of that): few shapes, padding near the length-sorted path's, and the
-  same plan for the same lengths (ties broken by input position).
+  rounded up to a multiple of 8 rows): few shapes, padding near the length-sorted path's, and
+  the same plan for the same lengths (ties broken by input position).
 * A batch travels as one integer tensor (token ids, first real column, ``<PST>`` column). Left
   padding puts every row's last token at the last column; position ids and a 4-D additive mask
   are computed on the device. transformers passes an already prepared 4-D mask through untouched,
   so its own mask preparation (and its device synchronisation) is skipped.
 * With ``"graphs"`` (CUDA only), each shape's forward pass, TP hooks and early exit included, is
   captured once as a CUDA graph and replayed; nothing in the batch loop waits for the device.
+* ``"compiled"`` (CUDA only) is ``"graphs"`` over decoder layers compiled with ``torch.compile``
+  (:func:`compile_decoder_layers`): a small model's time goes to unfused elementwise kernels
+  (norms, activations, dtype casts), not to its matrix products, and compiling fuses them.
 
 Exactness: the mask hides padding keys from every query and lets a padding query see only
 itself (no fully masked row, so no NaN); position ids count real tokens; so a row's embedding
@@ -38,7 +41,7 @@ from .tp import EarlyExit, token_prepending
 if TYPE_CHECKING:
     from .encoder import TPEncoder
 
-BATCHING = ("sorted", "bucketed", "graphs")
+BATCHING = ("sorted", "bucketed", "graphs", "compiled")
 #: What ``batching="auto"`` means on each device type.
 AUTO_BATCHING = {"cuda": "sorted"}
 
@@ -51,7 +54,7 @@ def resolve_batching(value: str | None, device: torch.device) -> str:
         raise InputError(f"unknown batching {value!r}; use auto or one of {', '.join(BATCHING)}")
     return value
 #: Most shapes one encoder captures as CUDA graphs; later shapes run eagerly.
-MAX_GRAPHS = 48
+MAX_GRAPHS = 256
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,7 @@ def plan_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int 
 
     Widest first; within a width, longest rows first, ties by input position. A full batch has
     ``rows`` = the largest power of two within ``batch_size`` and ``max_batch_tokens // width``
-    (at least 1); the last batch of a width is rounded up to a multiple of ``rows / 8``, the
-    rest filler.
+    (at least 1); the last batch of a width is rounded up to a multiple of 8 rows (filler).
     """
     if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
         raise InputError("batch_size and max_batch_tokens must be positive")
@@ -120,7 +122,7 @@ def plan_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int 
         cap = _pow2_floor(min(batch_size, budget_rows))
         for s in range(0, len(idx), cap):
             chunk = tuple(idx[s:s + cap])
-            step = max(1, cap // 8)
+            step = min(8, cap)
             batches.append(ShapedBatch(rows=-(-len(chunk) // step) * step, width=w, indices=chunk))
     return batches, over
 
@@ -217,7 +219,8 @@ class ShapeRunner:
 
     def __init__(self, encoder: "TPEncoder", graphs: bool) -> None:
         if graphs and encoder.device.type != "cuda":
-            raise InputError("batching='graphs' needs a CUDA device; use 'bucketed' or 'sorted'")
+            raise InputError("batching 'graphs' and 'compiled' need a CUDA device; use "
+                             "'bucketed' or 'sorted'")
         self.encoder = encoder
         self.graphs = graphs
         self._captured: dict[tuple[int, int], GraphedShape] = {}
