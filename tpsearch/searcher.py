@@ -196,7 +196,8 @@ class Searcher:
             normalize_sentences=e.normalize_sentences, placeholder_seed=e.placeholder_seed,
             placeholder_init=e.placeholder_init, pooling=e.pooling, quantize=e.quantize,
             dtype=self.dtype or self.manifest.build.get("dtype"),
-            trust_remote_code=self.trust_remote_code)
+            trust_remote_code=self.trust_remote_code,
+            batching="sorted")  # queries come a few at a time: no capture or compile latency
         check_encoder(self.manifest, enc)
         return enc
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -42,17 +43,33 @@ if TYPE_CHECKING:
     from .encoder import TPEncoder
 
 BATCHING = ("sorted", "bucketed", "graphs", "compiled")
-#: What ``batching="auto"`` means on each device type.
-AUTO_BATCHING = {"cuda": "sorted"}
 
 
 def resolve_batching(value: str | None, device: torch.device) -> str:
-    """``"auto"`` (or None): the measured best for the device type; otherwise ``value``."""
+    """``"auto"`` (or None): the measured best for the device; otherwise ``value``.
+
+    On a CUDA GPU that torch.compile serves (Triton, compute capability 7.0 and up):
+    ``"compiled"``, which on an H200 gave 3.2-3.5x the documents/s of ``"sorted"`` for Gemma 3
+    270M and 1.4x for a LLaMA-2-7B-shaped model (README, "Throughput"); on other GPUs
+    ``"graphs"``; on a CPU ``"sorted"`` (fixed shapes only add padding there).
+    """
     if value in (None, "auto"):
-        return AUTO_BATCHING.get(device.type, "sorted")
+        if device.type != "cuda":
+            return "sorted"
+        return "compiled" if can_compile(device) else "graphs"
     if value not in BATCHING:
         raise InputError(f"unknown batching {value!r}; use auto or one of {', '.join(BATCHING)}")
     return value
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether torch.compile's GPU backend (Triton) can serve ``device``."""
+    import importlib.util
+
+    return (device.type == "cuda" and importlib.util.find_spec("triton") is not None
+            and torch.cuda.get_device_capability(device) >= (7, 0))
+
+
 #: Most shapes one encoder captures as CUDA graphs; later shapes run eagerly.
 MAX_GRAPHS = 256
 
@@ -248,6 +265,8 @@ class ShapeRunner:
             self._captured[shape] = GraphedShape(self.encoder, shape[0], shape[1], self._pool)
         except RuntimeError as err:  # e.g. an op that synchronises: that shape runs eagerly
             self.capture_failures[shape] = f"{type(err).__name__}: {err}"
+            warnings.warn(f"CUDA graph capture failed for batch shape {shape[0]}x{shape[1]}; "
+                          f"it runs eagerly (same vectors, slower): {err}", RuntimeWarning)
             return None
         return self._captured[shape]
 
