@@ -95,8 +95,8 @@ def main() -> None:
                     "documents into one (8: about 250 tokens, a build's default passage size).")
     ap.add_argument("--batching", default="sorted", help="Comma-separated batchings measured side "
                     "by side (sorted, bucketed, graphs); the first is the reference.")
-    ap.add_argument("--compile", action="store_true", help="Then measure again with batching "
-                    "'compiled' (decoder layers compiled in place, so this runs last).")
+    ap.add_argument("--compile", action="store_true", help="Then compile the decoder layers and "
+                    "measure vanilla_last and tp_exit again (+compiled), with the first --batching.")
     ap.add_argument("--profile", default=None, help="Write the top kernels of one tp_exit pass "
                     "(first --batching) to this file (torch.profiler).")
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the figures here.")
@@ -119,18 +119,11 @@ def main() -> None:
     batchings = [b.strip() for b in args.batching.split(",") if b.strip()]
     enc.batching = batchings[0]
     result = run_bench(texts, enc, rounds=args.rounds, batch_size=args.batch_size,
-                       max_batch_tokens=args.max_batch_tokens, batchings=batchings[1:])
+                       max_batch_tokens=args.max_batch_tokens, batchings=batchings[1:],
+                       compile_pass=args.compile)
     result["concat"] = k
     if args.profile:
         Path(args.profile).write_text(profile_pass(enc, texts, args.batch_size, args.max_batch_tokens))
-    if args.compile:
-        enc.batching = "compiled"
-        # other_dtypes=False: a deep copy of compiled layers would still call the originals.
-        compiled = run_bench(texts, enc, rounds=args.rounds, batch_size=args.batch_size,
-                             max_batch_tokens=args.max_batch_tokens, other_dtypes=False)
-        result["compiled"] = compiled
-        print("batching 'compiled' (decoder layers compiled, CUDA graphs):")
-        print(format_bench(compiled))
     result.update({"arch": args.arch, "dtype": str(dtype).removeprefix("torch."),
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                    "tokenizer": str(tok_dir)})

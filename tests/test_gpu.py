@@ -60,8 +60,8 @@ def test_cuda_graphs_equal_the_sorted_path(tmp_path, arch):
     texts = CORPUS * 5 + [c[:12] for c in CORPUS]
     model = tiny_model(tmp_path, arch, window=128)
     for dtype, atol in (("float32", 1e-4), ("bfloat16", None)):
-        enc = TPEncoder.from_pretrained(model, device="cuda", dtype=dtype,
-                                        tp_layers=(1, 4), output_layer=-2, batching="sorted")
+        enc = TPEncoder.from_pretrained(model, device="cuda", dtype=dtype, tp_layers=(1, 4),
+                                        output_layer=-2, batching="sorted", compile_layers=False)
         ref = enc.encode(texts, batch_size=8)
         enc.batching = "graphs"
         first = enc.encode(texts, batch_size=8, max_batch_tokens=256)
@@ -80,8 +80,10 @@ def test_compiled_layers_equal_the_sorted_path(tmp_path):
     for dtype in ("float32", "bfloat16"):
         enc = TPEncoder.from_pretrained(tiny_model(tmp_path / dtype, "llama"), device="cuda",
                                         dtype=dtype, tp_layers=(1, 4), output_layer=-2)
-        ref = enc.encode(texts, batch_size=8)
-        enc.batching = "compiled"
+        assert enc.batching == "graphs" and enc.compiled  # the GPU default (auto)
         got = enc.encode(texts, batch_size=8, max_batch_tokens=256)
+        ref = TPEncoder.from_pretrained(tiny_model(tmp_path / f"{dtype}-ref", "llama"), device="cuda",
+                                        dtype=dtype, tp_layers=(1, 4), output_layer=-2,
+                                        batching="sorted", compile_layers=False).encode(texts)
         assert enc._runner.shapes_captured and not enc._runner.capture_failures
         assert (got * ref).sum(axis=1).min() > (0.9999 if dtype == "float32" else 0.99)

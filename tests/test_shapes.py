@@ -12,6 +12,7 @@ import torch
 
 from conftest import CORPUS, TINY_ARCHS
 from tpsearch import TPEncoder
+from tpsearch.compiling import can_compile, resolve_compile
 from tpsearch.errors import InputError
 from tpsearch.shapes import device_inputs, pack_batch, plan_buckets, sliding_window, width_ladder
 from helpers import tiny_model
@@ -132,10 +133,34 @@ def test_rows_longer_than_the_sliding_window_take_the_sorted_path(tmp_path):
 def test_batching_choices(tmp_path):
     enc = TPEncoder.from_pretrained(tiny_model(tmp_path, "qwen2"), dtype="float32")
     assert enc.batching == "sorted"
-    for needs_cuda in ("graphs", "compiled"):
-        with pytest.raises(InputError, match="CUDA"):
-            enc.batching = needs_cuda
+    with pytest.raises(InputError, match="CUDA"):
+        enc.batching = "graphs"
     with pytest.raises(InputError, match="unknown batching"):
         enc.batching = "fast"
     enc.batching = "bucketed"
     assert enc.variant(output_layer=-1).batching == "bucketed"
+
+
+def test_compiled_layers_give_the_same_vectors_and_are_shared(tmp_path):
+    enc = TPEncoder.from_pretrained(tiny_model(tmp_path, "llama"), dtype="float32")
+    assert not enc.compiled  # never by default on a CPU
+    ref = enc.encode(TEXTS, batch_size=64)
+    other = enc.variant(tp_layers=None)
+    enc.compile_layers()
+    assert enc.compiled and other.compiled  # in place, on the shared model
+    np.testing.assert_allclose(enc.encode(TEXTS, batch_size=64), ref, atol=1e-5)
+
+
+def test_compile_choice_is_checked():
+    cpu = torch.device("cpu")
+    assert resolve_compile("auto", cpu, quantized=False) is False
+    assert resolve_compile(False, cpu, quantized=False) is False
+    with pytest.raises(InputError, match="int8"):
+        resolve_compile(True, cpu, quantized=True)
+    with pytest.raises(InputError, match="auto, true or false"):
+        resolve_compile("sometimes", cpu, quantized=False)
+    if can_compile(cpu):  # a C++ compiler on PATH
+        assert resolve_compile(True, cpu, quantized=False) is True
+    else:
+        with pytest.raises(InputError, match="C\\+\\+ compiler"):
+            resolve_compile(True, cpu, quantized=False)

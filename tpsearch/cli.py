@@ -87,8 +87,12 @@ def model_options(fn):
         click.option("--batching", type=click.Choice(["auto", "sorted", "bucketed", "graphs"]),
                      default=None, help="Batch shapes: sorted (by length, exact widths), bucketed "
                      "(a few fixed shapes, masks built on the device), graphs (bucketed, replayed "
-                     "as CUDA graphs; GPU only), or auto (the measured best for the device; "
+                     "as CUDA graphs; GPU only), or auto (graphs on a GPU, sorted on a CPU; "
                      "default). Speed only: vectors are the same up to rounding."),
+        click.option("--compile/--no-compile", "compile_layers", default=None,
+                     help="torch.compile the decoder layers (fuses their elementwise work; the "
+                     "first batches pay 10-20 s of compiling). Default: on a GPU; on a CPU it "
+                     "pays off for large corpora only (1.4x in bfloat16, measured)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -132,7 +136,7 @@ RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_d
 
 def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_init, pooling,
                     query_prompt, max_length, batch_size, max_batch_tokens, device, dtype,
-                    quantize, batching=None) -> dict:
+                    quantize, batching=None, compile_layers=None) -> dict:
     """Only the options given on the command line (so config files and presets fill the rest)."""
     if no_tp and tp_layers:
         raise click.UsageError("--no-tp and --tp-layers contradict each other")
@@ -140,6 +144,7 @@ def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_i
              "placeholder_init": placeholder_init, "pooling": pooling, "query_prompt": query_prompt,
              "max_length": max_length, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
              "device": device, "dtype": dtype, "quantize": quantize, "batching": batching,
+             "compile_layers": compile_layers,
              "tp_layers": "none" if no_tp else tp_layers}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -376,12 +381,14 @@ def info(index_dir, as_json):
 @click.option("--batching", default="auto", show_default=True, metavar="B[,B...]",
               help="Batch shapes (auto, sorted, bucketed, graphs); more than one, comma-separated, "
               "measures each side by side against the first.")
+@click.option("--compile", "compile_pass", is_flag=True, help="Then compile the decoder layers and "
+              "measure vanilla_last and tp_exit (and tp_exit_bf16) again, as '+compiled'.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--output", type=click.Path(dir_okay=False), default="tpsearch-bench.json", show_default=True,
               help="Where the JSON figures are written.")
 @_fail_cleanly
 def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, output_layer,
-          device, dtype, batching, as_json, output):
+          device, dtype, batching, compile_pass, as_json, output):
     """Encoder throughput: vanilla vs TP, with and without early exit, against the machine's
     matrix-product rate. With no options: the default model on the demo corpus (minutes)."""
     from .eval.bench import bench_texts, format_bench, run_bench
@@ -395,10 +402,12 @@ def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, 
     tp = parse_tp_layers(tp_layers) if tp_layers else "auto"
     batchings = [b.strip() for b in batching.split(",") if b.strip()] or ["auto"]
     enc = TPEncoder.from_pretrained(model or DEFAULT_MODEL, tp_layers=tp, output_layer=output_layer,
-                                    device=device, dtype=dtype, batching=batchings[0])
+                                    device=device, dtype=dtype, batching=batchings[0],
+                                    compile_layers=False)
     others = [resolve_batching(b, enc.device) for b in batchings[1:]]
     result = run_bench(texts, enc, rounds=rounds, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                       corpus_texts=all_texts, window=BuildConfig().shard_rows, batchings=others)
+                       corpus_texts=all_texts, window=BuildConfig().shard_rows, batchings=others,
+                       compile_pass=compile_pass)
     Path(output).write_text(json.dumps(result, indent=1))
     click.echo(json.dumps(result) if as_json else format_bench(result))
 

@@ -42,16 +42,18 @@ class ModelConfig:
     # on the dev sets bf16 moved STS-B dev, STS12 and scifact-dev by at most 0.07 (README).
     dtype: str | None = "auto"
     quantize: str | None = None  # "int8": dynamic int8 linear layers (CPU)
-    # Batch shapes: "sorted", "bucketed", "graphs" (CUDA graphs) or "auto" (the measured best
-    # for the device). Speed only: the vectors are the same up to rounding.
+    # Batch shapes: "sorted", "bucketed", "graphs" (CUDA graphs) or "auto" (graphs on a GPU,
+    # sorted on a CPU); compile_layers: torch.compile the decoder layers ("auto": on a GPU).
+    # Speed only: the vectors are the same up to rounding.
     batching: str = "auto"
+    compile_layers: bool | str = "auto"
 
     def encoder_kwargs(self) -> dict[str, Any]:
         return dict(model=self.model, prompt=self.prompt, tp_layers=self.tp_layers,
                     output_layer=self.output_layer, placeholder_init=self.placeholder_init,
                     pooling=self.pooling, max_length=self.max_length,
                     device=self.device, dtype=self.dtype, quantize=self.quantize,
-                    batching=self.batching)
+                    batching=self.batching, compile_layers=self.compile_layers)
 
 
 #: Defaults chosen on the dev sets (scifact-dev, STS-B dev/STS12, STS-B as retrieval); see the
@@ -127,7 +129,7 @@ def check_types(cfg: Any, where: str = "config") -> None:
         if name == "model" and isinstance(cfg, BuildConfig):
             check_types(value, where)
             continue
-        if name == "tp_layers" or value is None:
+        if name in ("tp_layers", "compile_layers") or value is None:  # checked in validate
             continue
         base = str(hint).split("|")[0].strip().split("[")[0]
         expected = _TYPES.get(base)

@@ -35,7 +35,9 @@ from .errors import InputError
 from .presets import fallback_preset, find_preset
 from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, resolve_prompt
 from .settings import EncoderSettings
-from .shapes import BATCHING, ShapeRunner, compile_decoder_layers, resolve_batching, pack_batch, plan_buckets, sliding_window, width_ladder
+from .compiling import compile_decoder_layers, is_compiled, resolve_compile
+from .shapes import (BATCHING, ShapeRunner, pack_batch, plan_buckets, resolve_batching,
+                     sliding_window, width_ladder)
 from .tp import (
     EarlyExit,
     ForwardPlan,
@@ -135,21 +137,31 @@ class TPEncoder:
     @property
     def batching(self) -> str:
         """How batches are shaped: ``"sorted"`` (length-sorted, exact widths; the default),
-        ``"bucketed"`` (a few fixed shapes, masks built on the device), ``"graphs"`` (bucketed
-        and replayed as CUDA graphs; CUDA only) or ``"compiled"`` (graphs over decoder layers
-        compiled with torch.compile, in place on the shared model; CUDA only). The embeddings
-        are the same up to rounding; see :mod:`tpsearch.shapes`."""
+        ``"bucketed"`` (a few fixed shapes, masks built on the device) or ``"graphs"`` (bucketed
+        and replayed as CUDA graphs; CUDA only). The embeddings are the same up to rounding;
+        see :mod:`tpsearch.shapes`."""
         return self._batching
 
     @batching.setter
     def batching(self, value: str) -> None:
         if value not in BATCHING:
             raise InputError(f"unknown batching {value!r}; use one of {', '.join(BATCHING)}")
-        self._runner = (None if value == "sorted"
-                        else ShapeRunner(self, graphs=value in ("graphs", "compiled")))
-        if value == "compiled":
-            compile_decoder_layers(self.model)
+        self._runner = None if value == "sorted" else ShapeRunner(self, graphs=value == "graphs")
         self._batching = value
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the model's decoder layers run compiled (see :mod:`tpsearch.compiling`)."""
+        return is_compiled(self.model)
+
+    def compile_layers(self) -> "TPEncoder":
+        """Compile the decoder layers with torch.compile, in place on the shared model (every
+        encoder over it, variants included, then runs them compiled); same vectors up to
+        rounding. The first batches of each new shape pay the compilation."""
+        if self.settings.quantize:
+            raise InputError("compile does not apply to an int8-quantised model")
+        compile_decoder_layers(self.model)
+        return self
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -167,6 +179,7 @@ class TPEncoder:
         trust_remote_code: bool = False,
         quantize: str | None = None,
         batching: str = "auto",
+        compile_layers: bool | str = "auto",
         **kwargs,
     ) -> "TPEncoder":
         """Load ``model`` (bundled name, GGUF file, directory or hub id) and set up TP.
@@ -174,7 +187,9 @@ class TPEncoder:
         ``tp_layers=None`` gives vanilla embeddings (same prompt, no placeholder); ``"auto"``
         and ``output_layer=None`` take the model's preset, or TP 1..min(7, L-1) and output
         layer -2 for a model without one. ``batching`` shapes the batches (see
-        :attr:`batching`); ``"auto"`` picks what measured fastest on the device type.
+        :attr:`batching`) and ``compile_layers`` compiles the decoder layers (see
+        :meth:`compile_layers`); ``"auto"`` picks what measured fastest on the device: CUDA
+        graphs over compiled layers on a GPU, the eager sorted path on a CPU.
         """
         source = resolve_source(model)
         dev = resolve_device(device)
@@ -199,6 +214,8 @@ class TPEncoder:
             **kwargs,
         )
         encoder.batching = resolve_batching(batching, dev)
+        if resolve_compile(compile_layers, dev, quantized=bool(quantize)):
+            encoder.compile_layers()
         return encoder
 
     @classmethod

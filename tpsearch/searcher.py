@@ -197,7 +197,8 @@ class Searcher:
             placeholder_init=e.placeholder_init, pooling=e.pooling, quantize=e.quantize,
             dtype=self.dtype or self.manifest.build.get("dtype"),
             trust_remote_code=self.trust_remote_code,
-            batching="sorted")  # queries come a few at a time: no capture or compile latency
+            # Queries come a few at a time: no graph capture or compile latency.
+            batching="sorted", compile_layers=False)
         check_encoder(self.manifest, enc)
         return enc
 

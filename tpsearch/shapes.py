@@ -15,9 +15,9 @@ On a GPU a small decoder is bound by per-batch host work and kernel launches, no
   so its own mask preparation (and its device synchronisation) is skipped.
 * With ``"graphs"`` (CUDA only), each shape's forward pass, TP hooks and early exit included, is
   captured once as a CUDA graph and replayed; nothing in the batch loop waits for the device.
-* ``"compiled"`` (CUDA only) is ``"graphs"`` over decoder layers compiled with ``torch.compile``
-  (:func:`compile_decoder_layers`): a small model's time goes to unfused elementwise kernels
-  (norms, activations, dtype casts), not to its matrix products, and compiling fuses them.
+
+Compiling the decoder layers (:mod:`tpsearch.compiling`) is a separate choice; on a GPU the two
+together are what makes a small model fast.
 
 Exactness: the mask hides padding keys from every query and lets a padding query see only
 itself (no fully masked row, so no NaN); position ids count real tokens; so a row's embedding
@@ -42,32 +42,17 @@ from .tp import EarlyExit, token_prepending
 if TYPE_CHECKING:
     from .encoder import TPEncoder
 
-BATCHING = ("sorted", "bucketed", "graphs", "compiled")
+BATCHING = ("sorted", "bucketed", "graphs")
 
 
 def resolve_batching(value: str | None, device: torch.device) -> str:
-    """``"auto"`` (or None): the measured best for the device; otherwise ``value``.
-
-    On a CUDA GPU that torch.compile serves (Triton, compute capability 7.0 and up):
-    ``"compiled"``, which on an H200 gave 3.2-3.5x the documents/s of ``"sorted"`` for Gemma 3
-    270M and 1.4x for a LLaMA-2-7B-shaped model (README, "Throughput"); on other GPUs
-    ``"graphs"``; on a CPU ``"sorted"`` (fixed shapes only add padding there).
-    """
+    """``"auto"`` (or None): ``"graphs"`` on a CUDA GPU, ``"sorted"`` elsewhere (fixed shapes
+    only add padding on a CPU); otherwise ``value``, checked."""
     if value in (None, "auto"):
-        if device.type != "cuda":
-            return "sorted"
-        return "compiled" if can_compile(device) else "graphs"
+        return "graphs" if device.type == "cuda" else "sorted"
     if value not in BATCHING:
         raise InputError(f"unknown batching {value!r}; use auto or one of {', '.join(BATCHING)}")
     return value
-
-
-def can_compile(device: torch.device) -> bool:
-    """Whether torch.compile's GPU backend (Triton) can serve ``device``."""
-    import importlib.util
-
-    return (device.type == "cuda" and importlib.util.find_spec("triton") is not None
-            and torch.cuda.get_device_capability(device) >= (7, 0))
 
 
 #: Most shapes one encoder captures as CUDA graphs; later shapes run eagerly.
@@ -236,8 +221,7 @@ class ShapeRunner:
 
     def __init__(self, encoder: "TPEncoder", graphs: bool) -> None:
         if graphs and encoder.device.type != "cuda":
-            raise InputError("batching 'graphs' and 'compiled' need a CUDA device; use "
-                             "'bucketed' or 'sorted'")
+            raise InputError("batching 'graphs' needs a CUDA device; use 'bucketed' or 'sorted'")
         self.encoder = encoder
         self.graphs = graphs
         self._captured: dict[tuple[int, int], GraphedShape] = {}
@@ -274,17 +258,3 @@ class ShapeRunner:
     def shapes_captured(self) -> list[tuple[int, int]]:
         return sorted(self._captured)
 
-
-def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = None) -> int:
-    """Regional ``torch.compile``: each decoder layer's ``forward`` is compiled (one graph serves
-    every layer of the same kind, so it compiles about once per shape), fusing the layer's
-    elementwise work. TP's hooks run around ``forward``, outside the compiled region, and
-    unchanged. In place, on the shared model; returns the number of layers compiled."""
-    from .tp import find_decoder_layers
-
-    layers = find_decoder_layers(model)
-    for layer in layers:
-        if not getattr(layer, "_tpsearch_compiled", False):
-            layer.forward = torch.compile(layer.forward, dynamic=dynamic)
-            layer._tpsearch_compiled = True
-    return len(layers)

@@ -173,11 +173,15 @@ def run_bench(
     window: int = 2048,
     other_dtypes: bool = True,
     batchings: Sequence[str] = (),
+    compile_pass: bool = False,
 ) -> dict:
     """Measure the variants on ``texts``; returns the figures as a dict.
 
     With ``batchings`` (other than the encoder's own), the four depth/TP variants are measured
-    again with each, as ``tp_exit/graphs`` and so on, in the same alternating rounds.
+    again with each, as ``tp_exit/graphs`` and so on, in the same alternating rounds. With
+    ``compile_pass``, the decoder layers of each model measured are then compiled and
+    ``vanilla_last``, ``tp_exit`` (and ``tp_exit_bf16``) measured again as ``...+compiled``;
+    that pass comes last because compiling changes the shared model in place.
 
     With ``corpus_texts`` (the whole corpus ``texts`` were taken from), the padding efficiency
     a build of that corpus gets with these batch settings is reported as well.
@@ -193,6 +197,15 @@ def run_bench(
             variants[f"{k}/{b}"] = variants[k].variant()
             variants[f"{k}/{b}"].batching = b
     best, tokenized, warmup = time_variants(variants, texts, rounds, batch_size, max_batch_tokens)
+    if compile_pass:
+        again = {f"{k}+compiled": variants[k].variant() for k in ("vanilla_last", "tp_exit", "tp_exit_bf16")
+                 if k in variants}
+        for v in again.values():
+            v.compile_layers()
+        more = time_variants(again, texts, rounds, batch_size, max_batch_tokens)
+        variants.update(again)
+        for have, new in zip((best, tokenized, warmup), more):
+            have.update(new)
     all_params, per_layer = layer_params(encoder)
     rates = machine_rates(dev, encoder.dtype, matmul_seconds)
     result: dict = {"variants": {}}
@@ -236,9 +249,11 @@ def run_bench(
             variants["tp_exit"], lengths, batch_size, max_batch_tokens),
         "speedup_by_batching": {k.split("/")[1]: vr[k]["docs_per_s"] / vr["tp_exit"]["docs_per_s"]
                                 for k in vr if k.startswith("tp_exit/")},
+        "speedup_compiled": {k: vr[k]["docs_per_s"] / vr[k.removesuffix("+compiled")]["docs_per_s"]
+                             for k in vr if k.endswith("+compiled")},
         "graphs": {k: {"shapes": v._runner.shapes_captured, "capture_failures": {
                        f"{r}x{w}": why for (r, w), why in v._runner.capture_failures.items()}}
-                   for k, v in variants.items() if v.batching in ("graphs", "compiled")},
+                   for k, v in variants.items() if v.batching == "graphs"},
     })
     return result
 
@@ -283,6 +298,9 @@ def format_bench(r: dict) -> str:
         lines.append(f"fixed shapes: padding efficiency {r['bucketed_padding_efficiency']:.1%}; tp_exit "
                      + ", ".join(f"{k} {x:.2f}x" for k, x in r["speedup_by_batching"].items())
                      + f" the documents/s of {r['batching']}")
+    for k, x in r.get("speedup_compiled", {}).items():
+        lines.append(f"{k}: {x:.2f}x the documents/s of {k.removesuffix('+compiled')} "
+                     f"(compiling took {r['variants'][k]['warmup_seconds']:.1f} s of its warm-up)")
     for k, g in r.get("graphs", {}).items():
         if g["capture_failures"]:
             lines.append(f"{k}: {len(g['capture_failures'])} shape(s) could not be captured and ran "

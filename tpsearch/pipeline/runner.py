@@ -252,7 +252,7 @@ def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fin
                "encoded_now": {"documents": docs, "tokens": tokens},
                # Where this process encoded (rank 0 for sharded builds): bf16 on a GPU by default.
                "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch."),
-               "batching": encoder.batching,
+               "batching": encoder.batching, "compiled": encoder.compiled,
                "config": config.to_dict()},
         tpsearch_version=__version__,
     )

@@ -1,0 +1,67 @@
+"""Regional ``torch.compile`` of a decoder's layers, and when to use it.
+
+A small decoder's time goes less to its matrix products than to unfused elementwise kernels
+(norms, activations, dtype casts, residual adds): on an H200, 15% of Gemma 3 270M's kernel time
+was matrix products. Compiling each decoder layer's ``forward`` fuses that work; the layers
+share one compiled graph (compiled about once per shape, then once with dynamic shapes). TP's
+hooks run around ``forward``, outside the compiled region, unchanged. Measured (README,
+"Throughput"): with CUDA graphs on an H200, 3.2-3.5x the documents/s of the eager sorted path
+for Gemma 3 270M, 1.4x for a LLaMA-2-7B-shaped model; on a 2-core AMX CPU in bfloat16, 1.4x,
+after about 16 s of compiling.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .tp import find_decoder_layers
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether torch.compile has a backend for ``device`` here: Triton on a CUDA GPU of compute
+    capability 7.0 or more; a C++ compiler on a CPU."""
+    if device.type == "cuda":
+        import importlib.util
+
+        return (importlib.util.find_spec("triton") is not None
+                and torch.cuda.get_device_capability(device) >= (7, 0))
+    if device.type == "cpu":
+        return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+    return False
+
+
+def resolve_compile(value: bool | str | None, device: torch.device, quantized: bool) -> bool:
+    """``"auto"`` (or None): on a CUDA GPU where it can; not on a CPU, where compiling costs
+    more than it saves on all but large corpora (opt in there). ``True`` is checked."""
+    if value in (None, "auto"):
+        return device.type == "cuda" and not quantized and can_compile(device)
+    if value is True or value == "true":
+        if quantized:
+            raise InputError("compile does not apply to an int8-quantised model")
+        if not can_compile(device):
+            raise InputError(f"torch.compile has no backend for {device} here (a CUDA GPU needs "
+                             "Triton and compute capability 7.0+; a CPU needs a C++ compiler)")
+        return True
+    if value is False or value == "false":
+        return False
+    raise InputError(f"compile must be auto, true or false, got {value!r}")
+
+
+def compile_decoder_layers(model: nn.Module, dynamic: bool | None = None) -> int:
+    """Compile each decoder layer's ``forward`` in place, on the shared model (every encoder
+    over it sees the compiled layers); returns the number of layers. A deep copy of the model
+    made afterwards would still call the original layers: copy before compiling."""
+    layers = find_decoder_layers(model)
+    for layer in layers:
+        if not getattr(layer, "_tpsearch_compiled", False):
+            layer.forward = torch.compile(layer.forward, dynamic=dynamic)
+            layer._tpsearch_compiled = True
+    return len(layers)
+
+
+def is_compiled(model: nn.Module) -> bool:
+    return all(getattr(layer, "_tpsearch_compiled", False) for layer in find_decoder_layers(model))
