@@ -15,7 +15,7 @@ from tpsearch import Searcher
 from tpsearch.cli import main
 from tpsearch.config import BuildConfig, ModelConfig
 from tpsearch.errors import ConfigMismatch, InputError
-from tpsearch.passages import CountCache, PassageSettings, split_passages
+from tpsearch.passages import PassageSettings, split_passages
 from tpsearch.pipeline import build_index
 
 
@@ -67,22 +67,6 @@ def test_a_word_longer_than_the_budget_is_cut_at_characters():
     ps = split_passages(text, 10, 0, lambda ts: [len(t) for t in ts])
     assert "".join(text[p.start:p.end] for p in ps) == text
     assert all(p.end - p.start <= 10 for p in ps)
-
-
-def test_counts_made_ahead_for_a_chunk_give_the_same_passages_in_one_call():
-    docs = [DOC, DOC.upper(), "One. Two words. " * 30, "x" * 3000, " ".join(corpus_texts(40))]
-    calls = []
-
-    def count(texts):
-        calls.append(len(texts))
-        return words(texts)
-
-    cache = CountCache(count)
-    cache.prime(docs, 12)
-    assert len(calls) == 1
-    for doc in docs:
-        assert split_passages(doc, 12, 4, cache) == split_passages(doc, 12, 4, words)
-    assert cache(["never seen before"]) == [3] and calls[-1] == 1
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\n\t", None])

@@ -95,37 +95,9 @@ def _cut(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int
     return pieces
 
 
-def _pieces(text: str, max_tokens: int) -> list[tuple[int, int]]:
-    """Spans of the sentences of ``text``, long ones cut at white space: what gets counted."""
-    return [p for s in sentence_spans(text) for p in _cut(text, *s, max_tokens * _CHARS_PER_TOKEN)]
-
-
-class CountCache:
-    """A :data:`TokenCounter` that answers from counts made ahead in one batched call (for all
-    the documents of a chunk at once) and counts anything else on demand. The counts are the
-    counter's own, so passages come out exactly as without the cache."""
-
-    def __init__(self, count: TokenCounter) -> None:
-        self._count = count
-        self._known: dict[str, int] = {}
-
-    def prime(self, texts: Sequence[str], max_tokens: int) -> None:
-        """Count, in one call, the sentence pieces ``split_passages`` will ask for."""
-        todo = list({text[a:b] for text in texts for a, b in _pieces(text, max_tokens)}
-                    - self._known.keys())
-        if todo:
-            self._known.update(zip(todo, (int(n) for n in self._count(todo))))
-
-    def __call__(self, texts: Sequence[str]) -> list[int]:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._known]
-        if missing:
-            self._known.update(zip(missing, (int(n) for n in self._count(missing))))
-        return [self._known[t] for t in texts]
-
-
 def _units(text: str, max_tokens: int, count: TokenCounter) -> list[tuple[int, int, int]]:
     """(start, end, tokens) of sentences and pieces of sentences, each within ``max_tokens``."""
-    spans = _pieces(text, max_tokens)
+    spans = [p for s in sentence_spans(text) for p in _cut(text, *s, max_tokens * _CHARS_PER_TOKEN)]
     units: list[tuple[int, int, int]] = []
     for i in range(0, len(spans), _COUNT_BATCH):
         batch = spans[i:i + _COUNT_BATCH]

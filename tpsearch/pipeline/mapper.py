@@ -10,7 +10,7 @@ import numpy as np
 
 from ..encoder import TPEncoder
 from ..errors import InputError
-from ..passages import CountCache, PassageSettings, TokenCounter, split_passages
+from ..passages import PassageSettings, split_passages
 from .reader import Chunk, join_title
 from .writer import Shard
 
@@ -67,54 +67,30 @@ class ChunkEmbedder:
                 f"{self.o.text_column!r} is null or empty (--strict)")
         return keep
 
-    def room(self, title_tokens: int = 0) -> int:
-        """Tokens a passage may take beside the prompt and a title of ``title_tokens`` (0 for
-        whole documents: no budget)."""
-        ps = self.o.passages
-        if ps.whole_documents:
-            return 0
-        room = ps.max_tokens - self.encoder.prompt_tokens - (title_tokens + 1 if title_tokens else 0)
-        return max(MIN_PASSAGE_TOKENS, room)
-
-    def needs_split(self, text: str, room: int) -> bool:
-        """False where one passage surely holds the whole text (or passages are off)."""
-        # Fewer bytes than the budget means fewer tokens too.
-        return not self.o.passages.whole_documents and bool(text.strip()) and \
-            len(text.encode("utf8")) >= room
-
-    def passages(self, text: str, title_tokens: int = 0,
-                 count: TokenCounter | None = None) -> list[tuple[int, int]]:
+    def passages(self, text: str, title_tokens: int = 0) -> list[tuple[int, int]]:
         """Character spans of the passages of one document whose title (if any) takes
-        ``title_tokens`` tokens. ``count``: the token counter (default: the encoder's)."""
-        room = self.room(title_tokens)
-        if not self.needs_split(text, room):
-            if self.o.passages.whole_documents or not text.strip():  # title-only: one passage
-                return [(0, len(text))]
+        ``title_tokens`` tokens."""
+        ps = self.o.passages
+        if ps.whole_documents or not text.strip():  # a title-only document: one passage
+            return [(0, len(text))]
+        room = ps.max_tokens - self.encoder.prompt_tokens - (title_tokens + 1 if title_tokens else 0)
+        room = max(MIN_PASSAGE_TOKENS, room)
+        if len(text.encode("utf8")) < room:  # fewer bytes than the budget: fewer tokens too
             return [(len(text) - len(text.lstrip()), len(text.rstrip()))]
-        overlap = min(self.o.passages.overlap, room - 1)
         return [(p.start, p.end) for p in
-                split_passages(text, room, overlap, count or self.encoder.count_tokens)]
+                split_passages(text, room, min(ps.overlap, room - 1), self.encoder.count_tokens)]
 
     def prepare(self, chunk: Chunk) -> "Prepared":
         """Everything before the model: checks, passages, tokenisation (runs ahead of the
-        encoder in a background thread; the fast tokenizers release the GIL). The sentences
-        of the whole chunk are counted in one tokenizer call per title length."""
+        encoder in a background thread; the fast tokenizers release the GIL)."""
         t0 = time.perf_counter()
         keep = self._check(chunk)
         p = Prepared(chunk=chunk, documents=len(keep))
         titles = [chunk.titles[i] if chunk.titles is not None else None for i in keep]
         counts = dict(zip((t for t in titles if t), self.encoder.count_tokens([t for t in titles if t])))
-        cache = CountCache(self.encoder.count_tokens)
-        by_room: dict[int, list[str]] = {}
-        for i, title in zip(keep, titles):
-            text, room = chunk.texts[i] or "", self.room(counts.get(title, 0))
-            if self.needs_split(text, room):
-                by_room.setdefault(room, []).append(text)
-        for room, texts in by_room.items():
-            cache.prime(texts, room)
         for i, title in zip(keep, titles):
             text = chunk.texts[i] or ""
-            for n, (a, b) in enumerate(self.passages(text, counts.get(title, 0), cache)):
+            for n, (a, b) in enumerate(self.passages(text, counts.get(title, 0))):
                 p.rows.append(chunk.start + i)
                 p.ids.append(chunk.ids[i])
                 p.numbers.append(n)
