@@ -4,7 +4,9 @@ graph replay of the same function is checked in test_gpu.py)."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +14,12 @@ import torch
 
 from conftest import CORPUS, TINY_ARCHS
 from tpsearch import TPEncoder
-from tpsearch.compiling import can_compile, resolve_compile
+from tpsearch import compiling
+from tpsearch.compiling import can_compile, compile_pays_off, resolve_compile
+from tpsearch.pipeline import build_index
 from tpsearch.errors import InputError
 from tpsearch.shapes import device_inputs, pack_batch, plan_buckets, sliding_window, width_ladder
-from helpers import tiny_model
+from helpers import config, tiny_model, write_corpus
 
 TEXTS = CORPUS * 3 + [c[: 5 + 3 * i] for i, c in enumerate(CORPUS)] + ["ok"]
 
@@ -164,3 +168,25 @@ def test_compile_choice_is_checked():
     else:
         with pytest.raises(InputError, match="C\\+\\+ compiler"):
             resolve_compile(True, cpu, quantized=False)
+
+
+def test_auto_compiles_cpu_builds_only_when_large_and_in_bfloat16(tmp_path, monkeypatch):
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    big = compiling.CPU_COMPILE_MIN_DOCUMENTS
+    if not can_compile(cpu):
+        pytest.skip("no C++ compiler on PATH: torch.compile has no CPU backend here")
+    assert compile_pays_off(cpu, bf16, big, quantized=False)
+    assert not compile_pays_off(cpu, bf16, big - 1, quantized=False)
+    assert not compile_pays_off(cpu, torch.float32, big, quantized=False)
+    assert not compile_pays_off(cpu, bf16, big, quantized=True)
+    # A build: the threshold lowered so that a small corpus counts as large.
+    monkeypatch.setattr(compiling, "CPU_COMPILE_MIN_DOCUMENTS", 20)
+    corpus = write_corpus(tmp_path / "c.parquet", 40)
+    model = tiny_model(tmp_path / "m", "llama")
+    for dtype, expect in (("float32", False), ("bfloat16", True)):
+        (tmp_path / dtype).mkdir()
+        cfg = config(tmp_path / dtype, model, corpus, shard_rows=64)
+        cfg.model.dtype = dtype
+        result = build_index(cfg)
+        build = json.loads((Path(result.out) / "manifest.json").read_text())["build"]
+        assert build["compiled"] is expect and build["batching"] == "sorted"

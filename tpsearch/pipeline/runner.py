@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import __version__
+from ..compiling import compile_pays_off
 from ..config import BuildConfig, parse_size
 from ..encoder import TPEncoder
 from ..errors import InputError, TPSearchError, UnbuildableIndex
@@ -172,11 +173,17 @@ def agreed(d: Distributor, step: Callable[[], object]):
     return value
 
 
-def load_encoder(config: BuildConfig, d: Distributor, times: StageTimes) -> TPEncoder:
+def load_encoder(config: BuildConfig, d: Distributor, times: StageTimes,
+                 documents: int = 0) -> TPEncoder:
+    """The build's encoder; with ``compile_layers="auto"``, a CPU build of many documents in
+    bfloat16 compiles its decoder layers too (a GPU one always does)."""
     t0 = time.perf_counter()
     kwargs = config.model.encoder_kwargs()
     kwargs["device"] = d.device(kwargs["device"])
     encoder = TPEncoder.from_pretrained(**kwargs)
+    if config.model.compile_layers == "auto" and not encoder.compiled and compile_pays_off(
+            encoder.device, encoder.dtype, documents, bool(config.model.quantize)):
+        encoder.compile_layers()
     times.extra["model_load"] = time.perf_counter() - t0
     return encoder
 
@@ -188,7 +195,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
                                      config.title_column))
     fingerprint = reader.fingerprint(reader.check_ids())
     times.read += time.perf_counter() - began
-    encoder = encoder or load_encoder(config, d, times)
+    encoder = encoder or load_encoder(config, d, times, reader.num_rows)
     choose_index(config.index, reader.num_rows, encoder.dim, parse_size(config.max_index_memory))
     work = WorkDir(out)
     settings = work_settings(config, encoder, fingerprint)
