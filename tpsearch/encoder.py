@@ -13,7 +13,6 @@ not depend on its batch-mates or on the padding side (up to fp32 rounding).
 
 from __future__ import annotations
 
-import itertools
 import threading
 import weakref
 from dataclasses import dataclass, field, replace
@@ -36,8 +35,8 @@ from .presets import fallback_preset, find_preset
 from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, resolve_prompt
 from .settings import EncoderSettings
 from .compiling import compile_decoder_layers, is_compiled, resolve_compile
-from .shapes import (BATCHING, ShapeRunner, pack_batch, plan_buckets, resolve_batching,
-                     sliding_window, width_ladder)
+from .shapes import (BATCHING, ShapeRunner, first_position, pack_batch, pad_rows, plan_buckets,
+                     resolve_batching, sliding_window, to_device, width_ladder)
 from .tp import (
     EarlyExit,
     ForwardPlan,
@@ -328,27 +327,17 @@ class TPEncoder:
     def _batch_tensors(self, rows: Sequence[Sequence[int]],
                        spans: Sequence[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
         """Pad rows by hand (vectorised); position ids count real tokens only."""
-        n = len(rows)
-        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n)
-        width = int(lens.max())
-        offsets = width - lens if self.padding_side == "left" else np.zeros(n, dtype=np.int64)
-        total = int(lens.sum())
-        row_of = np.repeat(np.arange(n), lens)
-        col = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(offsets, lens)
-        ids_np = np.full((n, width), self.pad_id, dtype=np.int64)
-        ids_np[row_of, col] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64,
-                                          count=total)
-        mask_np = np.zeros((n, width), dtype=np.int64)
-        mask_np[row_of, col] = 1
-        ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
+        width = max(len(r) for r in rows)
+        ids_np, mask_np, offsets, lens = pad_rows(rows, width, self.pad_id,
+                                                  left=self.padding_side == "left")
+        ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np.astype(np.int64))
         last = torch.from_numpy(offsets + lens - 1)
-        pst = torch.zeros(n, dtype=torch.long)
+        pst = torch.zeros(len(rows), dtype=torch.long)
         if self.placeholder_id is not None:
-            hit = (ids_np == self.placeholder_id) & (mask_np == 1)
-            pst = torch.from_numpy(hit.argmax(axis=1))
+            pst = torch.from_numpy(first_position(ids_np, mask_np, self.placeholder_id))
         pool = None
         if spans is not None:
-            pool = torch.zeros((n, width), dtype=torch.float32)
+            pool = torch.zeros((len(rows), width), dtype=torch.float32)
             for b, (start, end) in enumerate(spans):
                 off = int(offsets[b])
                 pool[b, off + start:off + end] = 1.0 / (end - start)
@@ -357,10 +346,7 @@ class TPEncoder:
                "last": last, "pst": pst}
         if pool is not None:
             out["pool"] = pool
-        dev = self.device
-        if dev.type == "cuda":
-            return {k: v.pin_memory().to(dev, non_blocking=True) for k, v in out.items()}
-        return {k: v.to(dev) for k, v in out.items()}
+        return {k: to_device(v, self.device) for k, v in out.items()}
 
     def forward_rows(
         self, rows: Sequence[Sequence[int]], also_layers: Sequence[int] = (),

@@ -129,6 +129,35 @@ def plan_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int 
     return batches, over
 
 
+def pad_rows(rows: Sequence[Sequence[int]], width: int, pad_id: int,
+             left: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Token-id rows padded to ``width`` (vectorised): (ids, mask of real tokens, each row's
+    first real column, each row's length)."""
+    n = len(rows)
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n)
+    offsets = width - lens if left else np.zeros(n, dtype=np.int64)
+    total = int(lens.sum())
+    row_of = np.repeat(np.arange(n), lens)
+    col = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(offsets, lens)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    ids[row_of, col] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
+    mask = np.zeros((n, width), dtype=bool)
+    mask[row_of, col] = True
+    return ids, mask, offsets, lens
+
+
+def first_position(ids: np.ndarray, mask: np.ndarray, token: int) -> np.ndarray:
+    """Per row, the column of the first real ``token`` (0 where there is none)."""
+    return ((ids == token) & mask).argmax(axis=1)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to a GPU through pinned memory, without waiting for the copy."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def pack_batch(rows: Sequence[Sequence[int]], shape_rows: int, width: int, pad_id: int,
                placeholder_id: int | None) -> torch.Tensor:
     """One (shape_rows, width + 2) int64 tensor: left-padded ids, first real column, <PST> column.
@@ -142,20 +171,15 @@ def pack_batch(rows: Sequence[Sequence[int]], shape_rows: int, width: int, pad_i
         raise ValueError(f"{n} rows of up to {lens.max() if n else 0} tokens do not fit "
                          f"{shape_rows} x {width}")
     out = np.full((shape_rows, width + 2), pad_id, dtype=np.int64)
-    total = int(lens.sum())
-    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
-    starts = width - lens
-    row_of = np.repeat(np.arange(n), lens)
-    first = np.repeat(np.cumsum(lens) - lens, lens)
-    out[row_of, np.arange(total) - first + np.repeat(starts, lens)] = flat
+    ids, mask, starts, _ = pad_rows(rows, width, pad_id)
+    out[:n, :width] = ids
     out[:n, width] = starts
     out[n:, width] = width - 1
     out[:, width + 1] = width - 1
     if placeholder_id is not None and n:
-        hit = out[:n, :width] == placeholder_id
-        if not hit.any(axis=1).all():
+        if not ((ids == placeholder_id) & mask).any(axis=1).all():
             raise ValueError("a row lacks the <PST> token")
-        out[:n, width + 1] = hit.argmax(axis=1)
+        out[:n, width + 1] = first_position(ids, mask, placeholder_id)
     return torch.from_numpy(out)
 
 
@@ -231,10 +255,7 @@ class ShapeRunner:
     def __call__(self, packed_host: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
         shape = (packed_host.shape[0], packed_host.shape[1] - 2)
-        if enc.device.type == "cuda":
-            packed = packed_host.pin_memory().to(enc.device, non_blocking=True)
-        else:
-            packed = packed_host.to(enc.device)
+        packed = to_device(packed_host, enc.device)
         graph = self._graph(shape) if self.graphs else None
         if graph is not None:
             return graph(packed)
