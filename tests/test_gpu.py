@@ -66,7 +66,7 @@ def test_cuda_graphs_equal_the_sorted_path(tmp_path, arch):
         enc.batching = "graphs"
         first = enc.encode(texts, batch_size=8, max_batch_tokens=256)
         again = enc.encode(texts[::-1], batch_size=8, max_batch_tokens=256)[::-1]
-        runner = enc._runner
+        runner = enc.shape_runner
         assert runner.shapes_captured and not runner.capture_failures, runner.capture_failures
         np.testing.assert_array_equal(first, again)  # replays: batch-mates and order don't matter
         if atol:
@@ -85,5 +85,5 @@ def test_compiled_layers_equal_the_sorted_path(tmp_path):
         ref = TPEncoder.from_pretrained(tiny_model(tmp_path / f"{dtype}-ref", "llama"), device="cuda",
                                         dtype=dtype, tp_layers=(1, 4), output_layer=-2,
                                         batching="sorted", compile_layers=False).encode(texts)
-        assert enc._runner.shapes_captured and not enc._runner.capture_failures
+        assert enc.shape_runner.shapes_captured and not enc.shape_runner.capture_failures
         assert (got * ref).sum(axis=1).min() > (0.9999 if dtype == "float32" else 0.99)

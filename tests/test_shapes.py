@@ -125,12 +125,12 @@ def test_bucketed_embedding_does_not_depend_on_batch_mates(tmp_path):
 
 def test_rows_longer_than_the_sliding_window_take_the_sorted_path(tmp_path):
     enc = TPEncoder.from_pretrained(tiny_model(tmp_path, "gemma3_text", window=8), dtype="float32")
-    assert sliding_window(enc.model) == 8 and enc._widths() == (8,)
+    assert sliding_window(enc.model) == 8 and enc.fixed_widths() == (8,)
     ref = enc.encode(TEXTS)
     enc.batching = "bucketed"
     np.testing.assert_allclose(enc.encode(TEXTS), ref, atol=2e-6)
     # Control: a prepared mask over a width beyond the window ignores the window, and differs.
-    enc._widths = lambda: width_ladder(512)
+    enc.fixed_widths = lambda: width_ladder(512)
     assert np.abs(enc.encode(TEXTS) - ref).max() > 1e-3
 
 

@@ -149,6 +149,12 @@ class TPEncoder:
         self._batching = value
 
     @property
+    def shape_runner(self) -> ShapeRunner | None:
+        """What runs fixed-shape batches (its captured CUDA graph shapes and any capture
+        failures), or None with ``batching="sorted"``."""
+        return self._runner
+
+    @property
     def compiled(self) -> bool:
         """Whether the model's decoder layers run compiled (see :mod:`tpsearch.compiling`)."""
         return is_compiled(self.model)
@@ -435,7 +441,7 @@ class TPEncoder:
         lengths = [len(r) for r in rows]
         todo = list(range(len(rows)))
         if self._runner is not None and self.pooling == "last" and not also_layers:
-            batches, todo = plan_buckets(lengths, batch_size, max_batch_tokens, self._widths())
+            batches, todo = plan_buckets(lengths, batch_size, max_batch_tokens, self.fixed_widths())
             for b in batches:
                 packed = pack_batch([rows[j] for j in b.indices], b.rows, b.width, self.pad_id,
                                     self.placeholder_id)
@@ -447,7 +453,9 @@ class TPEncoder:
             yield batch, self._forward([rows[j] for j in batch], also_layers,
                                        [spans[j] for j in batch] if spans is not None else None)
 
-    def _widths(self) -> tuple[int, ...]:
+    def fixed_widths(self) -> tuple[int, ...]:
+        """The padded widths fixed-shape batches use: the ladder up to ``max_length``, stopping
+        at the model's smallest sliding window."""
         window = sliding_window(self.model)
         limit = self.settings.max_length if window is None else min(window, self.settings.max_length)
         return width_ladder(limit)

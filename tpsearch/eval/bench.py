@@ -251,8 +251,8 @@ def run_bench(
                                 for k in vr if k.startswith("tp_exit/")},
         "speedup_compiled": {k: vr[k]["docs_per_s"] / vr[k.removesuffix("+compiled")]["docs_per_s"]
                              for k in vr if k.endswith("+compiled")},
-        "graphs": {k: {"shapes": v._runner.shapes_captured, "capture_failures": {
-                       f"{r}x{w}": why for (r, w), why in v._runner.capture_failures.items()}}
+        "graphs": {k: {"shapes": v.shape_runner.shapes_captured, "capture_failures": {
+                       f"{r}x{w}": why for (r, w), why in v.shape_runner.capture_failures.items()}}
                    for k, v in variants.items() if v.batching == "graphs"},
     })
     return result
@@ -261,7 +261,7 @@ def run_bench(
 def bucketed_padding_efficiency(encoder: TPEncoder, lengths: Sequence[int], batch_size: int,
                                 max_batch_tokens: int | None) -> float:
     """Real / computed tokens with fixed shapes (filler rows count as computed)."""
-    batches, over = plan_buckets(lengths, batch_size, max_batch_tokens, encoder._widths())
+    batches, over = plan_buckets(lengths, batch_size, max_batch_tokens, encoder.fixed_widths())
     computed = sum(b.rows * b.width for b in batches)
     rest = plan_batches([lengths[j] for j in over], batch_size, max_batch_tokens)
     computed += sum(len(b) * max(lengths[over[j]] for j in b) for b in rest)
