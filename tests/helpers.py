@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from conftest import CORPUS
 from tpsearch.config import BuildConfig, ModelConfig
+from tpsearch.testing import save_tiny_model
 
 
 def corpus_texts(n: int) -> list[str]:
@@ -42,16 +43,4 @@ def config(tmp_path, model_dir, corpus, **kw) -> BuildConfig:
 def tiny_model(path: Path, arch: str, window: int | None = None) -> str:
     """A tiny ``arch`` decoder saved at ``path``; ``window`` overrides its sliding window where
     it has one (the conftest models' window of 8 sends every row to the sorted path)."""
-    import torch
-    from transformers import AutoModel
-
-    from tpsearch.testing import tiny_config, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer(CORPUS)
-    config = tiny_config(arch, len(tokenizer))
-    if window is not None and getattr(config, "sliding_window", None):
-        config.sliding_window = window
-    torch.manual_seed(0)
-    AutoModel.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_tiny_model(path, arch, CORPUS, sliding_window=window))

@@ -31,8 +31,9 @@ def tiny_tokenizer(texts: Sequence[str]):
     )
 
 
-def tiny_config(arch: str, vocab_size: int):
-    """A 6-layer, 64-wide config of the given architecture, with small sliding windows."""
+def tiny_config(arch: str, vocab_size: int, sliding_window: int | None = None):
+    """A 6-layer, 64-wide config of the given architecture, with small sliding windows (8, or
+    ``sliding_window`` where given) for the architectures that have them."""
     from transformers import AutoConfig
 
     common = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -44,22 +45,21 @@ def tiny_config(arch: str, vocab_size: int):
     if arch in ("gemma2", "gemma3_text", "qwen3"):
         kw["head_dim"] = 16
     if arch in ("gemma2", "gemma3_text", "mistral"):
-        kw["sliding_window"] = 8
+        kw["sliding_window"] = sliding_window or 8
     if arch == "gemma3_text":
         kw["layer_types"] = ["sliding_attention", "sliding_attention", "full_attention"] * 2
     return AutoConfig.for_model(arch, **kw)
 
 
-
-
-def save_tiny_model(path: Path, arch: str, texts: Sequence[str], seed: int = 0) -> Path:
+def save_tiny_model(path: Path, arch: str, texts: Sequence[str], seed: int = 0,
+                    sliding_window: int | None = None) -> Path:
     """A 6-layer, 64-wide ``arch`` decoder with a 400-token BPE tokenizer trained on ``texts``,
     saved as a transformers directory at ``path``."""
     from transformers import AutoModel
 
     tokenizer = tiny_tokenizer(texts)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(tiny_config(arch, len(tokenizer)))
+    model = AutoModel.from_config(tiny_config(arch, len(tokenizer), sliding_window))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
