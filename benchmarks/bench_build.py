@@ -115,7 +115,7 @@ def main() -> None:
             res = build_index(BuildConfig(corpus=str(corpus), out=str(tmp / f"idx{i}"),
                                           title_column="title", model=mc), encoder=enc)
             runs["pipeline"].append(time.perf_counter() - t)
-            stages = res.manifest.build["stage_seconds"]
+            stages = res.manifest.build.stage_seconds
         print(f"{len(texts)} documents, {tokens} tokens (prompted), model {args.model}, "
               f"batch size {args.batch_size}")
         for name, secs in runs.items():

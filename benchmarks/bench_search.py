@@ -25,7 +25,7 @@ import numpy as np
 
 from tpsearch import Searcher
 from tpsearch.fusion import best_per_document, fuse
-from tpsearch.index import apply_search_params, choose_index, new_index
+from tpsearch.index import choose_index, new_index, search as faiss_search
 from tpsearch.lexical import LexicalBuilder, LexicalIndex
 
 
@@ -52,8 +52,8 @@ def real_index(s: Searcher, queries: list[str], repeat: int, k: int) -> float:
             if s.lexical is not None:
                 lex, ms = timed(lambda: s.lexical_ranking(q, 100, False))
                 stages["lexical"].append(ms)
-                _, ms = timed(lambda: fuse(dense, lex, s.manifest.fusion["method"],
-                                           s.manifest.fusion["lexical_weight"]))
+                _, ms = timed(lambda: fuse(dense, lex, s.manifest.fusion.method,
+                                           s.manifest.fusion.lexical_weight))
                 stages["fusion"].append(ms)
     m = s.manifest
     print(f"index {s.directory}: {m.documents} documents, {m.vectors} passages, {m.index.factory}, "
@@ -82,8 +82,7 @@ def synthetic(n: int, dim: int, kind: str, encode_ms: float, repeat: int = 20) -
         index = faiss.IndexPreTransform(faiss.CenteringTransform(dim), inner)
     index.train(x[:20_000])
     index.add(x)
-    if "HNSW" in plan.factory:
-        apply_search_params(index, {"efSearch": 128})
+    params = {"efSearch": 128} if "HNSW" in plan.factory else {}
     doc_of_row = np.arange(n) // 4
     vocab = [f"w{i}" for i in range(30_000)]
     zipf = np.minimum(rng.zipf(1.3, size=(n, 150)), len(vocab)) - 1
@@ -92,11 +91,11 @@ def synthetic(n: int, dim: int, kind: str, encode_ms: float, repeat: int = 20) -
         builder.add([" ".join(vocab[j] for j in row) for row in zipf[a:a + 10_000]])
     with tempfile.TemporaryDirectory() as tmp:
         builder.save(Path(tmp))
-        lex = LexicalIndex(Path(tmp))
+        lex = LexicalIndex(Path(tmp) / "lexical")
         queries = [" ".join(vocab[j] for j in rng.integers(0, 2000, 6)) for _ in range(repeat)]
         d_ms, l_ms, f_ms = [], [], []
         for i, q in enumerate(queries):
-            (scores, rows), ms = timed(lambda: index.search(x[i:i + 1] + 0.01, 400))
+            (scores, rows), ms = timed(lambda: faiss_search(index, x[i:i + 1] + 0.01, 400, params))
             dense = best_per_document(scores[0], rows[0], doc_of_row, 100)
             d_ms.append(ms)
             lexical, ms = timed(lambda: _lexical(lex, q, doc_of_row))

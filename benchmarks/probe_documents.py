@@ -138,7 +138,7 @@ def main():
         lb.add([u[1] for u in us])
         tmp = cache / f"bm25-{spec.replace(':', 'o')}"
         lb.save(tmp)
-        lex = LexicalIndex(tmp)
+        lex = LexicalIndex(tmp / "lexical")
         lex_rank = doc_rank(np.stack([lex.scores(data.queries[x]) for x in judged]), owner, len(ids))
         score(f"{spec} lexical", [[d for d, _ in r] for r in lex_rank])
         for kind in ("none", "center", "whiten128", "whiten256"):

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# dtype "auto" is bfloat16 on CPUs with AMX: tests run as on any other CPU (float32) unless
+# they ask for bfloat16 themselves, so exact comparisons hold on every machine CI runs on.
+os.environ.setdefault("TPSEARCH_NATIVE_BF16", "0")
+
 from tpsearch.testing import save_tiny_model
 
 TINY_ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2"]

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from conftest import CORPUS
 from tpsearch.config import BuildConfig, ModelConfig
+from tpsearch.layout import locate
 from tpsearch.testing import save_tiny_model
 
 
@@ -44,3 +45,8 @@ def tiny_model(path: Path, arch: str, window: int | None = None) -> str:
     """A tiny ``arch`` decoder saved at ``path``; ``window`` overrides its sliding window where
     it has one (the conftest models' window of 8 sends every row to the sorted path)."""
     return str(save_tiny_model(path, arch, CORPUS, sliding_window=window))
+
+
+def version_dir(out) -> Path:
+    """The directory holding the files of an index directory's current version."""
+    return locate(Path(out)).path

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import write_corpus
+from helpers import version_dir, write_corpus
 from tpsearch.pipeline.workdir import WorkDir
 
 
@@ -41,9 +41,9 @@ def _torchrun(args, tag: str) -> subprocess.Popen:
 
 
 def _same_index(a: Path, b: Path) -> None:
-    ia, ib = faiss.read_index(str(a / "index.faiss")), faiss.read_index(str(b / "index.faiss"))
+    ia, ib = faiss.read_index(str(version_dir(a) / "index.faiss")), faiss.read_index(str(version_dir(b) / "index.faiss"))
     np.testing.assert_allclose(ia.reconstruct_n(0, ia.ntotal), ib.reconstruct_n(0, ib.ntotal), atol=1e-5)
-    assert pq.read_table(a / "ids.parquet").equals(pq.read_table(b / "ids.parquet"))
+    assert pq.read_table(version_dir(a) / "ids.parquet").equals(pq.read_table(version_dir(b) / "ids.parquet"))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from helpers import corpus_texts, write_corpus
+from helpers import version_dir, corpus_texts, write_corpus
 from tpsearch import Searcher
 from tpsearch.cli import main
 from tpsearch.config import BuildConfig, ModelConfig
@@ -108,8 +108,8 @@ def doc_index(tmp_path_factory, tiny_model_dir):
 def test_id_map_holds_passages_with_exact_spans(doc_index):
     res, texts, _ = doc_index
     m = res.manifest
-    assert m.vectors > m.documents == 30 and m.passages == {"max_tokens": 40, "overlap": 8}
-    t = pq.read_table(res.out / "ids.parquet").to_pydict()
+    assert m.vectors > m.documents == 30 and m.passages.to_dict() == {"max_tokens": 40, "overlap": 8}
+    t = pq.read_table(version_dir(res.out) / "ids.parquet").to_pydict()
     assert set(t) >= {"id", "passage", "start", "end", "corpus_row", "text"}
     for doc_id, row, a, b, text in zip(t["id"], t["corpus_row"], t["start"], t["end"], t["text"]):
         assert doc_id == f"doc-{row}" and texts[row][a:b] == text
@@ -148,10 +148,10 @@ def test_transform_is_applied_to_documents_and_queries(doc_index):
     m = s.manifest
     assert m.transform.kind == "center" and m.transform.query_stats == "first-sentences"
     assert s.query_shift is not None and float(np.abs(s.query_shift).max()) > 0
-    t = pq.read_table(res.out / "ids.parquet").to_pydict()
+    t = pq.read_table(version_dir(res.out) / "ids.parquet").to_pydict()
     titles = [f"Title {r}" for r in t["corpus_row"]]
     docs = s.encoder.encode([f"{a}. {b}" for a, b in zip(titles, t["text"])])
-    index = faiss.read_index(str(res.out / "index.faiss"))
+    index = faiss.read_index(str(version_dir(res.out) / "index.faiss"))
     mu_d = faiss.vector_to_array(faiss.downcast_VectorTransform(
         faiss.downcast_index(index).chain.at(0)).mean)
     mu_q = mu_d - s.query_shift
@@ -172,8 +172,8 @@ def test_transform_is_applied_to_documents_and_queries(doc_index):
 def test_lexical_and_hybrid_modes(doc_index):
     res, _, _ = doc_index
     s = Searcher.open(res.out)
-    assert res.manifest.lexical["rows"] == res.manifest.documents
-    assert res.manifest.lexical["unit"] == "document"
+    assert res.manifest.lexical.rows == res.manifest.documents
+    assert res.manifest.lexical.unit == "document"
     assert res.manifest.default_mode == "hybrid"
     for i in (3, 17):
         lex = s.search(f"unique{i}word", k=3, mode="lexical")
@@ -208,7 +208,7 @@ def test_whitening_reduces_the_dimension_and_falls_back_when_too_few(tmp_path, t
                               transform_dim=16))
     m = res.manifest
     assert m.transform.kind == "whiten" and m.transform.dim == 16 and m.dim == 64
-    raw = faiss.read_index(str(res.out / "index.faiss"))
+    raw = faiss.read_index(str(version_dir(res.out) / "index.faiss"))
     index = faiss.downcast_index(raw)
     assert index.d == 64 and faiss.downcast_index(index.index).d == 16
     assert len(Searcher.open(res.out).search("river", k=3, mode="dense")) == 3
@@ -241,29 +241,6 @@ def test_other_transform_reuses_shards_and_other_passages_refuse(tmp_path, tiny_
         build_index(_config(tmp_path, llama, corpus, passage_tokens=60), overwrite=True)
 
 
-def test_version_1_index_directories_are_still_searchable(tmp_path, tiny_model_dir):
-    corpus = write_corpus(tmp_path / "c.parquet", 10, texts=long_docs(10))
-    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, passage_tokens=0,
-                              transform="none", lexical=False, mode="dense"))
-    out = res.out
-    m = json.loads((out / "manifest.json").read_text())
-    v1 = {k: m[k] for k in ("format", "model", "encoder", "dim", "index", "id_map", "id_type",
-                            "store_text", "documents", "normalized", "metric", "corpus", "build",
-                            "query_prompt", "query_templates", "skipped_rows", "truncated_texts",
-                            "tokens", "tpsearch_version")}
-    v1["format_version"] = 1
-    (out / "manifest.json").write_text(json.dumps(v1))
-    t = pq.read_table(out / "ids.parquet", columns=["corpus_row", "id", "text"])
-    pq.write_table(t, out / "ids.parquet")
-    s = Searcher.open(out)
-    hits = s.search("river", k=3)
-    assert len(hits) == 3 and hits[0].passage == 0 and hits[0].start is None
-    v1["format_version"] = 7
-    (out / "manifest.json").write_text(json.dumps(v1))
-    with pytest.raises(ConfigMismatch, match="format version 7"):
-        Searcher.open(out)
-
-
 def test_whole_documents_are_rebuilt_from_overlapping_passages():
     from tpsearch.pipeline.assembler import document_texts
 
@@ -282,8 +259,8 @@ def test_whole_documents_are_rebuilt_from_overlapping_passages():
 def test_lexical_rows_can_be_passages(tmp_path, tiny_model_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 12, texts=long_docs(12))
     res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, lexical_unit="passage"))
-    assert res.manifest.lexical["unit"] == "passage"
-    assert res.manifest.lexical["rows"] == res.manifest.vectors
+    assert res.manifest.lexical.unit == "passage"
+    assert res.manifest.lexical.rows == res.manifest.vectors
     s = Searcher.open(res.out)
     hit = s.search("unique7word", k=1, mode="lexical")[0]
     assert hit.id == "doc-7" and "Unique7word" in hit.text

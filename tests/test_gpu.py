@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import CORPUS
-from helpers import tiny_model, write_corpus
+from helpers import version_dir, tiny_model, write_corpus
 from tpsearch import TPEncoder
 from tpsearch.cli import main
 
@@ -45,8 +45,8 @@ def test_gpu_build_equals_cpu_build(tmp_path, tiny_model_dir):
         r = CliRunner().invoke(main, ["build", str(corpus), "--out", str(outs[name]), "--model", model,
                                       "--shard-rows", "64", "--batch-size", "16", "--no-progress", *extra])
         assert r.exit_code == 0, r.output
-    vecs = {k: faiss.read_index(str(v / "index.faiss")).reconstruct_n(0, 300) for k, v in outs.items()}
-    ids = {k: pq.read_table(v / "ids.parquet").column("id").to_pylist() for k, v in outs.items()}
+    vecs = {k: faiss.read_index(str(version_dir(v) / "index.faiss")).reconstruct_n(0, 300) for k, v in outs.items()}
+    ids = {k: pq.read_table(version_dir(v) / "ids.parquet").column("id").to_pylist() for k, v in outs.items()}
     assert ids["gpu"] == ids["cpu"] == ids["bf16"]
     np.testing.assert_allclose(vecs["gpu"], vecs["cpu"], atol=1e-4)
     assert (vecs["bf16"] * vecs["cpu"]).sum(axis=1).min() > 0.98

@@ -7,12 +7,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from helpers import config, corpus_texts, write_corpus
+from helpers import version_dir, config, corpus_texts, write_corpus
 from tpsearch import Searcher
 from tpsearch.cli import main
 from tpsearch.errors import ConfigMismatch, IndexDamaged, InputError
@@ -35,9 +36,9 @@ def copy_index(src: Path, tmp_path: Path) -> Path:
 
 
 def edit_manifest(d: Path, change) -> None:
-    m = json.loads((d / "manifest.json").read_text())
+    m = json.loads((version_dir(d) / "manifest.json").read_text())
     change(m)
-    (d / "manifest.json").write_text(json.dumps(m))
+    (version_dir(d) / "manifest.json").write_text(json.dumps(m))
 
 
 # ---------------------------------------------------------------------------- data safety
@@ -145,11 +146,11 @@ def test_search_parameters_that_do_not_apply_are_refused(built):
 
 
 @pytest.mark.parametrize("damage, error", [
-    (lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:100]), "bytes"),
-    (lambda d: (d / "index.faiss").write_bytes(b""), "bytes"),
+    (lambda d: (version_dir(d) / "index.faiss").write_bytes((version_dir(d) / "index.faiss").read_bytes()[:100]), "bytes"),
+    (lambda d: (version_dir(d) / "index.faiss").write_bytes(b""), "bytes"),
     (lambda d: edit_manifest(d, lambda m: m["encoder"].pop("tp_layers")), "encoder.tp_layers is missing"),
     (lambda d: edit_manifest(d, lambda m: m["index"].pop("file")), "index.file is missing"),
-    (lambda d: edit_manifest(d, lambda m: m.update(dim="64")), "dim must be a non-negative integer"),
+    (lambda d: edit_manifest(d, lambda m: m.update(dim="64")), "dim must be an integer"),
     (lambda d: edit_manifest(d, lambda m: m["index"].update(file="../other/index.faiss")), "outside"),
     (lambda d: edit_manifest(d, lambda m: m.update(id_map="/etc/passwd")), "outside"),
 ])
@@ -167,8 +168,8 @@ def test_an_index_file_copied_from_another_index_of_the_same_size_is_refused(tmp
     other_corpus = write_corpus(tmp_path / "o.parquet", 40, texts=corpus_texts(80)[40:])
     other = build_index(config(tmp_path, model, other_corpus, lexical=True, mode="hybrid")).out
     d = copy_index(out, tmp_path)
-    shutil.copy(other / "index.faiss", d / "index.faiss")
-    assert (d / "index.faiss").stat().st_size == (out / "index.faiss").stat().st_size
+    shutil.copy(version_dir(other) / "index.faiss", version_dir(d) / "index.faiss")
+    assert (version_dir(d) / "index.faiss").stat().st_size == (version_dir(out) / "index.faiss").stat().st_size
     with pytest.raises(IndexDamaged, match="checksum"):
         Searcher.open(d)
 
@@ -217,20 +218,26 @@ def test_a_hub_model_fails_fast_offline(monkeypatch):
         resolve_source("no-such-org/no-such-model")
 
 
-def test_two_builds_started_at_once_give_one_complete_index_or_a_clean_refusal(tmp_path, built):
+def test_a_build_started_while_another_runs_is_refused_and_the_first_completes(tmp_path, built):
     _, model, _ = built
-    corpus = write_corpus(tmp_path / "c.parquet", 120)
+    corpus = write_corpus(tmp_path / "c.parquet", 3000, row_group_size=500)
     out = tmp_path / "idx"
     cmd = [sys.executable, "-m", "tpsearch.cli", "build", str(corpus), "--out", str(out), "--model",
-           str(model), "--device", "cpu", "--shard-rows", "20", "--no-progress", "--overwrite"]
-    for _ in range(3):
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-        results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
-        codes = sorted(code for code, _ in results)
-        assert codes in ([0, 0], [0, 1]), results  # one after the other, or one refused
-        for code, err in results:
-            if code == 1:
-                assert "another build is writing" in err and "Traceback" not in err
-        s = Searcher.open(out)
-        assert s.manifest.documents == 120 and len(s.idmap.ids) == s.manifest.vectors
-        assert not WorkDir(out.resolve()).root.exists()
+           str(model), "--device", "cpu", "--shard-rows", "500", "--batch-size", "1", "--no-progress",
+           "--overwrite"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    holder = BuildLock(out.resolve()).holder
+    deadline = time.time() + 120
+    while not holder.exists() and time.time() < deadline:  # the first build holds the lock
+        time.sleep(0.02)
+    assert holder.exists() and first.poll() is None, "the first build must be running"
+    second = subprocess.run(cmd, capture_output=True, timeout=300)
+    running = first.poll() is None
+    assert running, "the builds must overlap: the second ran while the first held the lock"
+    assert second.returncode == 1, second.stderr.decode()
+    err = second.stderr.decode()
+    assert "another build is writing" in err and f"pid {first.pid}" in err and "Traceback" not in err
+    assert first.wait(timeout=300) == 0, first.stderr.read().decode()
+    s = Searcher.open(out)
+    assert s.manifest.documents == 3000 and len(s.idmap.ids) == s.manifest.vectors
+    assert not WorkDir(out.resolve()).root.exists()

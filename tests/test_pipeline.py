@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from helpers import WHOLE_DOCUMENT_FLAGS, config, corpus_texts, write_corpus
+from helpers import version_dir, WHOLE_DOCUMENT_FLAGS, config, corpus_texts, write_corpus
 from tpsearch.cli import main
 from tpsearch.errors import ConfigMismatch, InputError
 from tpsearch.pipeline import build_index
@@ -57,20 +57,22 @@ def test_build_outputs_and_self_retrieval(tmp_path, llama_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 100, texts=texts)
     res = build_index(config(tmp_path, llama_dir, corpus))
     out = res.out
-    assert sorted(p.name for p in out.iterdir()) == ["ids.parquet", "index.faiss", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["CURRENT", "versions"]
+    assert sorted(p.name for p in version_dir(out).iterdir()) == ["ids.parquet", "index.faiss",
+                                                                  "manifest.json"]
     assert not work_dir_for(out).exists()
-    m = json.loads((out / "manifest.json").read_text())
+    m = json.loads((version_dir(out) / "manifest.json").read_text())
     assert m["documents"] == 98 and m["skipped_rows"] == 2
     assert (m["build"]["device"], m["build"]["dtype"]) == ("cpu", "float32")
     assert m["encoder"]["tp_layers"] == [1, 5] and m["encoder"]["output_layer"] == -2
     assert m["encoder"]["templates"][0].startswith("This sentence : <PST>")
     assert m["index"]["factory"] == "Flat" and m["dim"] == 64 and m["normalized"]
     assert len(m["model"]["weights_sha256"]) == 64 and len(m["corpus"]["fingerprint"]) == 64
-    idmap = pq.read_table(out / "ids.parquet").to_pydict()
+    idmap = pq.read_table(version_dir(out) / "ids.parquet").to_pydict()
     kept = [i for i in range(100) if i not in (3, 10)]
     assert idmap["id"] == [f"doc-{i}" for i in kept]
     assert idmap["text"] == [texts[i] for i in kept]
-    index = faiss.read_index(str(out / "index.faiss"))
+    index = faiss.read_index(str(version_dir(out) / "index.faiss"))
     assert index.ntotal == 98
     vecs = index.reconstruct_n(0, index.ntotal)
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
@@ -82,7 +84,7 @@ def test_integer_ids_title_column_and_no_text(tmp_path, llama_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 40, ids=list(range(1000, 1040)),
                           title=[f"Title {i}" for i in range(40)])
     res = build_index(config(tmp_path, llama_dir, corpus, title_column="title", store_text=False))
-    idmap = pq.read_table(res.out / "ids.parquet")
+    idmap = pq.read_table(version_dir(res.out) / "ids.parquet")
     assert idmap.column("id").to_pylist() == list(range(1000, 1040))
     assert "text" not in idmap.column_names
     assert res.manifest.to_dict()["id_type"] == "int"
@@ -98,7 +100,7 @@ def test_directory_and_glob_corpus_keep_file_order(tmp_path, llama_dir):
         cfg = config(tmp_path, llama_dir, spec)
         cfg.out = str(out)
         build_index(cfg)
-        ids = pq.read_table(out / "ids.parquet").column("id").to_pylist()
+        ids = pq.read_table(version_dir(out) / "ids.parquet").column("id").to_pylist()
         assert ids == [f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)]
 
 
@@ -164,7 +166,7 @@ def test_existing_output_refused_then_overwritten(tmp_path, llama_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 20)
     cfg = config(tmp_path, llama_dir, corpus)
     build_index(cfg)
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(InputError, match="already holds an index"):
         build_index(cfg)
     assert build_index(cfg, overwrite=True).manifest.to_dict()["documents"] == 20
 
@@ -191,13 +193,13 @@ def test_config_file_same_as_options(tmp_path, llama_dir):
                     "tp-layers: '1:3'\nprompt: pcot\nshard-rows: 16\ndevice: cpu\n")
     result = CliRunner().invoke(main, ["build", "--config", str(conf), "--no-progress"])
     assert result.exit_code == 0, result.output
-    m = json.loads((tmp_path / "from-yaml" / "manifest.json").read_text())
+    m = json.loads((version_dir(tmp_path / "from-yaml") / "manifest.json").read_text())
     assert m["encoder"]["tp_layers"] == [1, 3] and m["encoder"]["prompt"] == "pcot"
     toml = tmp_path / "run.toml"
     toml.write_text(f'corpus = "{corpus}"\nout = "{tmp_path / "t"}"\nmodel = "{llama_dir}"\n'
                     'no_such_option = 1\n')
     result = CliRunner().invoke(main, ["build", "--config", str(toml)])
-    assert result.exit_code != 0 and "unknown option(s): no_such_option" in result.output
+    assert result.exit_code != 0 and "unknown option(s): 'no_such_option'" in result.output
 
 
 def test_token_budget_batches_give_the_same_vectors(tmp_path, llama_dir):
@@ -208,10 +210,10 @@ def test_token_budget_batches_give_the_same_vectors(tmp_path, llama_dir):
                                        "--device", "cpu", "--dtype", "float32", "--max-batch-tokens", "40", "--no-progress",
                                        *WHOLE_DOCUMENT_FLAGS])
     assert result.exit_code == 0, result.output
-    m = json.loads((budget / "manifest.json").read_text())
+    m = json.loads((version_dir(budget) / "manifest.json").read_text())
     assert m["build"]["config"]["model"]["max_batch_tokens"] == 40
-    a = faiss.read_index(str(plain / "index.faiss"))
-    b = faiss.read_index(str(budget / "index.faiss"))
+    a = faiss.read_index(str(version_dir(plain) / "index.faiss"))
+    b = faiss.read_index(str(version_dir(budget) / "index.faiss"))
     np.testing.assert_allclose(a.reconstruct_n(0, a.ntotal), b.reconstruct_n(0, b.ntotal), atol=1e-5)
 
 
@@ -241,12 +243,12 @@ def test_killed_build_resumes_to_identical_index(tmp_path, llama_dir):
     assert not out.exists()
 
     subprocess.run(_build_cmd(corpus, out, llama_dir), check=True, capture_output=True)
-    m = json.loads((out / "manifest.json").read_text())
+    m = json.loads((version_dir(out) / "manifest.json").read_text())
     assert m["build"]["encoded_now"]["documents"] < 400  # the rerun reused shards
-    a = faiss.read_index(str(clean / "index.faiss"))
-    b = faiss.read_index(str(out / "index.faiss"))
+    a = faiss.read_index(str(version_dir(clean) / "index.faiss"))
+    b = faiss.read_index(str(version_dir(out) / "index.faiss"))
     np.testing.assert_array_equal(a.reconstruct_n(0, a.ntotal), b.reconstruct_n(0, b.ntotal))
-    assert pq.read_table(clean / "ids.parquet").equals(pq.read_table(out / "ids.parquet"))
+    assert pq.read_table(version_dir(clean) / "ids.parquet").equals(pq.read_table(version_dir(out) / "ids.parquet"))
 
 
 def test_prefetch_keeps_order_bounds_memory_and_raises_in_order():

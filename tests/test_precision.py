@@ -64,10 +64,13 @@ def test_queries_follow_the_dtype_the_documents_were_encoded_in(tmp_path, tiny_m
     path = tiny_model_dir("llama")
     corpus = write_corpus(tmp_path / "c.parquet", 12)
     res = build(tmp_path, path, corpus, dtype="bfloat16")
-    assert res.manifest.build["dtype"] == "bfloat16"
+    assert res.manifest.build.dtype == res.manifest.encoder.dtype == "bfloat16"
     s = Searcher.open(res.out)
     assert s.encoder.dtype == torch.bfloat16
-    assert Searcher.open(res.out, dtype="float32").encoder.dtype == torch.float32
+    # dtype changes the vectors: an encoder in another dtype is refused, naming it
+    with pytest.raises(ConfigMismatch, match="dtype: 'bfloat16' vs 'float32'"):
+        Searcher.open(res.out, encoder=TPEncoder.from_pretrained(str(path), device="cpu",
+                                                                 dtype="float32"))
 
 
 def test_auto_dtype_follows_the_cpu():

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from helpers import config, corpus_texts, write_corpus
+from helpers import version_dir, config, corpus_texts, write_corpus
 from tpsearch import Hit, Searcher, TPEncoder
 from tpsearch.cli import main
 from tpsearch.errors import ConfigMismatch, IndexDamaged, InputError
@@ -73,16 +73,16 @@ def _copy(built, tmp_path):
 
 def test_refuses_unknown_manifest_version(built, tmp_path):
     d = _copy(built, tmp_path)
-    m = json.loads((d / "manifest.json").read_text())
+    m = json.loads((version_dir(d) / "manifest.json").read_text())
     m["format_version"] = 99
-    (d / "manifest.json").write_text(json.dumps(m))
+    (version_dir(d) / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ConfigMismatch, match="format version 99 is not supported"):
         Searcher.open(d)
 
 
 def test_refuses_missing_files(built, tmp_path):
     d = _copy(built, tmp_path)
-    (d / "ids.parquet").unlink()
+    (version_dir(d) / "ids.parquet").unlink()
     with pytest.raises(IndexDamaged, match="ids.parquet is missing"):
         Searcher.open(d)
     with pytest.raises(InputError, match="not a tpsearch index"):
@@ -91,9 +91,9 @@ def test_refuses_missing_files(built, tmp_path):
 
 def test_refuses_other_model_weights(built, tmp_path, tiny_model_dir):
     d = _copy(built, tmp_path)
-    m = json.loads((d / "manifest.json").read_text())
+    m = json.loads((version_dir(d) / "manifest.json").read_text())
     m["model"]["weights_sha256"] = "0" * 64
-    (d / "manifest.json").write_text(json.dumps(m))
+    (version_dir(d) / "manifest.json").write_text(json.dumps(m))
     s = Searcher.open(d, device="cpu")
     with pytest.raises(ConfigMismatch, match="now has weights"):
         s.search("x")
@@ -101,15 +101,15 @@ def test_refuses_other_model_weights(built, tmp_path, tiny_model_dir):
 
 def test_refuses_altered_settings_and_dimension(built, tmp_path, tiny_model_dir):
     d = _copy(built, tmp_path)
-    m = json.loads((d / "manifest.json").read_text())
+    m = json.loads((version_dir(d) / "manifest.json").read_text())
     m["encoder"]["tp_layers"] = [1, 3]
-    (d / "manifest.json").write_text(json.dumps(m))
+    (version_dir(d) / "manifest.json").write_text(json.dumps(m))
     enc = TPEncoder.from_pretrained(str(tiny_model_dir("qwen2")), device="cpu")
     with pytest.raises(ConfigMismatch, match=r"tp_layers: \(1, 3\) vs \(1, 5\)"):
         Searcher.open(d, encoder=enc)
     m["encoder"]["tp_layers"] = [1, 5]
     m["dim"] = 32
-    (d / "manifest.json").write_text(json.dumps(m))
+    (version_dir(d) / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ConfigMismatch, match="dimension 64 differs"):
         Searcher.open(d)
 

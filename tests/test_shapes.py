@@ -19,7 +19,7 @@ from tpsearch.compiling import can_compile, compile_pays_off, resolve_compile
 from tpsearch.pipeline import build_index
 from tpsearch.errors import InputError
 from tpsearch.shapes import device_inputs, pack_batch, plan_buckets, sliding_window, width_ladder
-from helpers import config, tiny_model, write_corpus
+from helpers import version_dir, config, tiny_model, write_corpus
 
 TEXTS = CORPUS * 3 + [c[: 5 + 3 * i] for i, c in enumerate(CORPUS)] + ["ok"]
 
@@ -190,5 +190,5 @@ def test_auto_compiles_cpu_builds_only_when_large_and_in_bfloat16(tmp_path, monk
         cfg = config(tmp_path / dtype, model, corpus, shard_rows=64)
         cfg.model.dtype = dtype
         result = build_index(cfg)
-        build = json.loads((Path(result.out) / "manifest.json").read_text())["build"]
+        build = json.loads((version_dir(Path(result.out)) / "manifest.json").read_text())["build"]
         assert build["compiled"] is expect and build["batching"] == "sorted"

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import click
 
+from dataclasses import fields as dataclass_fields
+from typing import Callable, Sequence
+
 from . import __version__
+from .config import BuildConfig, ModelConfig
 from .errors import TPSearchError
 
 def _fail_cleanly(fn):
@@ -48,105 +52,67 @@ def _setup_logging(verbose: bool) -> None:
         pass
 
 
+def _field_option(cls: type, name: str) -> Callable:
+    """A click option generated from a dataclass field: its help (with the default filled in)
+    and click settings live beside the default, in the field's metadata."""
+    f = next(f for f in dataclass_fields(cls) if f.name == name)
+    meta = f.metadata
+    cli = dict(meta.get("cli", {}))
+    flag = name.replace("_", "-")
+    kwargs: dict = {"default": None, "help": meta["help"].format(default=f.default)}
+    if "choices" in cli:
+        kwargs["type"] = click.Choice(list(cli.pop("choices")))
+    if cli.pop("path", False):
+        kwargs["type"] = click.Path(dir_okay=False)
+    kwargs.update(cli)
+    if name == "compile_layers":
+        return click.option("--compile/--no-compile", "compile_layers", **kwargs)
+    if isinstance(f.default, bool):
+        if f.default is False and name in ("strict", "fresh", "trust_remote_code"):
+            return click.option(f"--{flag}", name, is_flag=True, **kwargs)
+        return click.option(f"--{flag}/--no-{flag}", name, **kwargs)
+    return click.option(f"--{flag}", name, **kwargs)
+
+
+def _options(cls: type, names: Sequence[str]) -> Callable:
+    def decorate(fn):
+        for name in reversed(names):
+            fn = _field_option(cls, name)(fn)
+        return fn
+
+    return decorate
+
+
+#: The encoder's options and how a build feeds it (ModelConfig's fields, in --help order).
+MODEL_KEYS = ("model", "prompt", "tp_layers", "output_layer", "placeholder_init",
+              "placeholder_seed", "pooling", "query_prompt", "max_length", "normalize_sentences",
+              "batch_size", "max_batch_tokens", "device", "dtype", "quantize", "batching",
+              "compile_layers", "trust_remote_code")
+
+
 def model_options(fn):
-    """The encoder options shared by build and eval."""
-    options = [
-        click.option("--model", default=None, help="Bundled model name (gemma-3-270m, smollm2-135m, "
-                     "qwen2.5-coder-0.5b), a .gguf file, a transformers directory or a hub id. "
-                     "Default: gemma-3-270m (offline)."),
-        click.option("--prompt", default=None, help="prompteol, pcot, ke, metaeol, or a template "
-                     "with {sentence} (and optionally <PST> before it). Default: the model's preset."),
-        click.option("--tp-layers", default=None, metavar="START:EXIT",
-                     help="Replace <PST> before layers START..EXIT-1. Default: the model's preset."),
-        click.option("--no-tp", is_flag=True, default=False,
-                     help="Vanilla embeddings: the same prompt without <PST> or replacement."),
-        click.option("--output-layer", type=int, default=None,
-                     help="Hidden state to pool, indexed like output_hidden_states (-1 = final, "
-                     "-2 = one before; layers after it are not run). Default: the model's preset."),
-        click.option("--placeholder-init", type=click.Choice(["randn", "mean"]), default=None,
-                     help="<PST> embedding row: seeded standard normal (the paper) or the mean "
-                     "embedding row. Default: the model's preset."),
-        click.option("--pooling", type=click.Choice(["last", "mean"]), default=None,
-                     help="last: the prompt's last token (the paper; default); mean: the mean over "
-                     "the text's own tokens (not the prompt or <PST>)."),
-        click.option("--query-prompt", default=None,
-                     help="A different prompt for queries (method or template); default: the same."),
-        click.option("--max-length", type=int, default=None, help="Tokens per prompted text; longer "
-                     "texts are truncated (the prompt is kept) and counted. Default 256."),
-        click.option("--batch-size", type=int, default=None, help="Texts per forward pass (default 32)."),
-        click.option("--max-batch-tokens", type=int, default=None, help="Also cap each forward pass at "
-                     "this many computed tokens (rows x longest row): long texts go in smaller "
-                     "batches. Default: no cap."),
-        click.option("--device", default=None, help="auto (cuda, then mps, then cpu), cpu, cuda:0, ..."),
-        click.option("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), "
-                     "float16, or auto: bfloat16 on GPUs and on CPUs with bf16 matrix units (AMX), "
-                     "float32 elsewhere."),
-        click.option("--quantize", type=click.Choice(["int8"]), default=None,
-                     help="Dynamic int8 linear layers on CPU (faster, slightly less exact; "
-                     "recorded in the index, and queries are encoded the same way)."),
-        click.option("--batching", type=click.Choice(["auto", "sorted", "bucketed", "graphs"]),
-                     default=None, help="Batch shapes: sorted (by length, exact widths), bucketed "
-                     "(a few fixed shapes, masks built on the device), graphs (bucketed, replayed "
-                     "as CUDA graphs; GPU only), or auto (graphs on a GPU, sorted on a CPU; "
-                     "default). Speed only: vectors are the same up to rounding."),
-        click.option("--compile/--no-compile", "compile_layers", default=None,
-                     help="torch.compile the decoder layers (fuses their elementwise work; the "
-                     "first batches pay 5-20 s of compiling). Default: on a GPU, and for CPU "
-                     "builds in bfloat16 of 20,000 documents or more (1.31x measured there)."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    """The encoder options shared by build and eval (generated from ModelConfig)."""
+    fn = _options(ModelConfig, MODEL_KEYS)(fn)
+    return click.option("--no-tp", is_flag=True, default=False,
+                        help="Vanilla embeddings: the same prompt without <PST> or replacement.")(fn)
 
 
-def retrieval_options(fn):
-    """Passages, transform, lexical index and search mode: shared by build and eval retrieval."""
-    options = [
-        click.option("--passage-tokens", type=int, default=None,
-              help="Cut documents into sentence-aware passages of at most this many tokens of "
-              "prompted text (prompt + title + passage). 0: whole documents. Default 256."),
-        click.option("--passage-overlap", type=int, default=None,
-              help="Tokens of whole sentences a passage shares with the previous one. "
-              "Default: a quarter of --passage-tokens."),
-        click.option("--transform", type=click.Choice(["none", "center", "whiten"]), default=None,
-              help="Fit to the corpus: center (subtract the mean; default) or whiten (PCA "
-              "whitening to --transform-dim) the vectors, inside the index."),
-        click.option("--transform-dim", type=int, default=None, help="Output dimensions of 'whiten' (default 256)."),
-        click.option("--query-examples", type=click.Path(dir_okay=False), default=None,
-              help="Text file, one example query a line: their mean centres queries. Default: "
-              "the first sentences of the corpus' documents."),
-        click.option("--lexical/--no-lexical", default=None, help="Also build a BM25 index (default: on)."),
-        click.option("--lexical-unit", type=click.Choice(["document", "passage"]), default=None,
-                     help="What one BM25 row is: a whole document (default) or a passage."),
-        click.option("--mode", type=click.Choice(["dense", "lexical", "hybrid"]), default=None,
-              help="The index's default search mode (default: hybrid)."),
-        click.option("--fusion", type=click.Choice(["minmax", "rrf"]), default=None,
-              help="How hybrid mode fuses the two rankings (default: minmax)."),
-        click.option("--lexical-weight", type=float, default=None,
-              help="The lexical side's share in hybrid mode, 0..1 (default 0.7)."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
+#: Passages, transform, lexical index and search mode: shared by build and eval retrieval.
 RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_dim",
                   "query_examples", "lexical", "lexical_unit", "mode", "fusion", "lexical_weight")
+retrieval_options = _options(BuildConfig, RETRIEVAL_KEYS)
+#: The rest of the build's own options.
+BUILD_KEYS = ("text_column", "id_column", "title_column", "store_text", "strict", "index",
+              "max_index_memory", "shard_rows", "fresh")
 
 
-def _model_settings(model, prompt, tp_layers, no_tp, output_layer, placeholder_init, pooling,
-                    query_prompt, max_length, batch_size, max_batch_tokens, device, dtype,
-                    quantize, batching=None, compile_layers=None) -> dict:
+def _model_settings(no_tp: bool = False, **given) -> dict:
     """Only the options given on the command line (so config files and presets fill the rest)."""
-    if no_tp and tp_layers:
+    if no_tp and given.get("tp_layers"):
         raise click.UsageError("--no-tp and --tp-layers contradict each other")
-    given = {"model": model, "prompt": prompt, "output_layer": output_layer,
-             "placeholder_init": placeholder_init, "pooling": pooling, "query_prompt": query_prompt,
-             "max_length": max_length, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
-             "device": device, "dtype": dtype, "quantize": quantize, "batching": batching,
-             "compile_layers": compile_layers,
-             "tp_layers": "none" if no_tp else tp_layers}
-    return {k: v for k, v in given.items() if v is not None}
+    if no_tp:
+        given["tp_layers"] = "none"
+    return {k: v for k, v in given.items() if v is not None and k in MODEL_KEYS}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -187,34 +153,27 @@ def _use_all_cores() -> None:
 # ---------------------------------------------------------------------------------- build
 @main.command()
 @click.argument("corpus", required=False)
-@click.option("--out", "out", default=None, help="Index directory to create (appears only when complete).")
-@click.option("--text-column", default=None, help="Column with the text (default: text).")
-@click.option("--id-column", default=None, help="Column with unique string or integer ids (default: id).")
-@click.option("--title-column", default=None, help="Optional column joined before the text.")
-@click.option("--store-text/--no-store-text", default=None,
-              help="Keep the texts in the id map for RAG answers (default: on).")
-@click.option("--strict", is_flag=True, default=None, help="Fail on a null or empty text instead of skipping it.")
-@click.option("--index", "index", default=None, help="auto (default), flat, hnsw, ivf, ivfpq, or a FAISS "
-              "factory string such as 'IVF1024,PQ64'.")
-@click.option("--max-index-memory", default=None, help="Memory budget for the index, e.g. 2GB; guides 'auto'.")
-@click.option("--shard-rows", type=int, default=None, help="Corpus rows per resumable shard (default 2048).")
-@click.option("--fresh", is_flag=True, default=None, help="Discard shards left by an interrupted build with other settings.")
-@click.option("--overwrite", is_flag=True, default=False, help="Replace OUT if it exists (only once the new index is complete).")
+@click.option("--out", "out", default=None, help="Index directory to create (appears only when "
+              "complete), or an index to publish a new version of (with --overwrite).")
+@_options(BuildConfig, BUILD_KEYS)
+@click.option("--overwrite", is_flag=True, default=False,
+              help="OUT is an index already: publish the new one as its next version (readers "
+              "of the old one keep it until they reopen). Never replaces anything but an index.")
 @retrieval_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML or TOML file with the same options (command-line options win).")
 @model_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_fail_cleanly
-def build(corpus, out, text_column, id_column, title_column, store_text, strict, index,
-          max_index_memory, shard_rows, fresh, overwrite, config_file, no_progress, **kw):
+def build(corpus, out, overwrite, config_file, no_progress, **kw):
     """Embed a Parquet CORPUS (file, directory or glob) into a FAISS index directory.
 
     Each document is cut into passages, each passage embedded; a BM25 index is built over the
-    same passages. The index directory holds index.faiss (with the fitted transform),
-    ids.parquet (vector -> document id, passage number, span, text), lexical/ and
-    manifest.json (everything needed to encode queries the same way). An interrupted build
-    resumes from its last complete shard when run again with the same arguments.
+    same passages. The index directory holds versions/<version>/ with index.faiss (with the
+    fitted transform), ids.parquet (vector -> document id, passage number, span, text),
+    lexical/ and manifest.json (everything needed to encode queries the same way), and
+    CURRENT, naming the version searches open. An interrupted build resumes from its last
+    complete shard when run again with the same arguments.
 
     \b
     tpsearch build docs.parquet --out idx --title-column title
@@ -224,10 +183,7 @@ def build(corpus, out, text_column, id_column, title_column, store_text, strict,
     from .pipeline import build_index
 
     options = read_config_file(config_file) if config_file else {}
-    cli = {"corpus": corpus, "out": out, "text_column": text_column, "id_column": id_column,
-           "title_column": title_column, "store_text": store_text, "strict": strict,
-           "index": index, "max_index_memory": max_index_memory, "shard_rows": shard_rows,
-           "fresh": fresh, **{k: kw.pop(k) for k in RETRIEVAL_KEYS}}
+    cli = {"corpus": corpus, "out": out, **{k: kw.pop(k) for k in BUILD_KEYS + RETRIEVAL_KEYS}}
     options.update({k: v for k, v in cli.items() if v is not None})
     options.update(_model_settings(**kw))
     if not options.get("corpus"):
@@ -241,10 +197,11 @@ def build(corpus, out, text_column, id_column, title_column, store_text, strict,
     if not m:  # a torchrun rank other than 0: rank 0 reports
         return
     secs = time.perf_counter() - t0
-    enc_secs = m.build["stage_seconds"]["encode"] or 1e-9
-    size = sum(f.stat().st_size for f in result.out.rglob("*") if f.is_file()) / 2**20
+    enc_secs = m.build.stage_seconds.get("encode") or 1e-9
+    size = sum(f.stat().st_size for f in (result.out / "versions" / str(m.version)).rglob("*")
+               if f.is_file()) / 2**20
     click.echo(
-        f"built {result.out}: {m.documents} documents in {m.vectors} passages, {m.skipped_rows} "
+        f"built {result.out} (version {m.version}): {m.documents} documents in {m.vectors} passages, {m.skipped_rows} "
         f"skipped, {m.truncated_texts} truncated, {secs:.1f} s, "
         f"{result.encoded_documents / enc_secs:.1f} docs/s and {result.encoded_tokens / enc_secs:,.0f} "
         f"tokens/s encoding, index {m.index.factory} + {m.transform.kind} transform"
@@ -302,7 +259,7 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passag
             text = "" if h.text is None else " ".join(h.text.split())
             if len(text) > width:
                 text = text[: width - 3] + "..."
-            where = f"#{h.passage}" if searcher.manifest.passages and searcher.manifest.passages.get("max_tokens") else ""
+            where = f"#{h.passage}" if searcher.manifest.passages and searcher.manifest.passages.max_tokens else ""
             click.echo(f"{h.rank:>3}  {h.score:.4f}  {h.id}{where}  {text}")
         if len(queries) > 1:
             click.echo("")
@@ -314,8 +271,9 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passag
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_fail_cleanly
 def info(index_dir, as_json):
-    """Show what an index holds and how its queries are encoded; exit 1 if it is damaged
-    (a file missing, of the wrong size or checksum, or unreadable)."""
+    """Show what the current version of an index holds and how its queries are encoded;
+    exit 1 if it is damaged (a file missing, unlisted, of the wrong size or checksum, or
+    unreadable)."""
     from .searcher import Searcher
 
     s = Searcher.open(index_dir, verify=True)  # reads and checks every file the manifest names
@@ -325,18 +283,21 @@ def info(index_dir, as_json):
         return
     e, ix, c, t = m.encoder, m.index, m.corpus, m.transform
     tp = f"{e.tp_layers[0]}:{e.tp_layers[1]}" if e.tp_layers else "off (vanilla)"
-    ps = m.passages or {}
+    ps = m.passages
     rows = [
-        ("index", f"{index_dir} (format version {m.format_version})"),
+        ("index", f"{index_dir} (format version {m.format_version}"
+                  + (f", version {m.version}" if m.version else ", flat tpsearch 0.2 layout")
+                  + (f", replaced {m.replaces}" if m.replaces else "") + ")"),
         ("documents", f"{m.documents} in {m.vectors} passages ({m.skipped_rows} rows skipped, "
                       f"{m.truncated_texts} texts truncated)"),
-        ("passages", f"at most {ps['max_tokens']} tokens, {ps['overlap']} overlapping"
-         if ps.get("max_tokens") else "whole documents"),
+        ("passages", f"at most {ps.max_tokens} tokens, {ps.overlap} overlapping"
+         if ps and ps.max_tokens else "whole documents"),
         ("model", f"{m.model.spec} [{m.model.kind}] sha256 {str(m.model.weights_sha256)[:16]}"),
         ("prompt", f"{e.prompt}: {e.templates[0]}"
                    + (f" (+{len(e.templates) - 1} more)" if len(e.templates) > 1 else "")),
         ("token prepending", tp),
-        ("output layer", f"{e.output_layer} of {e.n_layers} layers, {e.pooling} token pooling"),
+        ("output layer", f"{e.output_layer} of {e.n_layers} layers, {e.pooling} token pooling, "
+                         f"{e.dtype or 'dtype not recorded'}"),
         ("max length", f"{e.max_length} tokens; sentence normalisation "
                        f"{'on' if e.normalize_sentences else 'off'}"),
         ("vectors", f"{m.dim} dims, L2-normalised, {m.metric}"),
@@ -346,17 +307,15 @@ def info(index_dir, as_json):
         ("faiss index", f"{ix.factory} ({ix.reason}); search {ix.search_params or 'exact'}; "
                         f"recall@10 {ix.recall_at_10}"
                         + (f" on {ix.recall_queries} queries" if ix.recall_queries else "")),
-        ("lexical", f"BM25 (bm25s) over {m.lexical['rows']} {m.lexical.get('unit', 'passage')}s"
+        ("lexical", f"BM25 (bm25s) over {m.lexical.rows} {m.lexical.unit}s"
          if m.lexical else "none"),
-        ("search mode", m.default_mode + (f" ({m.fusion['method']}, lexical weight "
-                                          f"{m.fusion['lexical_weight']})" if m.default_mode == "hybrid" else "")),
-        ("corpus", f"{c.get('path')} ({c.get('rows')} rows, text={c.get('text_column')!r}, "
-                   f"id={c.get('id_column')!r}"
-                   + (f", title={c['title_column']!r}" if c.get("title_column") else "") + ")"),
-        ("built", f"{m.build.get('started_at')} in {m.build.get('seconds')} s with tpsearch "
-                  f"{m.tpsearch_version}"),
-        ("files", f"{len(m.files)} checked against the manifest's sizes and SHA-256"
-         if m.files else "no checksums recorded (format version 1)"),
+        ("search mode", m.default_mode + (f" ({m.fusion.method}, lexical weight "
+                                          f"{m.fusion.lexical_weight})" if m.default_mode == "hybrid" else "")),
+        ("corpus", f"{c.path} ({c.rows} rows, text={c.text_column!r}, id={c.id_column!r}"
+                   + (f", title={c.title_column!r}" if c.title_column else "") + ")"),
+        ("built", f"{m.build.started_at} in {m.build.seconds} s with tpsearch "
+                  f"{m.tpsearch_version} ({m.build.device}, {m.build.batching})"),
+        ("files", f"{len(m.files)} checked against the manifest's sizes and SHA-256"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -447,7 +406,6 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, **mod
     \b
     tpsearch eval sts --data-dir ../shared/data/sts --tasks STSBenchmark-dev,STS12
     tpsearch eval sts --data-dir DIR --tasks STSBenchmark-dev --fit-transform unlabeled.txt"""
-    from .config import ModelConfig, parse_tp_layers
     from .encoder import TPEncoder
     from .eval.sts import ALL_TASKS, STS_TASKS, evaluate, format_table
 
@@ -455,11 +413,8 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, **mod
     unknown = [t for t in chosen if t not in ALL_TASKS]
     if unknown:
         raise click.UsageError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(ALL_TASKS)}")
-    given = _model_settings(**model_kw)
-    if "tp_layers" in given:
-        given["tp_layers"] = parse_tp_layers(given["tp_layers"])
-    cfg = ModelConfig(**given)
-    enc = TPEncoder.from_pretrained(**cfg.encoder_kwargs())
+    cfg = ModelConfig(**_model_settings(**model_kw))
+    enc = TPEncoder.load(cfg)
     t0 = time.perf_counter()
 
     def embed(sentences):

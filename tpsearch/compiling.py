@@ -48,12 +48,16 @@ def compile_pays_off(device: torch.device, dtype: torch.dtype, documents: int,
             and documents >= CPU_COMPILE_MIN_DOCUMENTS and can_compile(device))
 
 
-def resolve_compile(value: bool | str | None, device: torch.device, quantized: bool) -> bool:
-    """``"auto"`` (or None): on a CUDA GPU where it can; not on a CPU, where compiling costs
-    more than it saves on all but large corpora (a build decides that with
-    :func:`compile_pays_off`). ``True`` is checked."""
+def resolve_compile(value: bool | str | None, device: torch.device, quantized: bool,
+                    dtype: torch.dtype | None = None, documents: int | None = None) -> bool:
+    """The one place the compile choice is made. ``"auto"`` (or None): on a CUDA GPU where it
+    can; on a CPU only for a build of ``documents`` documents that :func:`compile_pays_off`
+    (queries and small builds never compile there). ``True`` is checked."""
     if value in (None, "auto"):
-        return device.type == "cuda" and not quantized and can_compile(device)
+        if device.type == "cuda":
+            return not quantized and can_compile(device)
+        return (documents is not None and dtype is not None
+                and compile_pays_off(device, dtype, documents, quantized))
     if value is True or value == "true":
         if quantized:
             raise InputError("compile does not apply to an int8-quantised model")
@@ -63,7 +67,7 @@ def resolve_compile(value: bool | str | None, device: torch.device, quantized: b
         return True
     if value is False or value == "false":
         return False
-    raise InputError(f"compile must be auto, true or false, got {value!r}")
+    raise InputError(f"compile must be auto, true or false, got {str(value)[:40]!r}")
 
 
 def compile_decoder_layers(model: nn.Module, dynamic: bool | None = None) -> int:

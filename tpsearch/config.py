@@ -16,58 +16,37 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from .errors import InputError
-from .loading import DEFAULT_MODEL
-from .passages import PassageSettings
-from .transform import TransformSettings
-
-AUTO = "auto"
+from .fusion import DEFAULT_FUSION, DEFAULT_LEXICAL_WEIGHT, FUSIONS, MODES, FusionSettings
+from .passages import DEFAULT_PASSAGE_SETTINGS, PASSAGE_OVERLAP_SHARE, PassageSettings
+from .settings import AUTO, EncoderOptions, option, parse_tp_layers
+from .typed import short
+from .transform import DEFAULT_TRANSFORM_SETTINGS, KINDS as TRANSFORM_KINDS, TransformSettings
 
 
 @dataclass
-class ModelConfig:
-    """How texts become vectors; the same settings encode queries at search time."""
+class ModelConfig(EncoderOptions):
+    """The encoder's options (:class:`~tpsearch.settings.EncoderOptions`) plus how a build feeds
+    it; the same settings encode queries at search time."""
 
-    model: str = DEFAULT_MODEL
-    prompt: str | None = None  # None: the model's preset
-    tp_layers: tuple[int, int] | None | str = AUTO  # "auto": preset; None: vanilla
-    output_layer: int | None = None  # None: the model's preset
-    placeholder_init: str | None = None  # "randn" or "mean"; None: the model's preset
-    pooling: str = "last"  # "last" (the paper) or "mean" over the text's own tokens
-    query_prompt: str | None = None  # a different prompt for queries; None: the same
-    max_length: int = 256
-    batch_size: int = 32
-    max_batch_tokens: int | None = None  # token budget per batch (rows x longest row); None: no budget
-    device: str = "auto"
-    # "auto": bf16 on GPUs and on CPUs with bf16 matrix units (AMX), float32 on other CPUs:
-    # on the dev sets bf16 moved STS-B dev, STS12 and scifact-dev by at most 0.07 (README).
-    dtype: str | None = "auto"
-    quantize: str | None = None  # "int8": dynamic int8 linear layers (CPU)
-    # Batch shapes: "sorted", "bucketed", "graphs" (CUDA graphs) or "auto" (graphs on a GPU,
-    # sorted on a CPU); compile_layers: torch.compile the decoder layers ("auto": on a GPU, and
-    # for CPU builds in bfloat16 of 20,000 documents or more).
-    # Speed only: the vectors are the same up to rounding.
-    batching: str = "auto"
-    compile_layers: bool | str = "auto"
+    query_prompt: str | None = option(None, "A different prompt for queries (method or "
+                                      "template); default: the same as documents.")
+    batch_size: int = option(32, "Texts per forward pass. Default: {default}.", type=int)
+    max_batch_tokens: int | None = option(
+        None, "Also cap each forward pass at this many computed tokens (rows x longest row): "
+        "long texts go in smaller batches. Default: no cap.", type=int)
 
     def encoder_kwargs(self) -> dict[str, Any]:
-        return dict(model=self.model, prompt=self.prompt, tp_layers=self.tp_layers,
-                    output_layer=self.output_layer, placeholder_init=self.placeholder_init,
-                    pooling=self.pooling, max_length=self.max_length,
-                    device=self.device, dtype=self.dtype, quantize=self.quantize,
-                    batching=self.batching, compile_layers=self.compile_layers)
+        """The keyword arguments of ``TPEncoder.from_pretrained`` these options give."""
+        return asdict(self.encoder_options())
 
 
-#: Defaults chosen on the dev sets (scifact-dev, STS-B dev/STS12, STS-B as retrieval); see the
-#: README's "Retrieval on documents".
-DEFAULT_PASSAGE_TOKENS = 256
-#: The overlap, as a share of the passage budget, where it is not given.
-PASSAGE_OVERLAP_SHARE = 0.25
-DEFAULT_TRANSFORM = "center"
-DEFAULT_TRANSFORM_DIM = 256
+#: Retrieval defaults chosen on the dev sets (scifact-dev, STS-B dev/STS12, STS-B as
+#: retrieval); see the README's "Retrieval on documents". Each lives here only.
+DEFAULT_PASSAGE_TOKENS = DEFAULT_PASSAGE_SETTINGS.max_tokens
+DEFAULT_TRANSFORM = DEFAULT_TRANSFORM_SETTINGS.kind
+DEFAULT_TRANSFORM_DIM = DEFAULT_TRANSFORM_SETTINGS.dim
 DEFAULT_LEXICAL_UNIT = "document"
 DEFAULT_MODE = "hybrid"
-DEFAULT_FUSION = "minmax"
-DEFAULT_LEXICAL_WEIGHT = 0.7
 
 
 @dataclass
@@ -76,25 +55,41 @@ class BuildConfig:
 
     corpus: str = ""
     out: str = ""
-    text_column: str = "text"
-    id_column: str = "id"
-    title_column: str | None = None
-    store_text: bool = True
-    strict: bool = False
-    index: str = AUTO  # auto | flat | hnsw | ivf | ivfpq | a FAISS factory string
-    max_index_memory: str | None = None  # e.g. "2GB"; guides the "auto" choice
-    shard_rows: int = 2048
-    fresh: bool = False  # discard shards of an earlier, interrupted build
-    passage_tokens: int = DEFAULT_PASSAGE_TOKENS  # 0: whole documents
-    passage_overlap: int | None = None  # None: a quarter of passage_tokens
-    transform: str = DEFAULT_TRANSFORM  # none | center | whiten
-    transform_dim: int = DEFAULT_TRANSFORM_DIM
-    query_examples: str | None = None  # text file of example queries (the query-side mean)
-    lexical: bool = True  # also build a BM25 index
-    lexical_unit: str = DEFAULT_LEXICAL_UNIT  # one BM25 row: a "document" or a "passage"
-    mode: str = DEFAULT_MODE  # the index's default search mode: dense | lexical | hybrid
-    fusion: str = DEFAULT_FUSION  # rrf | minmax
-    lexical_weight: float = DEFAULT_LEXICAL_WEIGHT  # the lexical side's share in hybrid
+    text_column: str = option("text", "Column with the text. Default: {default}.")
+    id_column: str = option("id", "Column with unique string or integer ids. Default: {default}.")
+    title_column: str | None = option(None, "Optional column joined before the text.")
+    store_text: bool = option(True, "Keep the texts in the id map for RAG answers. Default: on.")
+    strict: bool = option(False, "Fail on a null or empty text instead of skipping it.")
+    index: str = option(AUTO, "auto, flat, hnsw, ivf, ivfpq, or a FAISS factory string such "
+                        "as 'IVF1024,PQ64'. Default: {default}.")
+    max_index_memory: str | None = option(None, "Memory budget for the index, e.g. 2GB; "
+                                          "guides 'auto'.")
+    shard_rows: int = option(2048, "Corpus rows per resumable shard. Default: {default}.", type=int)
+    fresh: bool = option(False, "Discard shards left by an interrupted build with other settings.")
+    passage_tokens: int = option(
+        DEFAULT_PASSAGE_TOKENS, "Cut documents into sentence-aware passages of at most this "
+        "many tokens of prompted text (prompt + title + passage). 0: whole documents. "
+        "Default: {default}.", type=int)
+    passage_overlap: int | None = option(
+        None, "Tokens of whole sentences a passage shares with the previous one. Default: "
+        f"{PASSAGE_OVERLAP_SHARE:.0%} of --passage-tokens.", type=int)
+    transform: str = option(DEFAULT_TRANSFORM, "Fit to the corpus: center (subtract the mean) "
+                            "or whiten (PCA whitening to --transform-dim) the vectors, inside "
+                            "the index. Default: {default}.", choices=TRANSFORM_KINDS)
+    transform_dim: int = option(DEFAULT_TRANSFORM_DIM, "Output dimensions of 'whiten'. "
+                                "Default: {default}.", type=int)
+    query_examples: str | None = option(
+        None, "Text file, one example query a line: their mean centres queries. Default: the "
+        "first sentences of the corpus' documents.", path=True)
+    lexical: bool = option(True, "Also build a BM25 index. Default: on.")
+    lexical_unit: str = option(DEFAULT_LEXICAL_UNIT, "What one BM25 row is: a whole document "
+                               "or a passage. Default: {default}.", choices=("document", "passage"))
+    mode: str = option(DEFAULT_MODE, "The index's default search mode: dense (vectors), "
+                       "lexical (BM25) or hybrid (fused). Default: {default}.", choices=MODES)
+    fusion: str = option(DEFAULT_FUSION, "How hybrid mode fuses the two rankings. Default: "
+                         "{default}.", choices=FUSIONS)
+    lexical_weight: float = option(DEFAULT_LEXICAL_WEIGHT, "The lexical side's share in hybrid "
+                                   "mode, 0..1. Default: {default}.", type=float)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,8 +109,8 @@ class BuildConfig:
     def default_mode(self) -> str:
         return self.mode if self.lexical else "dense"
 
-    def fusion_settings(self) -> dict:
-        return {"method": self.fusion, "lexical_weight": self.lexical_weight}
+    def fusion_settings(self) -> FusionSettings:
+        return FusionSettings(self.fusion, self.lexical_weight)
 
 
 #: The type each option must have in a config file (checked before anything runs).
@@ -138,23 +133,7 @@ def check_types(cfg: Any, where: str = "config") -> None:
             continue
         if (isinstance(value, bool) and base != "bool") or not isinstance(value, expected):
             raise InputError(f"{where}: option {name!r} must be {'an' if base == 'int' else 'a'} "
-                             f"{base}, got {value!r}")
-
-
-def parse_tp_layers(value: str | list | tuple | None) -> tuple[int, int] | None | str:
-    """``"1:7"``, ``[1, 7]``, ``"auto"``, or ``None``/``"none"``/``"vanilla"`` (no TP)."""
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "vanilla", "off")):
-        return None
-    if isinstance(value, str) and value.lower() == AUTO:
-        return AUTO
-    try:
-        if isinstance(value, str):
-            a, b = value.split(":")
-        else:
-            a, b = value
-        return int(a), int(b)
-    except (ValueError, TypeError):
-        raise InputError(f"TP layers must look like START:EXIT (e.g. 1:7), got {value!r}") from None
+                             f"{base}, got {short(value, 40)}")
 
 
 def parse_size(text: str | None) -> int | None:
@@ -171,23 +150,61 @@ def parse_size(text: str | None) -> int | None:
         raise InputError(f"cannot read a memory size from {text!r} (try 512MB or 2GB)") from None
 
 
+#: A run configuration is a short list of options; anything larger is refused unread.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors and aliases: a config needs none, and aliases are
+    how a few lines expand into gigabytes (the 'billion laughs')."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a "
+                                              "tpsearch config", event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, "anchors (&name) are not allowed in a "
+                                              "tpsearch config", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Options from a YAML (.yaml/.yml) or TOML (.toml) file, keys as on the command line
-    with dashes or underscores (``tp-layers``/``tp_layers``)."""
+    with dashes or underscores (``tp-layers``/``tp_layers``). A flat mapping of option names
+    to plain values (a list of two numbers for ``tp_layers``); anything else is refused."""
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(f"{p}: {p.stat().st_size} bytes is too large for a config file")
         raw = p.read_text(encoding="utf8")
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read config file ({exc.strerror})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: cannot read config file "
+                         f"({getattr(exc, 'strerror', None) or 'not UTF-8 text'})") from None
+    kind = "TOML" if p.suffix == ".toml" else "YAML"
     try:
-        data = tomllib.loads(raw) if p.suffix == ".toml" else yaml.safe_load(raw)
+        data = tomllib.loads(raw) if kind == "TOML" else yaml.load(raw, Loader=_NoAliasLoader)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {exc}") from None
+        raise InputError(f"{p}: not valid {kind}: {' '.join(str(exc).split())[:200]}") from None
+    except RecursionError:
+        raise InputError(f"{p}: nested too deeply to be a tpsearch config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a mapping of option names to values")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    options = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise InputError(f"{p}: option names must be strings, got {short(key, 40)}")
+        name = key.replace("-", "_")
+        plain = (str, int, float, bool, type(None))
+        if not (isinstance(value, plain) or (name == "tp_layers" and isinstance(value, list)
+                                             and all(isinstance(v, plain) for v in value))):
+            raise InputError(f"{p}: option {key!r} must be a plain value, got "
+                             f"{type(value).__name__} {short(value, 40)}")
+        options[name] = value
+    return options
 
 
 def build_config_from(options: dict[str, Any]) -> BuildConfig:
@@ -196,7 +213,7 @@ def build_config_from(options: dict[str, Any]) -> BuildConfig:
     build_keys = {f.name for f in fields(BuildConfig)} - {"model"}
     unknown = set(options) - model_keys - build_keys
     if unknown:
-        raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        raise InputError(f"unknown option(s): {', '.join(short(u, 40) for u in sorted(unknown))}")
     m = {k: v for k, v in options.items() if k in model_keys}
     if "tp_layers" in m:
         m["tp_layers"] = parse_tp_layers(m["tp_layers"])

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,8 +32,9 @@ from .loading import (
 )
 from .errors import InputError
 from .presets import fallback_preset, find_preset
-from .prompts import PLACEHOLDER, SENTENCE_SLOT, PromptSpec, resolve_prompt
-from .settings import EncoderSettings
+from .prompts import PLACEHOLDER, PromptSpec, resolve_prompt
+from .tokenizing import PromptTokenizer, Tokenized
+from .settings import AUTO, EncoderOptions, EncoderSettings, option_defaults, parse_tp_layers
 from .compiling import compile_decoder_layers, is_compiled, resolve_compile
 from .shapes import (BATCHING, ShapeRunner, first_position, pack_batch, pad_rows, plan_buckets,
                      resolve_batching, sliding_window, to_device, width_ladder)
@@ -47,25 +48,7 @@ from .tp import (
     validate_tp_layers,
 )
 
-AUTO = "auto"
-
-
-@dataclass
-class Tokenized:
-    """Token ids of prompted texts: ``n_templates`` consecutive rows per text."""
-
-    input_ids: list[list[int]]
-    n_templates: int
-    truncated: list[bool] = field(default_factory=list)  # one flag per text
-    spans: list[tuple[int, int]] | None = None  # the sentence's tokens per row (mean pooling)
-
-    @property
-    def num_texts(self) -> int:
-        return len(self.input_ids) // self.n_templates
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(x) for x in self.input_ids)
+_DEFAULTS = option_defaults()
 
 
 class TPEncoder:
@@ -78,7 +61,7 @@ class TPEncoder:
         prompt: str = "prompteol",
         tp_layers: tuple[int, int] | None = (1, 7),
         output_layer: int = -2,
-        max_length: int = 512,
+        max_length: int = _DEFAULTS["max_length"],
         normalize_sentences: bool = True,
         placeholder_seed: int = 0,
         placeholder_init: str = "randn",
@@ -127,7 +110,10 @@ class TPEncoder:
             placeholder_init=placeholder_init,
             pooling=pooling,
             quantize=quantize,
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         )
+        self.prompter = PromptTokenizer(tokenizer, self.prompt, max_length, self.placeholder_id,
+                                        pooling)
         self.pad_id = _pad_id(tokenizer)
         self.padding_side = "left"
         self._runner = None
@@ -170,56 +156,57 @@ class TPEncoder:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str = DEFAULT_MODEL,
-        prompt: str | None = None,
-        tp_layers: tuple[int, int] | None | str = AUTO,
-        output_layer: int | None = None,
-        device: str = "auto",
-        dtype: str | torch.dtype | None = None,
-        max_length: int = 512,
-        attn_implementation: str | None = None,
-        placeholder_init: str | None = None,
-        trust_remote_code: bool = False,
-        quantize: str | None = None,
-        batching: str = "auto",
-        compile_layers: bool | str = "auto",
-        **kwargs,
-    ) -> "TPEncoder":
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, **options: Any) -> "TPEncoder":
         """Load ``model`` (bundled name, GGUF file, directory or hub id) and set up TP.
 
-        ``tp_layers=None`` gives vanilla embeddings (same prompt, no placeholder); ``"auto"``
-        and ``output_layer=None`` take the model's preset, or TP 1..min(7, L-1) and output
-        layer -2 for a model without one. ``batching`` shapes the batches (see
-        :attr:`batching`) and ``compile_layers`` compiles the decoder layers (see
-        :meth:`compile_layers`); ``"auto"`` picks what measured fastest on the device: CUDA
-        graphs over compiled layers on a GPU, the eager sorted path on a CPU.
+        ``options`` are the fields of :class:`~tpsearch.settings.EncoderOptions` (their
+        defaults are the CLI's): ``prompt``, ``tp_layers`` (``None``: vanilla embeddings, the
+        same prompt without a placeholder; ``"auto"``: the model's preset), ``output_layer``,
+        ``placeholder_init``, ``pooling``, ``max_length``, ``device``, ``dtype``,
+        ``quantize``, ``batching``, ``compile_layers``, ``trust_remote_code``, ... A model
+        without a preset gets TP 1..min(7, L-1) and output layer -2.
         """
-        source = resolve_source(model)
-        dev = resolve_device(device)
-        net, tokenizer = load_model(source, dev, resolve_dtype(dtype, dev), attn_implementation,
-                                    trust_remote_code=trust_remote_code)
+        known = {f.name for f in fields(EncoderOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown encoder option(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(known))}")
+        return cls.load(EncoderOptions(model=model, **options))
+
+    @classmethod
+    def load(cls, options: EncoderOptions, source: ModelSource | None = None,
+             documents: int | None = None) -> "TPEncoder":
+        """An encoder as ``options`` describe it (``source``: the model, already resolved).
+        ``documents``: how many a build will encode (``compile_layers="auto"`` compiles a
+        large CPU build in bfloat16; see :func:`~tpsearch.compiling.resolve_compile`)."""
+        o = options.encoder_options()
+        source = source or resolve_source(o.model)
+        dev = resolve_device(o.device)
+        net, tokenizer = load_model(source, dev, resolve_dtype(o.dtype, dev),
+                                    o.attn_implementation, trust_remote_code=o.trust_remote_code)
         preset = find_preset(source.spec) or find_preset(source.path) or fallback_preset(num_layers(net))
-        if quantize:
+        if o.quantize:
             if dev.type != "cpu":
                 raise InputError("quantize='int8' runs on a CPU; on a GPU use bfloat16")
             quantize_int8(net)
+        tp_layers = parse_tp_layers(o.tp_layers)
         encoder = cls(
             net,
             tokenizer,
-            prompt=prompt or preset.prompt,
+            prompt=o.prompt or preset.prompt,
             tp_layers=preset.tp_layers if tp_layers == AUTO else tp_layers,
-            output_layer=preset.output_layer if output_layer is None else output_layer,
-            max_length=max_length,
-            placeholder_init=placeholder_init or preset.placeholder_init,
+            output_layer=preset.output_layer if o.output_layer is None else o.output_layer,
+            max_length=o.max_length,
+            normalize_sentences=o.normalize_sentences,
+            placeholder_seed=o.placeholder_seed,
+            placeholder_init=o.placeholder_init or preset.placeholder_init,
             model_name=source.spec,
             source=source,
-            quantize=quantize,
-            **kwargs,
+            pooling=o.pooling,
+            quantize=o.quantize,
         )
-        encoder.batching = resolve_batching(batching, dev)
-        if resolve_compile(compile_layers, dev, quantized=bool(quantize)):
+        encoder.batching = resolve_batching(o.batching, dev)
+        if resolve_compile(o.compile_layers, dev, bool(o.quantize), encoder.dtype, documents):
             encoder.compile_layers()
         return encoder
 
@@ -262,72 +249,16 @@ class TPEncoder:
     # ------------------------------------------------------------------ tokenisation
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text on its own (no prompt, no special tokens)."""
-        if not texts:
-            return []
-        return [len(r) for r in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return self.prompter.count_tokens(texts)
 
     @property
     def prompt_tokens(self) -> int:
         """Tokens the prompt adds around a text (the longest template, special tokens included)."""
-        if not hasattr(self, "_prompt_tokens"):
-            ids = self.tokenizer([self.prompt.fill(t, "") for t in self.prompt.templates],
-                                 add_special_tokens=True)["input_ids"]
-            self._prompt_tokens = max(len(r) for r in ids) + 1  # + the final '.' normalisation adds
-        return self._prompt_tokens
+        return self.prompter.prompt_tokens
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """Prompt, normalise and tokenise ``texts``; over-long sentences are cut to fit."""
-        n_t = len(self.prompt.templates)
-        if not texts:
-            return Tokenized(input_ids=[], n_templates=n_t, truncated=[],
-                             spans=[] if self.pooling == "mean" else None)
-        sentences = [self.prompt.sentence(t) for t in texts for _ in range(n_t)]
-        templates = [t for _ in texts for t in self.prompt.templates]
-        flat = [self.prompt.fill(t, x) for t, x in zip(templates, sentences)]
-        ids = self.tokenizer(flat, add_special_tokens=True)["input_ids"]
-        truncated = [False] * len(texts)
-        for j, row in enumerate(ids):
-            if len(row) > self.settings.max_length:
-                ids[j], sentences[j] = self._truncate(sentences[j], templates[j], row)
-                flat[j] = self.prompt.fill(templates[j], sentences[j])
-                truncated[j // n_t] = True
-        if self.placeholder_id is not None:
-            for j, row in enumerate(ids):
-                if self.placeholder_id not in row:
-                    raise InputError(
-                        f"prompt {templates[j]!r} lost its {PLACEHOLDER} token when tokenised"
-                    )
-        spans = None
-        if self.pooling == "mean":
-            spans = [self._sentence_span(f, t, x) for f, t, x in zip(flat, templates, sentences)]
-        return Tokenized(input_ids=ids, n_templates=n_t, truncated=truncated, spans=spans)
-
-    def _sentence_span(self, prompt: str, template: str, sentence: str) -> tuple[int, int]:
-        """Token positions [start, end) of the sentence inside the prompted text."""
-        start = len(template[: template.index(SENTENCE_SLOT)].lstrip())
-        end = start + len(sentence)
-        enc = self.tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
-        inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
-        if not inside:  # an empty sentence: pool the last token
-            n = len(enc["input_ids"])
-            return n - 1, n
-        return inside[0], inside[-1] + 1
-
-    def _truncate(self, sentence: str, template: str, row: list[int]) -> tuple[list[int], str]:
-        """Shorten the sentence (never the prompt) until the prompted text fits max_length."""
-        limit = self.settings.max_length
-        sent_ids = self.tokenizer(sentence, add_special_tokens=False)["input_ids"]
-        keep = len(sent_ids) - (len(row) - limit)
-        while keep > 0:
-            cut = self.tokenizer.decode(sent_ids[:keep], skip_special_tokens=True)
-            new = self.tokenizer(self.prompt.fill(template, cut), add_special_tokens=True)["input_ids"]
-            if len(new) <= limit:
-                return new, cut
-            keep -= len(new) - limit
-        raise InputError(
-            f"max_length {limit} is too small: the prompt alone takes about "
-            f"{len(row) - len(sent_ids)} tokens"
-        )
+        return self.prompter.tokenize(texts)
 
     # ------------------------------------------------------------------ forward
     def _batch_tensors(self, rows: Sequence[Sequence[int]],

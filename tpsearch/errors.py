@@ -20,3 +20,8 @@ class ConfigMismatch(TPSearchError):
 
 class IndexDamaged(TPSearchError):
     """An index directory's files are missing, truncated, or do not match its manifest."""
+
+
+class DiskError(TPSearchError):
+    """The disk refused a write (full, read-only, no permission): nothing is wrong with the
+    data, and a build's finished shards are kept for a resume."""

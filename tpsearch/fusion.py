@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -10,6 +11,17 @@ import numpy as np
 MODES = ("dense", "lexical", "hybrid")
 FUSIONS = ("rrf", "minmax")
 RRF_K = 60
+#: Hybrid defaults, chosen on the dev sets (README, "Retrieval on documents").
+DEFAULT_FUSION = "minmax"
+DEFAULT_LEXICAL_WEIGHT = 0.7
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """How hybrid mode fuses the dense and lexical rankings; recorded in the manifest."""
+
+    method: str = field(default=DEFAULT_FUSION, metadata={"choices": FUSIONS})
+    lexical_weight: float = field(default=DEFAULT_LEXICAL_WEIGHT, metadata={"min": 0.0, "max": 1.0})
 
 
 def best_per_document(scores: np.ndarray, rows: np.ndarray, doc_of_row: np.ndarray,
@@ -29,7 +41,7 @@ def best_per_document(scores: np.ndarray, rows: np.ndarray, doc_of_row: np.ndarr
 
 
 def fuse(dense: Sequence[tuple[int, int, float]], lexical: Sequence[tuple[int, int, float]],
-         method: str = "minmax", weight: float = 0.5) -> list[tuple[int, int, float]]:
+         method: str = DEFAULT_FUSION, weight: float = DEFAULT_LEXICAL_WEIGHT) -> list[tuple[int, int, float]]:
     """One ranking of documents from two: ``weight`` is the lexical side's share.
 
     ``minmax``: each list's scores scaled to [0, 1] over its own top, then mixed;

@@ -116,27 +116,59 @@ def new_index(plan: IndexPlan, dim: int) -> faiss.Index:
 
 #: Search parameters and the index kind (in the factory string) each applies to.
 SEARCH_PARAMS = {"nprobe": "IVF", "efSearch": "HNSW"}
+#: The largest value each may take (more probes or candidates than this only burns memory).
+SEARCH_PARAM_MAX = {"nprobe": 65536, "efSearch": 32768}
 
 
 def check_search_params(factory: str, params: dict) -> None:
     """Refuse a parameter the index does not have (``nprobe`` on a Flat index), or a bad value."""
+    if not isinstance(params, dict):
+        raise InputError(f"search parameters must be a mapping, got {type(params).__name__}")
     for name, value in params.items():
         if name not in SEARCH_PARAMS:
-            raise InputError(f"unknown search parameter {name!r}; known: {', '.join(SEARCH_PARAMS)}")
+            raise InputError(f"unknown search parameter {str(name)[:40]!r}; known: "
+                             f"{', '.join(SEARCH_PARAMS)}")
         if SEARCH_PARAMS[name] not in factory:
             raise InputError(f"{name} does not apply to this index ({factory}); it applies to "
                              f"{SEARCH_PARAMS[name]} indexes")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+        top = SEARCH_PARAM_MAX[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+            raise InputError(f"{name} must be an integer in 1..{top}, got {str(value)[:40]}")
 
 
-def apply_search_params(index: faiss.Index, params: dict) -> None:
-    """Set ``nprobe`` / ``efSearch`` on the index (or on the IVF/HNSW inside it)."""
-    if not params:
-        return
-    ps = faiss.ParameterSpace()
-    for name, value in params.items():
-        ps.set_index_parameter(index, name, value)
+class CallParameters:
+    """FAISS ``SearchParameters`` for one search call: the shared index object is never
+    changed, so concurrent searches with different parameters (or, later, filters) need no
+    lock. Holds the Python objects FAISS points to, so they live as long as the call."""
+
+    def __init__(self, index: faiss.Index, params: dict):
+        self.parts: list = []
+        self.params = None
+        if not params:
+            return
+        inner = faiss.downcast_index(index)
+        wrapped = isinstance(inner, faiss.IndexPreTransform)
+        if wrapped:
+            inner = faiss.downcast_index(inner.index)
+        if "efSearch" in params:
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = int(params["efSearch"])
+        else:
+            p = faiss.SearchParametersIVF()
+            p.nprobe = int(params["nprobe"])
+        self.parts.append(p)
+        if wrapped:
+            outer = faiss.SearchParametersPreTransform()
+            outer.index_params = p
+            self.parts.append(outer)
+            p = outer
+        self.params = p
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict | None = None):
+    """``index.search`` with per-call parameters: (scores, rows), each (len(queries), k)."""
+    call = CallParameters(index, params or {})
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=call.params)
 
 
 def exact_topk(queries: np.ndarray, batches: Iterable[np.ndarray], k: int) -> np.ndarray:
@@ -178,8 +210,7 @@ def tune_search(index: faiss.Index, plan: IndexPlan, queries: np.ndarray, truth:
     params, recall = {}, 0.0
     for value in ladder:
         params = {name: value}
-        apply_search_params(index, params)
-        _, found = index.search(queries, k)
+        _, found = search(index, queries, k, params)
         recall = ann_recall_at_k(found, truth, k)
         if recall >= TARGET_RECALL:
             break

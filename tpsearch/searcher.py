@@ -27,9 +27,11 @@ import pyarrow.parquet as pq
 from .encoder import TPEncoder
 from .errors import ConfigMismatch, IndexDamaged, InputError
 from .fusion import MODES, best_per_document, fuse
-from .index import apply_search_params, check_search_params
+from .index import check_search_params, search as faiss_search
+from .layout import IndexLocation, locate
 from .loading import resolve_source
-from .manifest import Manifest, inside, read_manifest, verify_files
+from .manifest import Manifest, inside, open_manifest, verify_files
+from .settings import EncoderOptions
 
 #: Documents each side contributes before fusion (hybrid), at least.
 FUSION_DEPTH = 100
@@ -80,22 +82,36 @@ class IdMap:
     doc_of_row: np.ndarray
 
     @classmethod
-    def read(cls, path: Path, with_text: bool) -> "IdMap":
+    def read(cls, path: Path, with_text: bool, id_type: str = "str") -> "IdMap":
+        """Read and check an id map: typed columns, passages of a document consecutive."""
+        want = {"id": pa.types.is_integer if id_type == "int" else
+                (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+                "passage": pa.types.is_integer, "start": pa.types.is_integer,
+                "end": pa.types.is_integer, "corpus_row": pa.types.is_integer,
+                "text": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)}
         try:
-            names = pq.read_schema(path).names
-            cols = [c for c in ("id", "passage", "start", "end", "corpus_row") if c in names]
-            cols += ["text"] if with_text and "text" in names else []
+            schema = pq.read_schema(path)
+            cols = [c for c in ("id", "passage", "start", "end", "corpus_row") if c in schema.names]
+            cols += ["text"] if with_text and "text" in schema.names else []
+            for c in cols:
+                if not want[c](schema.field(c).type):
+                    raise IndexDamaged(f"{path}: column {c!r} has type {schema.field(c).type}")
+            if "id" not in cols:
+                raise IndexDamaged(f"{path}: the id map has no 'id' column")
             t = pq.read_table(path, columns=cols)
-        except (pa.ArrowException, OSError) as exc:
-            raise IndexDamaged(f"{path}: the id map cannot be read ({exc})") from None
+            ids = t.column("id").to_pylist()
+            texts = t.column("text").to_pylist() if "text" in cols else None
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise IndexDamaged(f"{path}: the id map cannot be read ({str(exc)[:160]})") from None
         n = t.num_rows
-        get = (lambda c: t.column(c).to_numpy() if c in cols else None)
+        get = (lambda c: t.column(c).fill_null(0).to_numpy() if c in cols else None)
         rows = get("corpus_row")
+        if rows is not None and len(rows) > 1 and (np.diff(rows) < 0).any():
+            raise IndexDamaged(f"{path}: rows are not in corpus order")
         doc = np.unique(rows, return_inverse=True)[1] if rows is not None else np.arange(n)
-        return cls(ids=t.column("id").to_pylist(),
+        return cls(ids=ids,
                    passages=get("passage") if "passage" in cols else np.zeros(n, np.int32),
-                   starts=get("start"), ends=get("end"),
-                   texts=t.column("text").to_pylist() if "text" in cols else None,
+                   starts=get("start"), ends=get("end"), texts=texts,
                    doc_of_row=doc.astype(np.int64))
 
     @cached_property
@@ -112,58 +128,120 @@ class IdMap:
 
 
 class Searcher:
-    """An opened index directory."""
+    """One version of an index directory, opened whole.
 
-    def __init__(self, directory: Path, manifest: Manifest, index: faiss.Index, idmap: IdMap,
-                 encoder: TPEncoder | None = None, device: str = "auto", model: str | None = None,
-                 trust_remote_code: bool = False, dtype: str | None = None):
-        self.directory = directory
+    Everything the searcher reads (manifest, FAISS index, id map, query shift, BM25 index) is
+    opened by :meth:`open` from the version the directory's pointer names at that moment, so a
+    republish of the directory never changes what this searcher answers from: see
+    :attr:`version`, :meth:`is_current` and :meth:`reopen`. The model loads on first use."""
+
+    def __init__(self, location: IndexLocation, manifest: Manifest, index: faiss.Index,
+                 idmap: IdMap, lexical=None, query_shift: np.ndarray | None = None,
+                 encoder: TPEncoder | None = None, device: str = "auto",
+                 model: str | None = None, trust_remote_code: bool = False):
+        self.location = location
+        self.directory = location.root
         self.manifest = manifest
         self.index = index
         self.idmap = idmap
+        self.lexical = lexical
+        self.query_shift = query_shift
         self.device = device
         self.trust_remote_code = trust_remote_code
-        # Queries are encoded in the dtype the documents were (recorded at build), unless told.
-        self.dtype = dtype
         self._model_override = model
         self._encoder = encoder
         self._query_encoder: TPEncoder | None = None
-        self._lexical = None
         self._lock = threading.Lock()
-        self._search_lock = threading.Lock()
         self.default_params = dict(manifest.index.search_params)
         self.documents = int(idmap.doc_of_row.max()) + 1 if len(idmap.ids) else 0
-        shift = manifest.transform.query_shift_file
-        self.query_shift = np.load(inside(directory, shift)) if shift else None
+        where = location.path
         if index.d != manifest.dim:
-            raise ConfigMismatch(f"{directory}: index dimension {index.d} differs from the "
+            raise ConfigMismatch(f"{where}: index dimension {index.d} differs from the "
                                  f"manifest's {manifest.dim}")
-        if index.ntotal != len(idmap.ids):
-            raise ConfigMismatch(f"{directory}: index holds {index.ntotal} vectors but the id map "
-                                 f"{len(idmap.ids)} rows")
-        if self.query_shift is not None and self.query_shift.shape != (manifest.dim,):
-            raise IndexDamaged(f"{directory}: {shift} does not hold a {manifest.dim}-vector")
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexDamaged(f"{where}: {manifest.index.file} does not rank by inner product "
+                               "(metric type {}); tpsearch indexes do".format(index.metric_type))
+        if index.ntotal != len(idmap.ids) or index.ntotal != manifest.vectors:
+            raise ConfigMismatch(f"{where}: index holds {index.ntotal} vectors, the id map "
+                                 f"{len(idmap.ids)} rows and the manifest {manifest.vectors}")
+        if self.documents != manifest.documents:
+            raise IndexDamaged(f"{where}: the id map holds {self.documents} documents, the "
+                               f"manifest {manifest.documents}")
+        if lexical is not None:
+            want = self.documents if self.lexical_unit == "document" else len(idmap.ids)
+            if lexical.size != want:
+                raise IndexDamaged(f"{where}: the lexical index holds {lexical.size} rows, the "
+                                   f"index {want} {self.lexical_unit}s")
         if encoder is not None:
             check_encoder(manifest, encoder)
 
     @classmethod
     def open(cls, directory: str | Path, device: str = "auto", encoder: TPEncoder | None = None,
              model: str | None = None, trust_remote_code: bool = False,
-             verify: bool = True, dtype: str | None = None) -> "Searcher":
-        """Open an index directory. ``model`` points to the weights if they moved (they are
-        still checked against the recorded hash); ``encoder`` supplies a loaded one.
-        ``verify`` checks every file against the sizes and checksums in the manifest."""
-        d = Path(directory)
-        manifest = read_manifest(d)
+             verify: bool = True) -> "Searcher":
+        """Open the current version of an index directory. ``model`` points to the weights if
+        they moved (they are still checked against the recorded hash); ``encoder`` supplies a
+        loaded one. ``verify`` checks every file's SHA-256 as well as its size and kind."""
+        for attempt in range(3):
+            location, manifest = open_manifest(directory)
+            try:
+                return cls._open_version(location, manifest, device, encoder, model,
+                                         trust_remote_code, verify)
+            except IndexDamaged:
+                # A publish may have pruned this version between reading the pointer and
+                # opening its files: read the pointer again; a real fault fails again.
+                if attempt == 2 or locate(directory).path == location.path:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_version(cls, location: IndexLocation, manifest: Manifest, device, encoder, model,
+                      trust_remote_code, verify) -> "Searcher":
+        d = location.path
         verify_files(d, manifest, checksums=verify)
+        path = inside(d, manifest.index.file)
         try:
-            index = faiss.read_index(str(inside(d, manifest.index.file)))
+            index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise IndexDamaged(f"{d}: {manifest.index.file} cannot be read "
                                f"({str(exc).splitlines()[0][:200]})") from None
-        idmap = IdMap.read(inside(d, manifest.id_map), manifest.store_text)
-        return cls(d, manifest, index, idmap, encoder=encoder, device=device, model=model,
-                   trust_remote_code=trust_remote_code, dtype=dtype)
+        idmap = IdMap.read(inside(d, manifest.id_map), manifest.store_text, manifest.id_type)
+        shift = manifest.transform.query_shift_file
+        query_shift = read_vector(inside(d, shift), manifest.dim) if shift else None
+        lexical = None
+        if manifest.lexical is not None:
+            from .lexical import LexicalIndex
+
+            lexical = LexicalIndex(inside(d, manifest.lexical.dir + "/"), manifest.lexical)
+        return cls(location, manifest, index, idmap, lexical, query_shift, encoder=encoder,
+                   device=device, model=model, trust_remote_code=trust_remote_code)
+
+    # ------------------------------------------------------------------ versions
+    @property
+    def version(self) -> str | None:
+        """The version of the index directory this searcher answers from (None for a flat
+        directory of tpsearch 0.2)."""
+        return self.location.version
+
+    def is_current(self) -> bool:
+        """Whether the directory still points at this searcher's version."""
+        try:
+            return locate(self.directory).path == self.location.path
+        except (InputError, IndexDamaged):
+            return False
+
+    def reopen(self) -> "Searcher":
+        """A searcher on the directory's current version; the loaded model is kept when the
+        new version was encoded with the same settings and weights (else it loads anew)."""
+        location, manifest = open_manifest(self.directory)
+        encoder = self._encoder
+        if encoder is not None:
+            try:
+                check_encoder(manifest, encoder)
+            except ConfigMismatch:
+                encoder = None
+        return self._open_version(location, manifest, self.device, encoder,
+                                  self._model_override, self.trust_remote_code, True)
 
     # ------------------------------------------------------------------ encoders
     def _load_encoder(self) -> TPEncoder:
@@ -184,21 +262,16 @@ class Searcher:
                              f"{spec!r}, which cannot be used here ({exc}); if the weights moved, "
                              "pass their new place (--model / Searcher.open(model=...)): they are "
                              "checked against the recorded hash") from None
-        if m.weights_sha256 and source.weights_sha256 and source.weights_sha256 != m.weights_sha256:
+        if source.weights_sha256 and source.weights_sha256 != m.weights_sha256:
             raise ConfigMismatch(
                 f"{self.directory}: the index was built with model {m.spec!r} (weights sha256 "
                 f"{m.weights_sha256[:12]}...), but {spec!r} now has weights "
                 f"{source.weights_sha256[:12]}...; rebuild the index or pass the original model")
-        e = self.manifest.encoder
-        enc = TPEncoder.from_pretrained(
-            spec, device=self.device, prompt=e.prompt, tp_layers=e.tp_layers,
-            output_layer=e.output_layer, max_length=e.max_length,
-            normalize_sentences=e.normalize_sentences, placeholder_seed=e.placeholder_seed,
-            placeholder_init=e.placeholder_init, pooling=e.pooling, quantize=e.quantize,
-            dtype=self.dtype or self.manifest.build.get("dtype"),
-            trust_remote_code=self.trust_remote_code,
-            # Queries come a few at a time: no graph capture or compile latency.
-            batching="sorted", compile_layers=False)
+        # Queries come a few at a time: no graph capture or compile latency.
+        options = EncoderOptions.reproducing(
+            self.manifest.encoder, model=spec, device=self.device, batching="sorted",
+            compile_layers=False, trust_remote_code=self.trust_remote_code)
+        enc = TPEncoder.load(options, source=source)
         check_encoder(self.manifest, enc)
         return enc
 
@@ -220,26 +293,10 @@ class Searcher:
                 self._query_encoder = enc.variant(prompt=qp) if qp else enc
             return self._query_encoder
 
-    @property
-    def lexical(self):
-        """The BM25 index, opened on first use; None where the index has none."""
-        if not self.manifest.lexical:
-            return None
-        with self._lock:
-            if self._lexical is None:
-                from .lexical import LexicalIndex
-
-                self._lexical = LexicalIndex(self.directory)
-                want = self.documents if self.lexical_unit == "document" else len(self.idmap.ids)
-                if self._lexical.size != want:
-                    raise IndexDamaged(f"{self.directory}: the lexical index holds "
-                                       f"{self._lexical.size} rows, the index {want} "
-                                       f"{self.lexical_unit}s")
-            return self._lexical
-
     def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
         """Vectors for texts (the LangChain ``Embeddings`` method name)."""
-        return self.encoder.encode([clean_text(t) for t in texts], batch_size=batch_size).tolist()
+        return self.encoder.encode([clean_text(t) for t in query_list(texts, "texts")],
+                                   batch_size=batch_size).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """The vector of one query (LangChain's name); uses the query prompt if the index has one."""
@@ -248,33 +305,38 @@ class Searcher:
     # ------------------------------------------------------------------ search
     def search_vectors(self, vectors: np.ndarray, k: int = 10, **params) -> tuple[np.ndarray, np.ndarray]:
         """Raw FAISS search of query vectors as the encoder gives them (the index's query shift
-        is applied here): (scores, passage rows), each (len(vectors), k); rows are -1 past the end."""
+        is applied here): (scores, passage rows), each (len(vectors), k); rows are -1 past the
+        end. ``params`` (nprobe / efSearch) apply to this call only."""
         check_search_params(self.manifest.index.factory, params)
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.query_shift is not None:
             x = x + self.query_shift
         k = max(1, min(k, self.index.ntotal))
-        with self._search_lock:
-            apply_search_params(self.index, {**self.default_params, **params})
-            return self.index.search(x, k)
+        return faiss_search(self.index, x, k, {**self.default_params, **params})
 
     def search(self, query: str, k: int = 10, mode: str | None = None, passages: bool = False,
                **params) -> list[Hit]:
         """The ``k`` best documents for one query (``passages=True``: the ``k`` best passages).
         ``mode``: dense, lexical or hybrid (default: the index's); ``params``: nprobe/efSearch."""
+        if not isinstance(query, (str, bytes)):
+            raise InputError(f"search takes one query string, got {type(query).__name__}; "
+                             "use search_batch for a list")
         return self.search_batch([query], k=k, mode=mode, passages=passages, **params)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
                      passages: bool = False, batch_size: int = 32, **params) -> list[list[Hit]]:
-        """One hit list per query; queries are encoded in batches."""
+        """One hit list per query; queries are encoded in batches and searched in one FAISS
+        call."""
+        queries = query_list(queries, "queries")
         mode = mode or self.manifest.default_mode
         if mode not in MODES:
-            raise InputError(f"unknown search mode {mode!r}; use {', '.join(MODES)}")
+            raise InputError(f"unknown search mode {str(mode)[:40]!r}; use {', '.join(MODES)}")
         if mode != "dense" and self.lexical is None:
             raise InputError(f"{self.directory}: this index has no lexical index (built with "
                              f"--no-lexical or by tpsearch < 0.2); use mode 'dense'")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
+            raise InputError(f"k must be a positive integer, got {str(k)[:40]}")
+        check_search_params(self.manifest.index.factory, params)
         if not queries:
             return []
         queries = [clean_text(q) for q in queries]
@@ -284,7 +346,8 @@ class Searcher:
         if mode != "lexical":
             vecs = self.query_encoder.encode(queries, batch_size=batch_size)
             depth = k if passages else max(k, FUSION_DEPTH if mode == "hybrid" else k)
-            dense = [self.dense_ranking(v, depth, passages, params) for v in vecs]
+            dense = self.dense_rankings(vecs, depth, passages, params)
+        fusion = self.manifest.fusion
         out = []
         for i, q in enumerate(queries):
             if mode == "dense":
@@ -293,30 +356,43 @@ class Searcher:
                 lex = self.lexical_ranking(q, k if mode == "lexical" else max(k, FUSION_DEPTH),
                                             passages)
                 ranked = lex if mode == "lexical" else fuse(
-                    dense[i], lex, self.manifest.fusion.get("method", "minmax"),
-                    float(self.manifest.fusion.get("lexical_weight", 0.5)))
+                    dense[i], lex, fusion.method, fusion.lexical_weight)
             out.append([self.idmap.hit(r, s, rank)
                         for rank, (_, r, s) in enumerate(ranked[:k], start=1)])
         return out
 
-    def dense_ranking(self, vec: np.ndarray, depth: int, passages: bool,
-               params: dict) -> list[tuple[int, int, float]]:
-        """(document, passage row, score), best first: ``depth`` passages or documents."""
+    def dense_rankings(self, vecs: np.ndarray, depth: int, passages: bool,
+                       params: dict) -> list[list[tuple[int, int, float]]]:
+        """Per query vector: (document, passage row, score), best first, ``depth`` passages or
+        documents. One FAISS call for the batch; queries whose documents need more passages
+        than were fetched (many passages of one document on top) are searched again deeper."""
         n = self.index.ntotal
         fetch = depth if passages else min(n, max(4 * depth, 64))
-        while True:
-            scores, rows = self.search_vectors(vec[None, :], fetch, **params)
-            if passages:
-                return [(int(self.idmap.doc_of_row[r]), int(r), float(s))
-                        for s, r in zip(scores[0], rows[0]) if r >= 0]
-            docs = best_per_document(scores[0], rows[0], self.idmap.doc_of_row, depth)
-            if len(docs) >= min(depth, self.documents) or fetch >= n:
-                return docs
-            fetch = min(n, fetch * 4)
+        out: list = [None] * len(vecs)
+        todo = list(range(len(vecs)))
+        while todo:
+            scores, rows = self.search_vectors(vecs[todo], fetch, **params)
+            again = []
+            for j, i in enumerate(todo):
+                if passages:
+                    out[i] = [(int(self.idmap.doc_of_row[r]), int(r), float(s))
+                              for s, r in zip(scores[j], rows[j]) if r >= 0]
+                    continue
+                docs = best_per_document(scores[j], rows[j], self.idmap.doc_of_row, depth)
+                out[i] = docs
+                if len(docs) < min(depth, self.documents) and fetch < n:
+                    again.append(i)
+            todo, fetch = again, min(n, fetch * 4)
+        return out
+
+    def dense_ranking(self, vec: np.ndarray, depth: int, passages: bool,
+                      params: dict) -> list[tuple[int, int, float]]:
+        """:meth:`dense_rankings` of one query vector."""
+        return self.dense_rankings(vec[None, :], depth, passages, params)[0]
 
     @property
     def lexical_unit(self) -> str:
-        return (self.manifest.lexical or {}).get("unit", "passage")
+        return self.manifest.lexical.unit if self.manifest.lexical else "passage"
 
     def lexical_ranking(self, query: str, depth: int, passages: bool) -> list[tuple[int, int, float]]:
         """(document, passage row, score), best first. With whole-document BM25 rows, each
@@ -346,6 +422,39 @@ class Searcher:
 
     def __len__(self) -> int:
         return self.documents
+
+
+def query_list(queries: Any, what: str) -> list:
+    """``queries`` as a list, refusing a lone string (which would search its characters)."""
+    if isinstance(queries, (str, bytes)):
+        raise InputError(f"{what} must be a list of strings, got one string; use "
+                         "search(query) for a single query")
+    if isinstance(queries, np.ndarray):
+        return queries.tolist()
+    try:
+        return list(queries)
+    except TypeError:
+        raise InputError(f"{what} must be a list of strings, got {type(queries).__name__}") from None
+
+
+def read_vector(path: Path, dim: int) -> np.ndarray:
+    """A float32 ``dim``-vector saved with numpy: the header is read and checked (bounded
+    size, no pickled objects, the right dtype and shape) before any data is."""
+    try:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f, max_header_size=4096)
+            if shape != (dim,) or dtype != np.dtype("<f4"):
+                raise IndexDamaged(f"{path} holds {dtype} of shape {shape}, not a float32 "
+                                   f"{dim}-vector")
+            v = np.frombuffer(f.read(4 * dim + 1), dtype="<f4")
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexDamaged(f"{path}: not a numpy vector ({' '.join(str(exc).split())[:120]})") from None
+    if v.shape != (dim,) or not np.isfinite(v).all():
+        raise IndexDamaged(f"{path} does not hold exactly {dim} finite float32 values")
+    return v.astype(np.float32)
 
 
 def clean_text(text: Any) -> str:

@@ -189,44 +189,77 @@ def run_bench(
     s = encoder.settings
     if s.tp_layers is None:
         raise InputError("the benchmark compares TP with vanilla: give a TP setting")
-    dev = encoder.device
-    other = other_dtypes and dev.type == "cpu" and encoder.dtype == torch.float32 and not s.quantize
+    variants = bench_variants(encoder, other_dtypes, batchings)
+    best, tokenized, warmup = time_variants(variants, texts, rounds, batch_size, max_batch_tokens)
+    if compile_pass:
+        compiled_pass(variants, best, tokenized, warmup, texts, rounds, batch_size, max_batch_tokens)
+    rates = machine_rates(encoder.device, encoder.dtype, matmul_seconds)
+    result: dict = {"variants": variant_figures(encoder, variants, best, tokenized, warmup, rates,
+                                                len(texts))}
+    lengths = [len(r) for r in tokenized["tp_exit"].input_ids]
+    result.update(summary(encoder, variants, result["variants"], rates, lengths, len(texts),
+                          rounds, batch_size, max_batch_tokens, window, corpus_texts))
+    return result
+
+
+def bench_variants(encoder: TPEncoder, other_dtypes: bool, batchings: Sequence[str]) -> dict:
+    """The encoders measured: depth/TP variants, other dtypes on a float32 CPU model, and
+    the depth/TP variants again with each other batching."""
+    s = encoder.settings
+    other = (other_dtypes and encoder.device.type == "cpu" and encoder.dtype == torch.float32
+             and not s.quantize)
     variants = _variant_encoders(encoder, s.output_layer, s.tp_layers, other)
     for b in [b for b in batchings if b != encoder.batching]:
         for k in ("vanilla_last", "vanilla_exit", "tp_exit", "tp_full"):
             variants[f"{k}/{b}"] = variants[k].variant()
             variants[f"{k}/{b}"].batching = b
-    best, tokenized, warmup = time_variants(variants, texts, rounds, batch_size, max_batch_tokens)
-    if compile_pass:
-        again = {f"{k}+compiled": variants[k].variant() for k in ("vanilla_last", "tp_exit", "tp_exit_bf16")
-                 if k in variants}
-        for v in again.values():
-            v.compile_layers()
-        more = time_variants(again, texts, rounds, batch_size, max_batch_tokens)
-        variants.update(again)
-        for have, new in zip((best, tokenized, warmup), more):
-            have.update(new)
-    all_params, per_layer = layer_params(encoder)
-    rates = machine_rates(dev, encoder.dtype, matmul_seconds)
-    result: dict = {"variants": {}}
+    return variants
+
+
+def compiled_pass(variants: dict, best: dict, tokenized: dict, warmup: dict, texts, rounds: int,
+                  batch_size: int, max_batch_tokens: int | None) -> None:
+    """Compile the models of vanilla_last, tp_exit (and tp_exit_bf16) and time them again as
+    ``...+compiled``; adds to the four dicts in place."""
+    again = {f"{k}+compiled": variants[k].variant() for k in ("vanilla_last", "tp_exit", "tp_exit_bf16")
+             if k in variants}
+    for v in again.values():
+        v.compile_layers()
+    more = time_variants(again, texts, rounds, batch_size, max_batch_tokens)
+    variants.update(again)
+    for have, new in zip((best, tokenized, warmup), more):
+        have.update(new)
+
+
+def variant_figures(encoder: TPEncoder, variants: dict, best: dict, tokenized: dict, warmup: dict,
+                    rates: dict, documents: int) -> dict:
+    """Per variant: rates, tokens, layers run, dtype and the share of the matmul rate."""
+    _, per_layer = layer_params(encoder)
+    out = {}
     for k, v in variants.items():
         toks = tokenized[k].num_tokens
         rate = rates["int8" if v.settings.quantize else str(v.dtype).removeprefix("torch.")]
         layers_run = v.plan.output_index
-        result["variants"][k] = {
-            "tokens_per_s": toks / best[k], "docs_per_s": len(texts) / best[k], "seconds": best[k],
+        out[k] = {
+            "tokens_per_s": toks / best[k], "docs_per_s": documents / best[k], "seconds": best[k],
             "warmup_seconds": warmup[k],
             "tokens": toks, "layers_run": layers_run, "dtype": "int8" if v.settings.quantize
             else str(v.dtype).removeprefix("torch."),
             "output_layer": v.settings.output_layer, "tp_layers": v.settings.tp_layers,
             "achieved_fraction": min(1.0, (toks / best[k]) / (rate / (2 * per_layer * max(1, layers_run)))),
         }
-    lengths = [len(r) for r in tokenized["tp_exit"].input_ids]
+    return out
+
+
+def summary(encoder: TPEncoder, variants: dict, vr: dict, rates: dict, lengths: list[int],
+            documents: int, rounds: int, batch_size: int, max_batch_tokens: int | None,
+            window: int, corpus_texts: Sequence[str] | None) -> dict:
+    """The run's figures beside the variants': machine limits, padding, speed-ups."""
+    s, dev = encoder.settings, encoder.device
+    all_params, _ = layer_params(encoder)
     flops = rates[str(encoder.dtype).removeprefix("torch.")]
     # Per document, not per token: TP's prompt carries the extra <PST> token(s).
-    vr = result["variants"]
-    result.update({
-        "model": s.model, "device": str(dev), "documents": len(texts), "rounds": rounds,
+    return {
+        "model": s.model, "device": str(dev), "documents": documents, "rounds": rounds,
         "batch_size": batch_size, "max_batch_tokens": max_batch_tokens, "window": window,
         "cpu": cpu_features() if dev.type == "cpu" else None,
         "padding_efficiency": padding_efficiency(lengths, plan_batches(lengths, batch_size, max_batch_tokens)),
@@ -254,8 +287,7 @@ def run_bench(
         "graphs": {k: {"shapes": v.shape_runner.shapes_captured, "capture_failures": {
                        f"{r}x{w}": why for (r, w), why in v.shape_runner.capture_failures.items()}}
                    for k, v in variants.items() if v.batching == "graphs"},
-    })
-    return result
+    }
 
 
 def bucketed_padding_efficiency(encoder: TPEncoder, lengths: Sequence[int], batch_size: int,

@@ -11,7 +11,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -154,9 +154,10 @@ def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress
             "documents": m.documents, "passages": m.vectors,
             "search_seconds": round(time.perf_counter() - t0, 2),
             "settings": {**m.encoder.to_dict(), "query_prompt": build.model.query_prompt,
-                         "index": m.index.factory, "passages": m.passages,
+                         "index": m.index.factory,
+                         "passages": m.passages.to_dict() if m.passages else None,
                          "transform": m.transform.kind, "transform_dim": m.transform.dim,
-                         "fusion": m.fusion if mode == "hybrid" else None},
+                         "fusion": asdict(m.fusion) if mode == "hybrid" else None},
         })
     return runs
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError
 from ..index import IndexPlan, choose_index, exact_topk, fit_plan, new_index, tune_search
 from ..lexical import LexicalBuilder
-from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, TransformInfo
+from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
 from ..passages import sentence_spans
 from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, TransformSettings, fit_transform,
                          read_example_queries)
@@ -54,7 +54,7 @@ class Assembled:
 
     index: IndexInfo
     transform: TransformInfo
-    lexical: dict | None
+    lexical: LexicalInfo | None
     dim: int
     documents: int
     vectors: int
@@ -115,7 +115,7 @@ def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder)
     return fitted, sample, info
 
 
-def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> dict | None:
+def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> LexicalInfo | None:
     """Add every shard's vectors; write the id map and the lexical index beside."""
     lexical = LexicalBuilder() if opts.lexical else None
     cols = ["id", "passage", "start", "end", "row"] + (["text"] if opts.store_text else [])

@@ -11,7 +11,7 @@ import numpy as np
 from ..encoder import TPEncoder
 from ..errors import InputError
 from ..passages import PassageSettings, split_passages
-from .reader import Chunk, join_title
+from .reader import Chunk, join_title, window_digest
 from .writer import Shard
 
 #: The fewest tokens a passage may be given once the prompt and title are counted.
@@ -85,7 +85,7 @@ class ChunkEmbedder:
         encoder in a background thread; the fast tokenizers release the GIL)."""
         t0 = time.perf_counter()
         keep = self._check(chunk)
-        p = Prepared(chunk=chunk, documents=len(keep))
+        p = Prepared(chunk=chunk, documents=len(keep), digest=window_digest(chunk))
         titles = [chunk.titles[i] if chunk.titles is not None else None for i in keep]
         counts = dict(zip((t for t in titles if t), self.encoder.count_tokens([t for t in titles if t])))
         for i, title in zip(keep, titles):
@@ -124,7 +124,7 @@ class ChunkEmbedder:
                      texts=p.bodies, titles=p.titles if chunk.titles is not None else None,
                      vectors=vectors, window_rows=len(chunk.texts), documents=p.documents,
                      skipped=len(chunk.texts) - p.documents, truncated=sum(p.tokenized.truncated),
-                     tokens=p.tokenized.num_tokens)
+                     tokens=p.tokenized.num_tokens, source_sha256=p.digest)
 
 
 @dataclass
@@ -133,6 +133,7 @@ class Prepared:
 
     chunk: Chunk
     documents: int
+    digest: str  # of the window's content, recorded in the shard
     rows: list = field(default_factory=list)
     ids: list = field(default_factory=list)
     numbers: list = field(default_factory=list)

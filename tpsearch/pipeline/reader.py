@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -108,14 +109,34 @@ class CorpusReader:
         self.id_kind = first_id_type
 
     def read_ids(self) -> pa.ChunkedArray:
-        """The whole id column (the one column held in memory, for checks and fingerprints)."""
+        """The whole id column (the one column held in memory, for checks and fingerprints),
+        as int64 or large strings whatever width each file stores."""
+        target = pa.int64() if self.id_kind == "int" else pa.large_string()
         arrays = []
-        for pf in self._parquet:
-            arrays.extend(pf.read(columns=[self.spec.id_column]).column(0).chunks)
-        ids = pa.chunked_array(arrays)
-        if self.id_kind == "int":
-            return ids.cast(pa.int64())
-        return ids.cast(pa.large_string())
+        for f, pf in zip(self.files, self._parquet):
+            try:
+                column = pf.read(columns=[self.spec.id_column]).column(0)
+                self._check_utf8(f, self.spec.id_column, column.chunks, 0)
+                arrays.extend(column.cast(target).chunks)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(f"{f}: column {self.spec.id_column!r} cannot be read as "
+                                 f"{target} ({str(exc)[:160]})") from None
+        return pa.chunked_array(arrays, type=target)
+
+    @staticmethod
+    def _check_utf8(f: Path, column: str, chunks, first_row: int) -> None:
+        """Refuse a string column holding bytes that are not UTF-8, naming the corpus row."""
+        offset = first_row
+        for chunk in chunks:
+            if pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
+                try:
+                    chunk.validate(full=True)
+                except pa.ArrowInvalid as exc:
+                    found = re.search(r"string index (\d+)", str(exc))
+                    where = f"corpus row {offset + int(found.group(1))}" if found else "a row"
+                    raise InputError(f"{f}: column {column!r}, {where}: the text is not valid "
+                                     "UTF-8; fix or drop that row") from None
+            offset += len(chunk)
 
     def check_ids(self) -> pa.ChunkedArray:
         """Refuse null or duplicate ids, naming a few."""
@@ -158,7 +179,7 @@ class CorpusReader:
         pending_titles: list = []
         window_start = start_row
         row = 0
-        for pf, n in zip(self._parquet, self.file_rows):
+        for f, pf, n in zip(self.files, self._parquet, self.file_rows):
             if row + n <= start_row:
                 row += n
                 continue
@@ -177,6 +198,8 @@ class CorpusReader:
             cur = first_row
             for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups,
                                          columns=self.columns):
+                for i, col in enumerate(self.columns[1:], start=1):
+                    self._check_utf8(f, col, [batch.column(i)], cur)
                 lo = max(0, start_row - cur)
                 hi = min(batch.num_rows, stop_row - cur)
                 if hi > lo:
@@ -197,6 +220,21 @@ class CorpusReader:
         if pending_ids:
             yield Chunk(window_start, pending_ids, pending_texts,
                         pending_titles if spec.title_column else None)
+
+
+def window_digest(chunk: Chunk) -> str:
+    """SHA-256 of a window's content (ids, texts, titles; nulls told apart from empty
+    strings): what a shard was made from, checked again before a resumed build reuses it."""
+    h = hashlib.sha256()
+    for column in (chunk.ids, chunk.texts, chunk.titles or []):
+        h.update(b"|column|")
+        for value in column:
+            if value is None:
+                h.update(b"\x00")
+            else:
+                data = str(value).encode("utf8", errors="surrogatepass")
+                h.update(b"\x01" + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
 
 
 def join_title(title: str | None, text: str | None) -> str | None:

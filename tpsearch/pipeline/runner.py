@@ -8,6 +8,7 @@ encodes its share of the windows and rank 0 assembles.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -18,21 +19,24 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import __version__
-from ..compiling import compile_pays_off
 from ..config import BuildConfig, parse_size
 from ..encoder import TPEncoder
-from ..errors import InputError, TPSearchError, UnbuildableIndex
+from ..errors import DiskError, InputError, TPSearchError, UnbuildableIndex
 from ..index import choose_index
-from ..manifest import Manifest, ModelRef, file_digests, write_manifest
+from ..layout import new_version_name, read_pointer, restore_legacy_aside
+from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, file_digests,
+                        write_manifest)
 from .assembler import Assembled, AssemblyOptions, assemble
 from .distributor import Distributor
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
-from .reader import CorpusReader, CorpusSpec
+from .reader import CorpusReader, CorpusSpec, window_digest
 from .validate import validate_build
-from .workdir import BuildLock, WorkDir
+from .workdir import BuildLock, WorkDir, shard_start
 from .writer import write_shard
 
 log = logging.getLogger("tpsearch")
+#: Errors of the disk, not of the data: reported in one line, the shards kept for a resume.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 @dataclass
@@ -81,18 +85,20 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
     docs = tokens = 0
     started = time.perf_counter()
     chunks = (c for a, b in runs for c in reader.chunks(config.shard_rows, start_row=a, stop_row=b))
-    for prepared in prefetch(chunks, embed.prepare, times):
-        shard = embed.encode(prepared, times, bar.update if bar is not None else None)
-        t_write = time.perf_counter()
-        write_shard(work.shard_path(shard.start), shard, reader.id_kind)
-        times.write += time.perf_counter() - t_write
-        docs, tokens = docs + shard.documents, tokens + shard.tokens
+    try:
+        for prepared in prefetch(chunks, embed.prepare, times):
+            shard = embed.encode(prepared, times, bar.update if bar is not None else None)
+            t_write = time.perf_counter()
+            write_shard(work.shard_path(shard.start), shard, reader.id_kind)
+            times.write += time.perf_counter() - t_write
+            docs, tokens = docs + shard.documents, tokens + shard.tokens
+            if bar is not None:
+                bar.set_postfix_str(f"{tokens / max(1e-9, time.perf_counter() - started):,.0f} tok/s")
+                bar.n = round(bar.n)  # whole windows done: no float drift
+                bar.refresh()
+    finally:  # an error is reported on a line of its own, after the bar
         if bar is not None:
-            bar.set_postfix_str(f"{tokens / max(1e-9, time.perf_counter() - started):,.0f} tok/s")
-            bar.n = round(bar.n)  # whole windows done: no float drift
-            bar.refresh()
-    if bar is not None:
-        bar.close()
+            bar.close()
     return docs, tokens
 
 
@@ -143,6 +149,8 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
                 keep_shards: bool = False) -> BuildResult:
     """Run the whole build: validate, embed into shards, assemble, publish atomically.
 
+    ``overwrite`` publishes a new version of an existing index at ``config.out`` (readers of
+    the old one keep it until they reopen); anything but an index there is never replaced.
     ``keep_shards`` leaves the encoded shards in the work directory after publishing, so a
     build of the same output with another index, transform or lexical setting (everything
     made at assembly) reuses them without encoding (the evaluation's comparisons do this)."""
@@ -150,10 +158,18 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
     d.start()
     try:
         out = validate_build(config, overwrite)
-        if not d.is_main:
-            return _build(config, encoder, False, d, out, keep_shards)
-        with BuildLock(out):
-            return _build(config, encoder, show_progress, d, out, keep_shards)
+        try:
+            if not d.is_main:
+                return _build(config, encoder, False, d, out, keep_shards)
+            with BuildLock(out):
+                return _build(config, encoder, show_progress, d, out, keep_shards)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            raise DiskError(
+                f"{exc.filename or out}: {exc.strerror} while building; the shards finished so "
+                f"far are kept in {WorkDir(out).root}: free space (or fix the permissions) "
+                "and run the same command to resume") from exc
     finally:
         d.stop()
 
@@ -178,12 +194,8 @@ def load_encoder(config: BuildConfig, d: Distributor, times: StageTimes,
     """The build's encoder; with ``compile_layers="auto"``, a CPU build of many documents in
     bfloat16 compiles its decoder layers too (a GPU one always does)."""
     t0 = time.perf_counter()
-    kwargs = config.model.encoder_kwargs()
-    kwargs["device"] = d.device(kwargs["device"])
-    encoder = TPEncoder.from_pretrained(**kwargs)
-    if config.model.compile_layers == "auto" and not encoder.compiled and compile_pays_off(
-            encoder.device, encoder.dtype, documents, bool(config.model.quantize)):
-        encoder.compile_layers()
+    options = replace(config.model.encoder_options(), device=d.device(config.model.device))
+    encoder = TPEncoder.load(options, documents=documents)
     times.extra["model_load"] = time.perf_counter() - t0
     return encoder
 
@@ -199,8 +211,9 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     choose_index(config.index, reader.num_rows, encoder.dim, parse_size(config.max_index_memory))
     work = WorkDir(out)
     settings = work_settings(config, encoder, fingerprint)
-    # Rank 0 prepares (or discards) the work directory first; the others then check it.
-    agreed(d, lambda: work.prepare(settings, config.fresh) if d.is_main else None)
+    # Rank 0 prepares (or discards) the work directory and drops shards whose corpus rows
+    # changed since they were written; the others then check it.
+    agreed(d, lambda: _prepare_work(work, settings, config, reader) if d.is_main else None)
     if not d.is_main:
         work.prepare(settings, fresh=False)
     try:
@@ -216,11 +229,29 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     except InputError:
         work.discard()  # bad data will not get better on a rerun: leave nothing behind
         raise
+    version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens)
-    manifest = replace(manifest, files=file_digests(work.final, manifest.named_files()))
+    manifest = replace(manifest, files=file_digests(work.final, manifest.named_files()),
+                       version=version, replaces=replaces)
     write_manifest(work.final, manifest)
-    work.publish(keep_shards)
+    work.publish(version, keep_shards)
     return BuildResult(out, manifest, docs, tokens)
+
+
+def _prepare_work(work: WorkDir, settings: dict, config: BuildConfig, reader: CorpusReader) -> None:
+    """Make or check the work directory; re-encode windows whose content changed."""
+    restore_legacy_aside(work.out)
+    work.prepare(settings, config.fresh)
+    done = sorted(shard_start(p) for p in work.complete_shards())
+    if not done:
+        return
+    size = config.shard_rows
+    windows = ((c.start, window_digest(c)) for a in done
+               for c in reader.chunks(size, start_row=a, stop_row=min(a + size, reader.num_rows)))
+    stale = work.drop_stale(windows)
+    if stale:
+        log.info("%d shard(s) were made from corpus rows that have changed since (first at row "
+                 "%d): encoding them again", len(stale), stale[0])
 
 
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes) -> Assembled:
@@ -241,25 +272,26 @@ def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fin
                        weights_sha256=src.weights_sha256 if src else None),
         encoder=encoder.settings, dim=part.dim, index=part.index, documents=part.documents,
         vectors=part.vectors, id_type=reader.id_kind, store_text=config.store_text,
-        passages=config.passage_settings().to_dict(), transform=part.transform,
+        passages=config.passage_settings(), transform=part.transform,
         lexical=part.lexical,
         default_mode=config.default_mode() if part.lexical else "dense",
-        fusion=config.fusion_settings() if part.lexical else {},
+        fusion=config.fusion_settings(),
         query_prompt=config.model.query_prompt,
-        query_templates=list(encoder.variant(prompt=config.model.query_prompt).settings.templates)
+        query_templates=encoder.variant(prompt=config.model.query_prompt).settings.templates
         if config.model.query_prompt else None,
         skipped_rows=part.skipped, truncated_texts=part.truncated, tokens=part.tokens,
-        corpus={"path": config.corpus, "files": [str(f) for f in reader.files],
-                "rows": reader.num_rows, "fingerprint": fingerprint,
-                "text_column": config.text_column, "id_column": config.id_column,
-                "title_column": config.title_column},
-        build={"started_at": datetime.fromtimestamp(time.time() - (time.perf_counter() - began),
-                                                    timezone.utc).isoformat(timespec="seconds"),
-               "seconds": round(time.perf_counter() - began, 2), "stage_seconds": times.as_dict(),
-               "encoded_now": {"documents": docs, "tokens": tokens},
-               # Where this process encoded (rank 0 for sharded builds): bf16 on a GPU by default.
-               "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch."),
-               "batching": encoder.batching, "compiled": encoder.compiled,
-               "config": config.to_dict()},
+        corpus=CorpusInfo(path=config.corpus, files=[str(f) for f in reader.files],
+                          rows=reader.num_rows, fingerprint=fingerprint,
+                          text_column=config.text_column, id_column=config.id_column,
+                          title_column=config.title_column),
+        build=BuildInfo(
+            started_at=datetime.fromtimestamp(time.time() - (time.perf_counter() - began),
+                                              timezone.utc).isoformat(timespec="seconds"),
+            seconds=round(time.perf_counter() - began, 2), stage_seconds=times.as_dict(),
+            encoded_now={"documents": docs, "tokens": tokens},
+            # Where this process encoded (rank 0 for sharded builds): bf16 on a GPU by default.
+            device=str(encoder.device), dtype=encoder.settings.dtype or "float32",
+            batching=encoder.batching, compiled=encoder.compiled, config=config.to_dict()),
+        files={},
         tpsearch_version=__version__,
     )

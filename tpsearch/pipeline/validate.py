@@ -11,9 +11,54 @@ import torch
 from ..config import BuildConfig, check_types, parse_size
 from ..errors import InputError
 from ..fusion import FUSIONS, MODES
+from ..layout import is_index_dir
+from ..loading import check_device, resolve_dtype
 from ..shapes import BATCHING
+from .reader import resolve_files
 
 NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+
+
+def check_output_place(out: Path, corpus: str, overwrite: bool) -> None:
+    """Refuse an output that would lose data or read itself back: an existing directory that
+    is not a tpsearch index (even with ``--overwrite``: it may hold anything), an existing
+    index without ``--overwrite``, the corpus itself or a folder holding it, or a place inside
+    a corpus directory (the build's own Parquet files would be read as corpus next time)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a directory; choose another --out")
+    files = [f.resolve() for f in resolve_files(corpus)]
+    for f in files:
+        if f == out or out in f.parents:
+            raise InputError(f"--out {out} holds the corpus ({f}); choose another --out")
+    for scanned in corpus_scan_roots(corpus):
+        if out == scanned or scanned in out.parents:
+            raise InputError(f"--out {out} lies inside the corpus directory {scanned}, whose "
+                             "Parquet files are all read as corpus (the index's own files "
+                             "would be too); choose an --out outside it")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_index_dir(out):
+            shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+            raise InputError(f"{out} exists and is not a tpsearch index (it holds {shown}); "
+                             "--overwrite only replaces an index: choose another --out")
+        if not overwrite:
+            raise InputError(f"{out} already holds an index; choose another --out, or pass "
+                             "--overwrite to publish a new version of it")
+
+
+def corpus_scan_roots(corpus: str) -> list[Path]:
+    """Directories the corpus reader scans recursively: a corpus directory, or the fixed part
+    of a recursive ('**') glob."""
+    p = Path(corpus).expanduser()
+    if any(ch in corpus for ch in "*?["):
+        if "**" not in corpus:
+            return []
+        fixed = []
+        for part in p.parts:
+            if any(ch in part for ch in "*?["):
+                break
+            fixed.append(part)
+        return [Path(*fixed).resolve()] if fixed else []
+    return [p.resolve()] if p.is_dir() else []
 
 
 def validate_build(config: BuildConfig, overwrite: bool) -> Path:
@@ -24,16 +69,16 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
     if not config.out:
         raise InputError("no output directory given (--out)")
     out = Path(config.out).resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a directory; choose another --out")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; remove it, choose another --out, or pass --overwrite")
+    check_output_place(out, config.corpus, overwrite)
     parent = out.parent
     if not parent.is_dir():
         raise InputError(f"{parent}: the output's parent directory does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{parent}: not writable; choose another --out")
     m = config.model
+    if m.device != "auto":
+        check_device(m.device)
+    resolve_dtype(m.dtype, torch.device("cpu"))
     for name, value in (("batch_size", m.batch_size), ("shard_rows", config.shard_rows),
                         ("max_length", m.max_length)):
         if value < 1:
@@ -67,7 +112,7 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
         raise InputError(f"lexical-unit must be document or passage, got {config.lexical_unit!r}")
     if config.fusion not in FUSIONS:
         raise InputError(f"fusion must be {' or '.join(FUSIONS)}, got {config.fusion!r}")
-    if not 0.0 <= config.lexical_weight <= 1.0:
+    if not 0.0 <= config.lexical_weight <= 1.0:  # NaN fails this too
         raise InputError(f"lexical-weight must lie in 0..1, got {config.lexical_weight}")
     parse_size(config.max_index_memory)
     if config.index.strip().lower() not in NAMED_INDEXES and "," not in config.index \

@@ -4,8 +4,10 @@ Layout beside the output directory ``OUT``::
 
     .OUT.lock                     exclusive lock held by the build (rank 0 under torchrun)
     .OUT.partial/work.json        settings the shards were made with
-    .OUT.partial/shards/shard-<first corpus row>.parquet
-    .OUT.partial/final/           index, id map and manifest, renamed to OUT when complete
+    .OUT.partial/shards/shard-<first corpus row>.parquet   (each records its window's digest)
+    .OUT.partial/final/           the new version: index, id map, manifest
+
+When ``final`` is complete it becomes a version of OUT in one atomic step (:mod:`tpsearch.layout`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import socket
 import time
 from pathlib import Path
 
+from typing import Iterator
+
 from filelock import FileLock, Timeout
 
+from .. import layout
 from ..errors import ConfigMismatch, InputError
 from ..manifest import diff_settings
+from .writer import shard_meta
 
 _SHARD_PREFIX, _SHARD_SUFFIX = "shard-", ".parquet"
 
@@ -97,25 +103,36 @@ class WorkDir:
         done = {shard_start(p) for p in self.complete_shards()}
         return missing_windows(num_rows, size, done)
 
+    def drop_stale(self, windows: Iterator[tuple[int, str]]) -> list[int]:
+        """Remove the shards whose window content changed since they were written (or that
+        record none); ``windows`` yields (first corpus row, digest of its content now) for
+        the windows that have a shard. Returns the first rows of the shards removed."""
+        stale = []
+        for start, digest in windows:
+            path = self.shard_path(start)
+            try:
+                recorded = shard_meta(path).get("source_sha256")
+            except (OSError, ValueError, KeyError, TypeError):
+                recorded = None
+            if recorded != digest:
+                path.unlink(missing_ok=True)
+                stale.append(start)
+        return stale
+
     def fresh_final(self) -> Path:
         if self.final.exists():
             shutil.rmtree(self.final)
         self.final.mkdir()
         return self.final
 
-    def publish(self, keep_shards: bool = False) -> None:
-        """Move ``final`` to OUT atomically (replacing an older OUT), then drop the work dir
-        (or, with ``keep_shards``, all of it but the shards and their settings)."""
-        out = self.out
-        if out.exists():
-            aside = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, aside)
-            os.replace(self.final, out)
-            shutil.rmtree(aside)
-        else:
-            os.replace(self.final, out)
+    def publish(self, version: str, keep_shards: bool = False) -> str | None:
+        """Make ``final`` the current version of OUT (one atomic step: see
+        :func:`tpsearch.layout.publish`), then drop the work dir (or, with ``keep_shards``,
+        all of it but the shards and their settings). Returns the version it replaced."""
+        previous = layout.publish(self.out, self.final, version, self.root)
         if not keep_shards:
             shutil.rmtree(self.root)
+        return previous
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -35,6 +35,7 @@ class Shard:
     skipped: int
     truncated: int
     tokens: int
+    source_sha256: str = ""  # reader.window_digest of the window it was made from
 
 
 def write_shard(path: Path, shard: Shard, id_kind: str) -> Path:
@@ -55,7 +56,7 @@ def write_shard(path: Path, shard: Shard, id_kind: str) -> Path:
     }
     meta = {"window_rows": shard.window_rows, "documents": shard.documents,
             "skipped": shard.skipped, "truncated": shard.truncated, "tokens": shard.tokens,
-            "dim": dim}
+            "dim": dim, "source_sha256": shard.source_sha256}
     table = pa.table(columns).replace_schema_metadata({"tpsearch": json.dumps(meta)})
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     pq.write_table(table, tmp)

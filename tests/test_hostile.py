@@ -1,0 +1,17 @@
+"""Every case of the hostile probe (tests/hostile_cases.py) as a test."""
+
+from __future__ import annotations
+
+import pytest
+
+from hostile_cases import CASES, Env
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return Env(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile(env, case):
+    case.run(env)
