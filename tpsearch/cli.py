@@ -265,6 +265,68 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passag
             click.echo("")
 
 
+# ---------------------------------------------------------------------------------- serve
+SERVE_KEYS = ("host", "port", "api_key", "device", "max_batch", "max_wait_ms", "queue_size",
+              "timeout_s", "max_body_bytes", "max_queries", "max_query_chars", "max_k",
+              "watch_seconds", "cors_origin", "log_queries")
+
+
+def _serve_options(fn):
+    from .serve.config import ServeConfig
+
+    return _options(ServeConfig, SERVE_KEYS)(fn)
+
+
+@main.command()
+@click.argument("index_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@_serve_options
+@_fail_cleanly
+def serve(index_dirs, **kw):
+    """Serve INDEX_DIRS over HTTP (needs: pip install 'tpsearch[serve]').
+
+    Each index is served under its folder's name. Queries of concurrent requests are encoded
+    in one forward pass; a directory republished by a build is picked up without dropping a
+    request (or at once with POST /admin/reload); a damaged new version is refused and the old
+    one keeps serving. SIGTERM stops accepting, finishes what is in flight and exits 0.
+
+    \b
+    tpsearch serve demo-index
+    curl -s localhost:8000/search -d '{"query": "parse JSON text", "k": 3}'
+    Endpoints: POST /search, /indexes/NAME/search, /v1/embeddings (OpenAI), /admin/reload;
+    GET /v1/models, /indexes, /healthz, /readyz, /metrics (Prometheus), /docs."""
+    try:
+        from .serve.app import run
+        from .serve.config import ServeConfig
+    except ImportError as exc:
+        raise click.ClickException(f"serving needs the serve extra ({exc.name} is missing): "
+                                   "pip install 'tpsearch[serve]'") from None
+    config = ServeConfig(**{k: v for k, v in kw.items() if v is not None})
+    _json_logs(config)
+    click.echo(f"tpsearch: serving {', '.join(index_dirs)} on http://{config.host}:{config.port}"
+               + (" (API key required)" if config.api_key else ""), err=True)
+    run(list(index_dirs), config)
+
+
+def _json_logs(config) -> None:
+    """One JSON object a line on stderr: request lines as they are, other messages wrapped."""
+
+    class JsonLines(logging.Formatter):
+        def format(self, record):
+            if record.name == "tpsearch.serve.access":
+                return record.getMessage()
+            return json.dumps({"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                               "level": record.levelname.lower(), "logger": record.name,
+                               "message": record.getMessage()}, ensure_ascii=False)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    for name in ("tpsearch", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+
+
 # ---------------------------------------------------------------------------------- info
 @main.command()
 @click.argument("index_dir", type=click.Path(file_okay=False))

@@ -300,7 +300,7 @@ class Searcher:
 
     def embed_query(self, text: str) -> list[float]:
         """The vector of one query (LangChain's name); uses the query prompt if the index has one."""
-        return self.query_encoder.encode([clean_text(text)])[0].tolist()
+        return self.encode_queries([text])[0].tolist()
 
     # ------------------------------------------------------------------ search
     def search_vectors(self, vectors: np.ndarray, k: int = 10, **params) -> tuple[np.ndarray, np.ndarray]:
@@ -323,11 +323,15 @@ class Searcher:
                              "use search_batch for a list")
         return self.search_batch([query], k=k, mode=mode, passages=passages, **params)[0]
 
-    def search_batch(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
-                     passages: bool = False, batch_size: int = 32, **params) -> list[list[Hit]]:
-        """One hit list per query; queries are encoded in batches and searched in one FAISS
-        call."""
-        queries = query_list(queries, "queries")
+    def encode_queries(self, queries: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Query vectors as dense search uses them (the query prompt, L2-normalised; the
+        index's query shift is added at search time). What ``search_batch`` encodes, for a
+        caller that batches queries of several requests into one forward pass (the server)."""
+        texts = [clean_text(q) for q in query_list(queries, "queries")]
+        return self.query_encoder.encode(texts, batch_size=batch_size)
+
+    def check_request(self, mode: str | None, k: int, params: dict) -> str:
+        """Refuse a search this index cannot answer (before any encoding); returns the mode."""
         mode = mode or self.manifest.default_mode
         if mode not in MODES:
             raise InputError(f"unknown search mode {str(mode)[:40]!r}; use {', '.join(MODES)}")
@@ -337,6 +341,19 @@ class Searcher:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {str(k)[:40]}")
         check_search_params(self.manifest.index.factory, params)
+        return mode
+
+    def search_batch(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
+                     passages: bool = False, batch_size: int = 32,
+                     query_vectors: np.ndarray | None = None, **params) -> list[list[Hit]]:
+        """One hit list per query; queries are encoded in batches and searched in one FAISS
+        call. ``query_vectors``: the queries' vectors from :meth:`encode_queries`, already
+        computed (dense and hybrid modes then skip encoding)."""
+        queries = query_list(queries, "queries")
+        mode = self.check_request(mode, k, params)
+        if query_vectors is not None and np.shape(query_vectors) != (len(queries), self.manifest.dim):
+            raise InputError(f"query_vectors must have shape ({len(queries)}, "
+                             f"{self.manifest.dim}), got {np.shape(query_vectors)}")
         if not queries:
             return []
         queries = [clean_text(q) for q in queries]
@@ -344,7 +361,8 @@ class Searcher:
         k = min(k, limit)
         dense = None
         if mode != "lexical":
-            vecs = self.query_encoder.encode(queries, batch_size=batch_size)
+            vecs = query_vectors if query_vectors is not None else self.encode_queries(
+                queries, batch_size)
             depth = k if passages else max(k, FUSION_DEPTH if mode == "hybrid" else k)
             dense = self.dense_rankings(vecs, depth, passages, params)
         fusion = self.manifest.fusion
