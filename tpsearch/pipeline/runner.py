@@ -160,9 +160,14 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
         out = validate_build(config, overwrite)
         try:
             if not d.is_main:
-                return _build(config, encoder, False, d, out, keep_shards)
-            with BuildLock(out):
-                return _build(config, encoder, show_progress, d, out, keep_shards)
+                result = _build(config, encoder, False, d, out, keep_shards)
+            else:
+                with BuildLock(out):
+                    result = _build(config, encoder, show_progress, d, out, keep_shards)
+            # Every rank finishes before any tears the process group down (a rank that left
+            # early while rank 0 still published could abort in gloo's teardown).
+            d.barrier()
+            return result
         except OSError as exc:
             if exc.errno not in DISK_ERRORS:
                 raise
