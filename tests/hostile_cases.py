@@ -535,11 +535,11 @@ def a_full_disk_is_one_line_and_keeps_the_finished_shards(env: Env):
     corpus = write_corpus(t / "c.parquet", 40)
     real, calls = runner.write_shard, []
 
-    def full(path, shard, kind):
+    def full(path, *args):
         calls.append(path)
         if len(calls) > 2:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, shard, kind)
+        return real(path, *args)
 
     runner.write_shard = full
     try:

@@ -121,7 +121,8 @@ def test_two_indexes_by_name_and_errors_name_the_field(server):
              ({"query": ["x"] * 9}, "query"), ({"query": ["ok", "y" * 301]}, "query.1"),
              ({"query": []}, "query"), ({"query": "x", "mode": "fuzzy"}, "mode"),
              ({"query": "x", "bogus": 1}, "bogus"), ({"k": 3}, "query"),
-             ({"query": "x", "params": {"nprobe": 4}}, "params")]
+             ({"query": "x", "params": {"nprobe": 4}}, "params"),
+             ({"query": "x", "filter": {"lang": "en"}}, "filter")]
     for body, field in cases:
         r = httpx.post(server.url + "/indexes/index/search", json=body)
         assert r.status_code == 422, (body, r.text)

@@ -103,7 +103,7 @@ RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_d
 retrieval_options = _options(BuildConfig, RETRIEVAL_KEYS)
 #: The rest of the build's own options.
 BUILD_KEYS = ("text_column", "id_column", "title_column", "store_text", "strict", "index",
-              "max_index_memory", "shard_rows", "fresh")
+              "max_index_memory", "shard_rows", "fresh", "metadata_columns")
 
 
 def _model_settings(no_tp: bool = False, **given) -> dict:
@@ -220,6 +220,10 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
 @click.option("--mode", type=click.Choice(["dense", "lexical", "hybrid"]), default=None,
               help="dense (vectors), lexical (BM25) or hybrid (fused). Default: the index's.")
 @click.option("--passages", is_flag=True, help="Return the k best passages instead of documents.")
+@click.option("--filter", "filter_", default=None, metavar="JSON",
+              help='Only documents whose metadata match, e.g. \'{"lang": "en", "year": {"$gte": '
+              '2020}}\' (operators $eq $ne $gt $gte $lt $lte $in $nin $contains $null $and $or '
+              '$not; the index needs --metadata-columns).')
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow the model directory's own Python code to run (never by default).")
 @click.option("--model", "model", default=None,
@@ -227,7 +231,7 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
               "against the hash the index recorded).")
 @click.option("--width", type=int, default=100, show_default=True, help="Characters of text shown per hit.")
 @_fail_cleanly
-def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passages,
+def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passages, filter_,
            trust_remote_code, model, width):
     """Search INDEX_DIR for QUERY; without QUERY, answer one query per line of standard input.
 
@@ -249,7 +253,8 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passag
     else:  # undecodable bytes become U+FFFD: one bad line does not fail the others
         lines = (raw.decode("utf8", errors="replace") for raw in sys.stdin.buffer)
         queries = [q.strip() for q in lines if q.strip()]
-    results = searcher.search_batch(queries, k=k, mode=mode, passages=passages, **params)
+    results = searcher.search_batch(queries, k=k, mode=mode, passages=passages, filter=filter_,
+                                    **params)
     for q, hits in zip(queries, results):
         if as_json:
             click.echo(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))

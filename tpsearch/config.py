@@ -81,6 +81,10 @@ class BuildConfig:
     query_examples: str | None = option(
         None, "Text file, one example query a line: their mean centres queries. Default: the "
         "first sentences of the corpus' documents.", path=True)
+    metadata_columns: str | None = option(
+        None, "Comma-separated corpus columns to keep, typed, for filters at search time "
+        "(strings, integers, floats, booleans, timestamps, dates, lists of strings; nulls "
+        "allowed), e.g. lang,year,tags.")
     lexical: bool = option(True, "Also build a BM25 index. Default: on.")
     lexical_unit: str = option(DEFAULT_LEXICAL_UNIT, "What one BM25 row is: a whole document "
                                "or a passage. Default: {default}.", choices=("document", "passage"))
@@ -94,6 +98,14 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
+
+    def metadata_list(self) -> tuple[str, ...]:
+        """``metadata_columns`` as a tuple of names ("a,b" or, from a config file, a list)."""
+        value = self.metadata_columns
+        if not value:
+            return ()
+        names = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        return tuple(n.strip() for n in names if str(n).strip())
 
     def passage_settings(self) -> PassageSettings:
         if self.passage_tokens == 0:
@@ -125,7 +137,8 @@ def check_types(cfg: Any, where: str = "config") -> None:
         if name == "model" and isinstance(cfg, BuildConfig):
             check_types(value, where)
             continue
-        if name in ("tp_layers", "compile_layers") or value is None:  # checked in validate
+        if name in ("tp_layers", "compile_layers", "metadata_columns") or value is None:
+            # checked in validate
             continue
         base = str(hint).split("|")[0].strip().split("[")[0]
         expected = _TYPES.get(base)
@@ -199,8 +212,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise InputError(f"{p}: option names must be strings, got {short(key, 40)}")
         name = key.replace("-", "_")
         plain = (str, int, float, bool, type(None))
-        if not (isinstance(value, plain) or (name == "tp_layers" and isinstance(value, list)
-                                             and all(isinstance(v, plain) for v in value))):
+        listed = name in ("tp_layers", "metadata_columns") and isinstance(value, list)
+        if not (isinstance(value, plain) or (listed and all(isinstance(v, plain) for v in value))):
             raise InputError(f"{p}: option {key!r} must be a plain value, got "
                              f"{type(value).__name__} {short(value, 40)}")
         options[name] = value

@@ -136,39 +136,90 @@ def check_search_params(factory: str, params: dict) -> None:
             raise InputError(f"{name} must be an integer in 1..{top}, got {str(value)[:40]}")
 
 
+#: Below this share of allowed vectors a filtered search is "selective": HNSW then searches
+#: its flat storage exactly over the allowed rows (a graph walk restricted to 1% of its nodes
+#: loses recall and time). Above it, and for IVF, the search is widened by 1/share.
+SELECTIVE_SHARE = 0.2
+
+
 class CallParameters:
     """FAISS ``SearchParameters`` for one search call: the shared index object is never
-    changed, so concurrent searches with different parameters (or, later, filters) need no
-    lock. Holds the Python objects FAISS points to, so they live as long as the call."""
+    changed, so concurrent searches with different parameters (or filters) need no lock.
+    Holds the Python objects FAISS points to, so they live as long as the call.
 
-    def __init__(self, index: faiss.Index, params: dict):
+    ``allowed`` (sorted row ids) restricts the search to those rows (pre-filtering, through
+    an ``IDSelector``); a selective one may move the search to ``target`` (HNSW's exact flat
+    storage, queries through :meth:`prepare`)."""
+
+    def __init__(self, index: faiss.Index, params: dict, allowed: np.ndarray | None = None):
         self.parts: list = []
         self.params = None
-        if not params:
+        self.target: faiss.Index | None = None
+        self.chain: list = []
+        outer = faiss.downcast_index(index)
+        wrapped = isinstance(outer, faiss.IndexPreTransform)
+        inner = faiss.downcast_index(outer.index) if wrapped else outer
+        sel = None
+        selective = False
+        if allowed is not None:
+            # A bitmap (one bit per row) answers "is this row allowed?" with one load, where
+            # IDSelectorBatch's hash set cost 11x the unfiltered time at 50% allowed on IVF.
+            mask = np.zeros(index.ntotal, dtype=bool)
+            mask[allowed] = True
+            bits = np.packbits(mask, bitorder="little")
+            sel = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(bits))
+            self.parts += [bits, sel]
+            selective = len(allowed) < SELECTIVE_SHARE * max(1, index.ntotal)
+        if sel is None and not params:
             return
-        inner = faiss.downcast_index(index)
-        wrapped = isinstance(inner, faiss.IndexPreTransform)
-        if wrapped:
-            inner = faiss.downcast_index(inner.index)
-        if "efSearch" in params:
+        if isinstance(inner, faiss.IndexHNSW) and selective:
+            self.target = faiss.downcast_index(inner.storage)
+            if wrapped:
+                self.chain = [faiss.downcast_VectorTransform(outer.chain.at(i))
+                              for i in range(outer.chain.size())]
+            p = faiss.SearchParameters()
+            p.sel = sel
+            self.parts.append(p)
+            self.params = p
+            return
+        # A filter allowing a share s of the rows scales the search's breadth by 1/s, so about
+        # as many allowed rows are visited as an unfiltered search visits rows.
+        share = len(allowed) / max(1, index.ntotal) if allowed is not None else 1.0
+        if isinstance(inner, faiss.IndexHNSW):
             p = faiss.SearchParametersHNSW()
-            p.efSearch = int(params["efSearch"])
-        else:
+            ef = int(params.get("efSearch", inner.hnsw.efSearch))
+            p.efSearch = min(SEARCH_PARAM_MAX["efSearch"], math.ceil(ef / share))
+        elif isinstance(inner, faiss.IndexIVF):
             p = faiss.SearchParametersIVF()
-            p.nprobe = int(params["nprobe"])
+            p.nprobe = min(int(inner.nlist), math.ceil(int(params.get("nprobe", inner.nprobe)) / share))
+        else:
+            p = faiss.SearchParameters()
+        if sel is not None:
+            p.sel = sel
         self.parts.append(p)
         if wrapped:
-            outer = faiss.SearchParametersPreTransform()
-            outer.index_params = p
-            self.parts.append(outer)
-            p = outer
+            pre = faiss.SearchParametersPreTransform()
+            pre.index_params = p
+            self.parts.append(pre)
+            p = pre
         self.params = p
 
+    def prepare(self, queries: np.ndarray) -> np.ndarray:
+        """Queries as ``target`` takes them (the index's transform applied)."""
+        for vt in self.chain:
+            queries = vt.apply(queries)
+        return queries
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict | None = None):
-    """``index.search`` with per-call parameters: (scores, rows), each (len(queries), k)."""
-    call = CallParameters(index, params or {})
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=call.params)
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict | None = None,
+           allowed: np.ndarray | None = None):
+    """``index.search`` with per-call parameters and, with ``allowed``, only over those rows:
+    (scores, rows), each (len(queries), k); rows are -1 past the last match."""
+    call = CallParameters(index, params or {}, allowed)
+    x = np.ascontiguousarray(queries, dtype=np.float32)
+    if call.target is not None:
+        return call.target.search(np.ascontiguousarray(call.prepare(x)), k, params=call.params)
+    return index.search(x, k, params=call.params)
 
 
 def exact_topk(queries: np.ndarray, batches: Iterable[np.ndarray], k: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from .errors import ConfigMismatch, IndexDamaged, InputError
 from .fusion import MODES, FusionSettings
 from .index import check_search_params
 from .layout import MANIFEST, IndexLocation, locate
+from .metadata import KINDS as METADATA_KINDS
 from .passages import PassageSettings
 from .settings import EncoderSettings
 from .transform import KINDS as TRANSFORM_KINDS
@@ -145,6 +146,7 @@ class Manifest:
     passages: PassageSettings | None = None  # None: whole documents
     transform: TransformInfo = field(default_factory=TransformInfo)
     lexical: LexicalInfo | None = None  # None: no lexical index
+    metadata: dict[str, str] = field(default_factory=dict)  # column -> kind (id map: meta.NAME)
     default_mode: str = field(default="dense", metadata={"choices": MODES})
     fusion: FusionSettings = field(default_factory=FusionSettings)
     query_prompt: str | None = None
@@ -197,6 +199,9 @@ class Manifest:
             raise IndexDamaged(f"{where}: index.search_params: {exc}") from None
         if not self.files:
             raise IndexDamaged(f"{where}: lists no files; refusing a directory it cannot verify")
+        for name, kind in self.metadata.items():
+            if kind not in METADATA_KINDS:
+                raise IndexDamaged(f"{where}: metadata.{short(name, 40)} has kind {short(kind, 40)}")
         for name, entry in self.files.items():
             if not SHA256.match(entry.sha256):
                 raise IndexDamaged(f"{where}: files.{short(name)}.sha256 is not a SHA-256")

@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .encoder import TPEncoder
+from .filters import compile_filter
+from .metadata import PREFIX
 from .errors import ConfigMismatch, IndexDamaged, InputError
 from .fusion import MODES, best_per_document, fuse
 from .index import check_search_params, search as faiss_search
@@ -80,6 +82,7 @@ class IdMap:
     ends: np.ndarray | None
     texts: list | None
     doc_of_row: np.ndarray
+    metadata: pa.Table | None = None  # one row per document: its meta.NAME columns
 
     @classmethod
     def read(cls, path: Path, with_text: bool, id_type: str = "str") -> "IdMap":
@@ -93,12 +96,13 @@ class IdMap:
             schema = pq.read_schema(path)
             cols = [c for c in ("id", "passage", "start", "end", "corpus_row") if c in schema.names]
             cols += ["text"] if with_text and "text" in schema.names else []
+            meta = [c for c in schema.names if c.startswith(PREFIX)]
             for c in cols:
                 if not want[c](schema.field(c).type):
                     raise IndexDamaged(f"{path}: column {c!r} has type {schema.field(c).type}")
             if "id" not in cols:
                 raise IndexDamaged(f"{path}: the id map has no 'id' column")
-            t = pq.read_table(path, columns=cols)
+            t = pq.read_table(path, columns=cols + meta)
             ids = t.column("id").to_pylist()
             texts = t.column("text").to_pylist() if "text" in cols else None
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
@@ -109,10 +113,12 @@ class IdMap:
         if rows is not None and len(rows) > 1 and (np.diff(rows) < 0).any():
             raise IndexDamaged(f"{path}: rows are not in corpus order")
         doc = np.unique(rows, return_inverse=True)[1] if rows is not None else np.arange(n)
+        first = np.flatnonzero(np.r_[True, np.diff(doc) != 0]) if n else np.zeros(0, np.int64)
         return cls(ids=ids,
                    passages=get("passage") if "passage" in cols else np.zeros(n, np.int32),
                    starts=get("start"), ends=get("end"), texts=texts,
-                   doc_of_row=doc.astype(np.int64))
+                   doc_of_row=doc.astype(np.int64),
+                   metadata=t.select(meta).take(first) if meta else None)
 
     @cached_property
     def doc_rows(self) -> list[np.ndarray]:
@@ -303,25 +309,38 @@ class Searcher:
         return self.encode_queries([text])[0].tolist()
 
     # ------------------------------------------------------------------ search
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, **params) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(self, vectors: np.ndarray, k: int = 10,
+                       allowed_rows: np.ndarray | None = None, **params) -> tuple[np.ndarray, np.ndarray]:
         """Raw FAISS search of query vectors as the encoder gives them (the index's query shift
         is applied here): (scores, passage rows), each (len(vectors), k); rows are -1 past the
-        end. ``params`` (nprobe / efSearch) apply to this call only."""
+        end. ``params`` (nprobe / efSearch) apply to this call only; ``allowed_rows`` (sorted
+        passage rows) restricts the search to them."""
         check_search_params(self.manifest.index.factory, params)
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.query_shift is not None:
             x = x + self.query_shift
         k = max(1, min(k, self.index.ntotal))
-        return faiss_search(self.index, x, k, {**self.default_params, **params})
+        return faiss_search(self.index, x, k, {**self.default_params, **params}, allowed_rows)
 
     def search(self, query: str, k: int = 10, mode: str | None = None, passages: bool = False,
-               **params) -> list[Hit]:
+               filter: dict | str | None = None, **params) -> list[Hit]:
         """The ``k`` best documents for one query (``passages=True``: the ``k`` best passages).
-        ``mode``: dense, lexical or hybrid (default: the index's); ``params``: nprobe/efSearch."""
+        ``mode``: dense, lexical or hybrid (default: the index's); ``filter``: a metadata
+        filter (see :mod:`tpsearch.filters`); ``params``: nprobe/efSearch."""
         if not isinstance(query, (str, bytes)):
             raise InputError(f"search takes one query string, got {type(query).__name__}; "
                              "use search_batch for a list")
-        return self.search_batch([query], k=k, mode=mode, passages=passages, **params)[0]
+        return self.search_batch([query], k=k, mode=mode, passages=passages, filter=filter,
+                                 **params)[0]
+
+    def allowed_documents(self, filter: dict | str) -> np.ndarray:
+        """The documents (by ordinal) a metadata filter allows, as a boolean mask; the filter
+        is checked against this index's columns first (one-line InputError)."""
+        node = compile_filter(filter, self.manifest.metadata)
+        if self.idmap.metadata is None:
+            raise InputError(f"{self.directory}: this index keeps no metadata columns "
+                             "(build it with --metadata-columns)")
+        return node(self.idmap.metadata)
 
     def encode_queries(self, queries: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Query vectors as dense search uses them (the query prompt, L2-normalised; the
@@ -345,12 +364,16 @@ class Searcher:
 
     def search_batch(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
                      passages: bool = False, batch_size: int = 32,
-                     query_vectors: np.ndarray | None = None, **params) -> list[list[Hit]]:
+                     query_vectors: np.ndarray | None = None, filter: dict | str | None = None,
+                     **params) -> list[list[Hit]]:
         """One hit list per query; queries are encoded in batches and searched in one FAISS
         call. ``query_vectors``: the queries' vectors from :meth:`encode_queries`, already
-        computed (dense and hybrid modes then skip encoding)."""
+        computed (dense and hybrid modes then skip encoding). ``filter``: only documents whose
+        metadata match it are searched (pre-filtering: dense and hybrid return ``k`` hits
+        whenever ``k`` documents match; lexical returns those of them with a query word)."""
         queries = query_list(queries, "queries")
         mode = self.check_request(mode, k, params)
+        allowed = self.allowed_documents(filter) if filter is not None else None
         if query_vectors is not None and np.shape(query_vectors) != (len(queries), self.manifest.dim):
             raise InputError(f"query_vectors must have shape ({len(queries)}, "
                              f"{self.manifest.dim}), got {np.shape(query_vectors)}")
@@ -359,12 +382,14 @@ class Searcher:
         queries = [clean_text(q) for q in queries]
         limit = len(self.idmap.ids) if passages else self.documents
         k = min(k, limit)
+        if allowed is not None and not allowed.any():
+            return [[] for _ in queries]
         dense = None
         if mode != "lexical":
             vecs = query_vectors if query_vectors is not None else self.encode_queries(
                 queries, batch_size)
             depth = k if passages else max(k, FUSION_DEPTH if mode == "hybrid" else k)
-            dense = self.dense_rankings(vecs, depth, passages, params)
+            dense = self.dense_rankings(vecs, depth, passages, params, allowed)
         fusion = self.manifest.fusion
         out = []
         for i, q in enumerate(queries):
@@ -372,31 +397,37 @@ class Searcher:
                 ranked = dense[i]
             else:
                 lex = self.lexical_ranking(q, k if mode == "lexical" else max(k, FUSION_DEPTH),
-                                            passages)
+                                            passages, allowed)
                 ranked = lex if mode == "lexical" else fuse(
                     dense[i], lex, fusion.method, fusion.lexical_weight)
             out.append([self.idmap.hit(r, s, rank)
                         for rank, (_, r, s) in enumerate(ranked[:k], start=1)])
         return out
 
-    def dense_rankings(self, vecs: np.ndarray, depth: int, passages: bool,
-                       params: dict) -> list[list[tuple[int, int, float]]]:
+    def dense_rankings(self, vecs: np.ndarray, depth: int, passages: bool, params: dict,
+                       allowed: np.ndarray | None = None) -> list[list[tuple[int, int, float]]]:
         """Per query vector: (document, passage row, score), best first, ``depth`` passages or
-        documents. One FAISS call for the batch; queries whose documents need more passages
-        than were fetched (many passages of one document on top) are searched again deeper."""
+        documents (only ``allowed`` documents, if given). One FAISS call for the batch;
+        queries whose documents need more passages than were fetched (many passages of one
+        document on top) are searched again deeper."""
+        rows = None
         n = self.index.ntotal
+        if allowed is not None:
+            rows = np.flatnonzero(allowed[self.idmap.doc_of_row])
+            n = len(rows)
+            depth = min(depth, n if passages else int(allowed.sum()))
         fetch = depth if passages else min(n, max(4 * depth, 64))
         out: list = [None] * len(vecs)
         todo = list(range(len(vecs)))
         while todo:
-            scores, rows = self.search_vectors(vecs[todo], fetch, **params)
+            scores, found = self.search_vectors(vecs[todo], fetch, allowed_rows=rows, **params)
             again = []
             for j, i in enumerate(todo):
                 if passages:
                     out[i] = [(int(self.idmap.doc_of_row[r]), int(r), float(s))
-                              for s, r in zip(scores[j], rows[j]) if r >= 0]
+                              for s, r in zip(scores[j], found[j]) if r >= 0]
                     continue
-                docs = best_per_document(scores[j], rows[j], self.idmap.doc_of_row, depth)
+                docs = best_per_document(scores[j], found[j], self.idmap.doc_of_row, depth)
                 out[i] = docs
                 if len(docs) < min(depth, self.documents) and fetch < n:
                     again.append(i)
@@ -412,10 +443,15 @@ class Searcher:
     def lexical_unit(self) -> str:
         return self.manifest.lexical.unit if self.manifest.lexical else "passage"
 
-    def lexical_ranking(self, query: str, depth: int, passages: bool) -> list[tuple[int, int, float]]:
-        """(document, passage row, score), best first. With whole-document BM25 rows, each
-        document's passage is the one holding the most distinct query words."""
+    def lexical_ranking(self, query: str, depth: int, passages: bool,
+                        allowed: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+        """(document, passage row, score), best first, of the documents with a query word
+        (only ``allowed`` ones, if given). With whole-document BM25 rows, each document's
+        passage is the one holding the most distinct query words."""
         scores = self.lexical.scores(query)
+        if allowed is not None:
+            keep = allowed if self.lexical_unit == "document" else allowed[self.idmap.doc_of_row]
+            scores = np.where(keep, scores, 0.0).astype(scores.dtype)
         order = np.argsort(-scores, kind="stable")
         order = order[scores[order] > 0]
         if self.lexical_unit == "passage":

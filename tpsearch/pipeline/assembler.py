@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError
 from ..index import IndexPlan, choose_index, exact_topk, fit_plan, new_index, tune_search
 from ..lexical import LexicalBuilder
+from ..metadata import PREFIX
 from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
 from ..passages import sentence_spans
 from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, TransformSettings, fit_transform,
@@ -46,6 +47,7 @@ class AssemblyOptions:
     transform: TransformSettings
     lexical: bool
     lexical_unit: str = "document"  # document | passage
+    metadata: tuple[str, ...] = ()  # columns kept in the id map (as meta.NAME)
 
 
 @dataclass
@@ -119,6 +121,7 @@ def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> Lexi
     """Add every shard's vectors; write the id map and the lexical index beside."""
     lexical = LexicalBuilder() if opts.lexical else None
     cols = ["id", "passage", "start", "end", "row"] + (["text"] if opts.store_text else [])
+    cols += [PREFIX + c for c in opts.metadata]
     read = cols + [c for c in ("title", "text") if lexical is not None and c not in cols]
     writer = None
     try:

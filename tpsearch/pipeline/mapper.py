@@ -91,6 +91,8 @@ class ChunkEmbedder:
         for i, title in zip(keep, titles):
             text = chunk.texts[i] or ""
             for n, (a, b) in enumerate(self.passages(text, counts.get(title, 0))):
+                for c, values in chunk.metadata.items():
+                    p.metadata.setdefault(c, []).append(values[i])
                 p.rows.append(chunk.start + i)
                 p.ids.append(chunk.ids[i])
                 p.numbers.append(n)
@@ -124,7 +126,8 @@ class ChunkEmbedder:
                      texts=p.bodies, titles=p.titles if chunk.titles is not None else None,
                      vectors=vectors, window_rows=len(chunk.texts), documents=p.documents,
                      skipped=len(chunk.texts) - p.documents, truncated=sum(p.tokenized.truncated),
-                     tokens=p.tokenized.num_tokens, source_sha256=p.digest)
+                     tokens=p.tokenized.num_tokens, source_sha256=p.digest,
+                     metadata={c: p.metadata.get(c, []) for c in chunk.metadata})
 
 
 @dataclass
@@ -141,5 +144,6 @@ class Prepared:
     bodies: list = field(default_factory=list)
     titles: list = field(default_factory=list)
     embedded: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)  # column -> value per passage
     tokenized: object = None
     seconds: float = 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError
+from ..metadata import unify
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class CorpusSpec:
     text_column: str = "text"
     id_column: str = "id"
     title_column: str | None = None
+    metadata_columns: tuple[str, ...] = ()  # kept, typed, for filters at search time
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Chunk:
     ids: list
     texts: list[str | None]
     titles: list[str | None] | None = None  # where a title column is given
+    metadata: dict[str, list] = field(default_factory=dict)  # column -> values
 
 
 def resolve_files(path: str) -> list[Path]:
@@ -80,7 +83,8 @@ class CorpusReader:
     @property
     def columns(self) -> list[str]:
         cols = [self.spec.id_column, self.spec.text_column]
-        return cols + ([self.spec.title_column] if self.spec.title_column else [])
+        cols += [self.spec.title_column] if self.spec.title_column else []
+        return cols + list(self.spec.metadata_columns)
 
     def _check_schema(self) -> None:
         first_id_type = None
@@ -107,6 +111,10 @@ class CorpusReader:
                 raise InputError(f"{f}: id column type differs from the other files ({id_type})")
             first_id_type = kind
         self.id_kind = first_id_type
+        #: metadata column -> (kind, the Arrow type it is stored as)
+        self.metadata_types = {
+            c: unify(c, [(f, pf.schema_arrow.field(c).type) for f, pf in zip(self.files, self._parquet)])
+            for c in self.spec.metadata_columns}
 
     def read_ids(self) -> pa.ChunkedArray:
         """The whole id column (the one column held in memory, for checks and fingerprints),
@@ -177,6 +185,9 @@ class CorpusReader:
         pending_ids: list = []
         pending_texts: list = []
         pending_titles: list = []
+        meta_cols = list(spec.metadata_columns)
+        first_meta = 3 if spec.title_column else 2
+        pending_meta: dict[str, list] = {c: [] for c in meta_cols}
         window_start = start_row
         row = 0
         for f, pf, n in zip(self.files, self._parquet, self.file_rows):
@@ -208,18 +219,23 @@ class CorpusReader:
                     pending_texts.extend(b.column(1).to_pylist())
                     if spec.title_column:
                         pending_titles.extend(b.column(2).to_pylist())
+                    for j, c in enumerate(meta_cols):
+                        target = self.metadata_types[c][1]
+                        pending_meta[c].extend(b.column(first_meta + j).cast(target).to_pylist())
                 cur += batch.num_rows
                 while len(pending_ids) >= size:
                     yield Chunk(window_start, pending_ids[:size], pending_texts[:size],
-                                pending_titles[:size] if spec.title_column else None)
+                                pending_titles[:size] if spec.title_column else None,
+                                {c: v[:size] for c, v in pending_meta.items()})
                     window_start += size
                     pending_ids, pending_texts = pending_ids[size:], pending_texts[size:]
                     pending_titles = pending_titles[size:]
+                    pending_meta = {c: v[size:] for c, v in pending_meta.items()}
                 if cur >= stop_row:
                     break
         if pending_ids:
             yield Chunk(window_start, pending_ids, pending_texts,
-                        pending_titles if spec.title_column else None)
+                        pending_titles if spec.title_column else None, pending_meta)
 
 
 def window_digest(chunk: Chunk) -> str:

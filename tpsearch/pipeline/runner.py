@@ -56,7 +56,8 @@ def work_settings(config: BuildConfig, encoder: TPEncoder, fingerprint: str) -> 
         "encoder": encoder.settings.to_dict(),
         "weights_sha256": encoder.source.weights_sha256 if encoder.source else None,
         "corpus_fingerprint": fingerprint,
-        "columns": {"text": config.text_column, "id": config.id_column, "title": config.title_column},
+        "columns": {"text": config.text_column, "id": config.id_column, "title": config.title_column,
+                    "metadata": list(config.metadata_list())},
         "passages": config.passage_settings().to_dict(),
         "strict": config.strict,
         "shard_rows": config.shard_rows,
@@ -89,7 +90,8 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
         for prepared in prefetch(chunks, embed.prepare, times):
             shard = embed.encode(prepared, times, bar.update if bar is not None else None)
             t_write = time.perf_counter()
-            write_shard(work.shard_path(shard.start), shard, reader.id_kind)
+            write_shard(work.shard_path(shard.start), shard, reader.id_kind,
+                        reader.metadata_types)
             times.write += time.perf_counter() - t_write
             docs, tokens = docs + shard.documents, tokens + shard.tokens
             if bar is not None:
@@ -209,7 +211,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
            out: Path, keep_shards: bool = False) -> BuildResult:
     began, times = time.perf_counter(), StageTimes()
     reader = CorpusReader(CorpusSpec(config.corpus, config.text_column, config.id_column,
-                                     config.title_column))
+                                     config.title_column, config.metadata_list()))
     fingerprint = reader.fingerprint(reader.check_ids())
     times.read += time.perf_counter() - began
     encoder = encoder or load_encoder(config, d, times, reader.num_rows)
@@ -262,7 +264,8 @@ def _prepare_work(work: WorkDir, settings: dict, config: BuildConfig, reader: Co
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes) -> Assembled:
     query_encoder = encoder.variant(prompt=config.model.query_prompt) if config.model.query_prompt else encoder
     opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
-                           config.transform_settings(), config.lexical, config.lexical_unit)
+                           config.transform_settings(), config.lexical, config.lexical_unit,
+                           config.metadata_list())
     return assemble(work.complete_shards(), work.fresh_final(), opts, times,
                     lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),
                     config.corpus, config.text_column)
@@ -279,6 +282,7 @@ def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fin
         vectors=part.vectors, id_type=reader.id_kind, store_text=config.store_text,
         passages=config.passage_settings(), transform=part.transform,
         lexical=part.lexical,
+        metadata={c: kind for c, (kind, _) in reader.metadata_types.items()},
         default_mode=config.default_mode() if part.lexical else "dense",
         fusion=config.fusion_settings(),
         query_prompt=config.model.query_prompt,

@@ -97,6 +97,12 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
     columns = [c for c in (config.text_column, config.id_column, config.title_column) if c]
     if len(set(columns)) < len(columns):
         raise InputError(f"the text, id and title columns must differ (got {', '.join(columns)})")
+    meta = config.metadata_list()
+    if not all(isinstance(c, str) and c for c in meta) or len(set(meta)) < len(meta):
+        raise InputError(f"metadata-columns must name distinct columns, got {config.metadata_columns!r}")
+    clash = [c for c in meta if c in columns]
+    if clash:
+        raise InputError(f"metadata-columns: {clash[0]!r} is already the text, id or title column")
     if config.passage_tokens < 0:
         raise InputError(f"passage-tokens must be 0 (whole documents) or positive, "
                          f"got {config.passage_tokens}")

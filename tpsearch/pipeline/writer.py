@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ..metadata import PREFIX
 
 
 @dataclass
@@ -36,10 +38,12 @@ class Shard:
     truncated: int
     tokens: int
     source_sha256: str = ""  # reader.window_digest of the window it was made from
+    metadata: dict[str, list] = field(default_factory=dict)  # column -> value per passage
 
 
-def write_shard(path: Path, shard: Shard, id_kind: str) -> Path:
-    """Write atomically to ``path``."""
+def write_shard(path: Path, shard: Shard, id_kind: str,
+                metadata_types: dict[str, tuple[str, pa.DataType]] | None = None) -> Path:
+    """Write atomically to ``path``; metadata columns ``c`` as ``meta.c`` of their stored type."""
     dim = shard.vectors.shape[1] if shard.vectors.ndim == 2 else 0
     flat = pa.array(shard.vectors.reshape(-1), type=pa.float32())
     columns = {
@@ -54,6 +58,8 @@ def write_shard(path: Path, shard: Shard, id_kind: str) -> Path:
         "vector": pa.FixedSizeListArray.from_arrays(flat, dim) if dim else pa.array(
             [], type=pa.list_(pa.float32(), 1)),
     }
+    for c, (_, t) in (metadata_types or {}).items():
+        columns[PREFIX + c] = pa.array(shard.metadata.get(c, []), type=t)
     meta = {"window_rows": shard.window_rows, "documents": shard.documents,
             "skipped": shard.skipped, "truncated": shard.truncated, "tokens": shard.tokens,
             "dim": dim, "source_sha256": shard.source_sha256}

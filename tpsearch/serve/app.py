@@ -68,6 +68,7 @@ class SearchBody(_Strict):
     mode: Literal["dense", "lexical", "hybrid"] | None = None
     passages: bool = False
     params: SearchParams | None = None
+    filter: dict[str, Any] | None = None  # on metadata columns (tpsearch.filters)
     index: str | None = None  # POST /search only: which index (default: the only one)
 
 
@@ -213,10 +214,16 @@ def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
             mode = s.searcher.check_request(body.mode, body.k, params)
         except InputError as exc:
             raise ApiError(422, str(exc), param="params" if params else "mode") from None
+        if body.filter is not None:
+            try:  # checked before encoding; search_batch evaluates it
+                s.searcher.allowed_documents(body.filter)
+            except InputError as exc:
+                raise ApiError(422, str(exc), param="filter") from None
         vectors = await encode(s, queries) if mode != "lexical" else None
         try:
             hits = await run_in_threadpool(s.searcher.search_batch, queries, k=body.k, mode=mode,
-                                           passages=body.passages, query_vectors=vectors, **params)
+                                           passages=body.passages, query_vectors=vectors,
+                                           filter=body.filter, **params)
         except InputError as exc:
             raise ApiError(422, str(exc)) from None
         results = [{"query": q, "hits": [h.to_dict() for h in hs]} for q, hs in zip(queries, hits)]
