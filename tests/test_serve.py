@@ -270,3 +270,29 @@ def test_a_bad_directory_fails_before_listening(tmp_path):
                        capture_output=True, timeout=120)
     assert r.returncode == 1 and b"no such index directory" in r.stderr
     assert b"Traceback" not in r.stderr
+
+
+def test_a_filter_restricts_served_searches(tmp_path, indexes):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, _, texts, model, _ = indexes
+    corpus = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": [f"m{i}" for i in range(20)], "text": texts[:20],
+                             "lang": ["en" if i % 2 else "de" for i in range(20)]}), corpus)
+    cfg = config(tmp_path, model, corpus, lexical=True, mode="hybrid", metadata_columns="lang")
+    cfg.out = str(tmp_path / "meta")
+    out = build_index(cfg).out
+    s = Server([out])
+    try:
+        s.wait_ready()
+        r = httpx.post(s.url + "/search", json={"query": texts[3], "k": 5, "filter": {"lang": "de"}})
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert len(hits) == 5 and all(int(h["id"][1:]) % 2 == 0 for h in hits)
+        want = Searcher.open(out).search(texts[3], k=5, filter={"lang": "de"})
+        assert [h["id"] for h in hits] == [h.id for h in want]
+        r = httpx.post(s.url + "/search", json={"query": "x", "filter": {"lang": {"$gt": 1}}})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "filter"
+    finally:
+        assert s.stop() == 0
