@@ -161,6 +161,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(path: Path) -> None:
+    """Flush every file and folder of a version to disk before it is published."""
+    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_file() and not p.is_symlink():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
+    _fsync_dir(path)
+
+
 def write_pointer(root: Path, name: str) -> None:
     """Point ``root`` at version ``name``: a temporary file, flushed, renamed over CURRENT."""
     tmp = root / f".{POINTER}.tmp-{os.getpid()}-{secrets.token_hex(2)}"
@@ -178,7 +189,7 @@ def publish(root: Path, staged: Path, name: str, staging_area: Path) -> str | No
 
     A new ``root`` appears whole: it is assembled inside ``staging_area`` and renamed into
     place. An existing one gets the version beside its others, then the pointer swap."""
-    _fsync_dir(staged)
+    _fsync_tree(staged)
     if not root.exists():
         tree = staging_area / "publish"
         if tree.exists():
