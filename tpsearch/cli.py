@@ -376,6 +376,7 @@ def info(index_dir, as_json):
                         + (f" on {ix.recall_queries} queries" if ix.recall_queries else "")),
         ("lexical", f"BM25 (bm25s) over {m.lexical.rows} {m.lexical.unit}s"
          if m.lexical else "none"),
+        ("metadata", ", ".join(f"{k} ({v})" for k, v in m.metadata.items()) or "none"),
         ("search mode", m.default_mode + (f" ({m.fusion.method}, lexical weight "
                                           f"{m.fusion.lexical_weight})" if m.default_mode == "hybrid" else "")),
         ("corpus", f"{c.path} ({c.rows} rows, text={c.text_column!r}, id={c.id_column!r}"
