@@ -3,12 +3,15 @@
     python benchmarks/bench_build.py                       # full demo corpus, x1 and x10
     python benchmarks/bench_build.py --docs 200 --repeat 10
     python benchmarks/bench_build.py --tiny --synthetic 200000 --repeat 2 --batch-size 256
+    python benchmarks/bench_build.py --tiny --synthetic 100000 --batch-size 256 --skip-memory --update-share 0.01
 
 1. Throughput: the bare encoder (``TPEncoder.encode`` on the same texts, same batch size) and
    the whole build (read, tokenise, encode, write shards, assemble the index) on the same
    corpus, in the same process, alternately, after one warm-up. Prints docs/s and tokens/s of
    each and the pipeline's share of the encoder's throughput (goal >= 90%).
-2. Memory: peak RSS of a build in a fresh subprocess for the corpus and for the corpus repeated
+2. With ``--update-share``: an incremental build after changing that share of the documents,
+   against the full build's time (goal <= 10% for 1%).
+3. Memory: peak RSS of a build in a fresh subprocess for the corpus and for the corpus repeated
    ``--repeat`` times (fresh ids), and their ratio (goal < 1.3).
 """
 
@@ -54,6 +57,37 @@ def make_corpus(path: Path, docs: int, repeat: int, synthetic: int = 0) -> Path:
     return path
 
 
+def measure_update(corpus: Path, out: Path, mc, enc, share: float, full_seconds: float) -> dict:
+    """Change ``share`` of the documents (new text, same id), build into the index again
+    (an incremental build) and compare its time with the full build's."""
+    import numpy as np
+
+    from tpsearch.config import BuildConfig
+    from tpsearch.pipeline import build_index
+
+    table = pq.read_table(corpus)
+    n = table.num_rows
+    rows = np.random.default_rng(1).choice(n, max(1, int(n * share)), replace=False)
+    texts = table.column("text").to_pylist()
+    for r in rows:
+        texts[r] = "updated " + texts[r]
+    changed = corpus.with_name("changed.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts)),
+                   changed, row_group_size=1000)
+    t = time.perf_counter()
+    res = build_index(BuildConfig(corpus=str(changed), out=str(out), title_column="title",
+                                  model=mc), encoder=enc)
+    seconds = time.perf_counter() - t
+    u = res.manifest.update
+    print(f"  update of {len(rows)} changed documents ({share:.0%}): {seconds:.1f} s = "
+          f"{seconds / full_seconds * 100:.1f}% of the full build ({full_seconds:.1f} s; goal <= "
+          f"10%); encoded {res.encoded_documents}, kept {u.kept}; stages (s): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in res.manifest.build.stage_seconds.items()))
+    return {"changed": len(rows), "seconds": seconds, "share_of_full": seconds / full_seconds,
+            "encoded": res.encoded_documents, "kept": u.kept,
+            "stage_seconds": res.manifest.build.stage_seconds}
+
+
 def peak_rss_of_build(corpus: Path, out: Path, model: str) -> tuple[float, float]:
     """(peak RSS in MiB, seconds) of ``tpsearch build`` in a fresh process."""
     code = (
@@ -82,6 +116,8 @@ def main() -> None:
     ap.add_argument("--synthetic", type=int, default=0,
                     help="a synthetic corpus of N short documents instead of the demo corpus")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--update-share", type=float, default=0.0,
+                    help="then change this share of the documents and time an incremental build")
     args = ap.parse_args()
 
     from tpsearch import TPEncoder
@@ -127,6 +163,10 @@ def main() -> None:
         figures["stage_seconds"] = stages
         print("  build stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
         print(f"  pipeline keeps {share * 100:.1f}% of the bare encoder's throughput (goal >= 90%)")
+
+        if args.update_share:
+            figures["update"] = measure_update(corpus, tmp / "idx0", mc, enc, args.update_share,
+                                               min(runs["pipeline"]))
 
         if not args.skip_memory:
             big = make_corpus(tmp / "corpus_x.parquet", args.docs, args.repeat, args.synthetic)

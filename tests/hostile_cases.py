@@ -280,8 +280,10 @@ def a_flat_tpsearch_02_index_is_read_and_upgraded_in_one_step(env: Env):
     m = json.loads((flat / "manifest.json").read_text())
     m["format_version"] = 2
     m["encoder"].pop("dtype")
-    for key in ("version", "replaces"):
+    for key in ("version", "replaces", "store", "update", "history", "metadata"):
         m.pop(key)
+    shutil.rmtree(flat / "store")  # tpsearch 0.2 kept no store
+    m["files"] = {k: v for k, v in m["files"].items() if not k.startswith("store/")}
     (flat / "manifest.json").write_text(json.dumps(m))
     s = Searcher.open(flat)
     assert s.version is None and s.manifest.encoder.dtype == "float32"

@@ -59,7 +59,7 @@ def test_build_outputs_and_self_retrieval(tmp_path, llama_dir):
     out = res.out
     assert sorted(p.name for p in out.iterdir()) == ["CURRENT", "versions"]
     assert sorted(p.name for p in version_dir(out).iterdir()) == ["ids.parquet", "index.faiss",
-                                                                  "manifest.json"]
+                                                                  "manifest.json", "store"]
     assert not work_dir_for(out).exists()
     m = json.loads((version_dir(out) / "manifest.json").read_text())
     assert m["documents"] == 98 and m["skipped_rows"] == 2
@@ -162,13 +162,14 @@ def test_cli_bad_input_one_line_and_exit_code(tmp_path, llama_dir):
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_output_refused_then_overwritten(tmp_path, llama_dir):
+def test_a_build_into_an_index_updates_it_and_overwrite_rebuilds(tmp_path, llama_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 20)
     cfg = config(tmp_path, llama_dir, corpus)
     build_index(cfg)
-    with pytest.raises(InputError, match="already holds an index"):
-        build_index(cfg)
-    assert build_index(cfg, overwrite=True).manifest.to_dict()["documents"] == 20
+    again = build_index(cfg)  # into an index: an incremental build, nothing to encode
+    assert again.encoded_documents == 0 and again.manifest.update.kept == 20
+    full = build_index(cfg, overwrite=True)
+    assert full.encoded_documents == 20 and full.manifest.update is None
 
 
 def test_other_settings_refuse_leftover_shards(tmp_path, llama_dir):

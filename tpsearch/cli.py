@@ -103,7 +103,7 @@ RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_d
 retrieval_options = _options(BuildConfig, RETRIEVAL_KEYS)
 #: The rest of the build's own options.
 BUILD_KEYS = ("text_column", "id_column", "title_column", "store_text", "strict", "index",
-              "max_index_memory", "shard_rows", "fresh", "metadata_columns")
+              "max_index_memory", "shard_rows", "fresh", "refit", "metadata_columns")
 
 
 def _model_settings(no_tp: bool = False, **given) -> dict:
@@ -157,8 +157,9 @@ def _use_all_cores() -> None:
               "complete), or an index to publish a new version of (with --overwrite).")
 @_options(BuildConfig, BUILD_KEYS)
 @click.option("--overwrite", is_flag=True, default=False,
-              help="OUT is an index already: publish the new one as its next version (readers "
-              "of the old one keep it until they reopen). Never replaces anything but an index.")
+              help="OUT is an index already: rebuild it from scratch (without this, a build into "
+              "an index encodes only new and changed documents). Either way the result is "
+              "published as OUT's next version; nothing but an index is ever replaced.")
 @retrieval_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML or TOML file with the same options (command-line options win).")
@@ -381,6 +382,11 @@ def info(index_dir, as_json):
                                           f"{m.fusion.lexical_weight})" if m.default_mode == "hybrid" else "")),
         ("corpus", f"{c.path} ({c.rows} rows, text={c.text_column!r}, id={c.id_column!r}"
                    + (f", title={c.title_column!r}" if c.title_column else "") + ")"),
+        ("updates", "; ".join(f"from {u.base}: +{u.added} ~{u.changed} -{u.removed} ={u.kept}, "
+                              f"transform {u.transform}"
+                              + (f", drift {u.drift}" if u.drift is not None else "")
+                              for u in [*m.history, *([m.update] if m.update else [])])
+         or "none (a full build)"),
         ("built", f"{m.build.started_at} in {m.build.seconds} s with tpsearch "
                   f"{m.tpsearch_version} ({m.build.device}, {m.build.batching})"),
         ("files", f"{len(m.files)} checked against the manifest's sizes and SHA-256"),

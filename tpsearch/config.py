@@ -66,6 +66,8 @@ class BuildConfig:
                                           "guides 'auto'.")
     shard_rows: int = option(2048, "Corpus rows per resumable shard. Default: {default}.", type=int)
     fresh: bool = option(False, "Discard shards left by an interrupted build with other settings.")
+    refit: bool = option(False, "Building into an existing index: fit the transform and query "
+                         "shift anew instead of keeping the index's.")
     passage_tokens: int = option(
         DEFAULT_PASSAGE_TOKENS, "Cut documents into sentence-aware passages of at most this "
         "many tokens of prompted text (prompt + title + passage). 0: whole documents. "

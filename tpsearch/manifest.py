@@ -121,6 +121,19 @@ class BuildInfo:
 
 
 @dataclass(frozen=True)
+class UpdateInfo:
+    """What an incremental build changed, against the version it started from."""
+
+    base: str | None  # the version it started from
+    added: int
+    changed: int
+    removed: int
+    kept: int  # documents whose stored vectors were reused
+    transform: str = field(default="kept", metadata={"choices": ("kept", "fitted")})
+    drift: float | None = None  # how far the documents' mean moved from the kept fit
+
+
+@dataclass(frozen=True)
 class FileEntry:
     """Size and SHA-256 of one file of the index directory."""
 
@@ -161,6 +174,9 @@ class Manifest:
     tpsearch_version: str = ""
     version: str | None = None  # this version's name in the index directory (layout)
     replaces: str | None = None  # the version it replaced, if any
+    store: str | None = None  # folder of the passages and raw vectors (incremental builds)
+    update: UpdateInfo | None = None  # set when this version was built incrementally
+    history: list[UpdateInfo] = field(default_factory=list)  # the earlier updates
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": FORMAT, **asdict(self)}
@@ -316,7 +332,10 @@ def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) ->
     regular file inside the directory (no link, FIFO or device) of the recorded size and (with
     ``checksums``) SHA-256. A listed folder (the lexical index) holds nothing unlisted: its
     reader opens whatever is there."""
+    opened = [n.rstrip("/") for n in manifest.named_files()]
     for name, want in manifest.files.items():
+        if not any(name == n or name.startswith(n + "/") for n in opened):
+            continue  # not read by a searcher (the update store): checked where it is read
         path = inside(directory, name)
         size = path.stat().st_size
         if size != want.bytes:

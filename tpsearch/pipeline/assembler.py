@@ -8,6 +8,7 @@ index, and tunes ANN search parameters for recall against exact search.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ from ..errors import InputError
 from ..index import IndexPlan, choose_index, exact_topk, fit_plan, new_index, tune_search
 from ..lexical import LexicalBuilder
 from ..metadata import PREFIX
-from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
+from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo, inside
 from ..passages import sentence_spans
-from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, TransformSettings, fit_transform,
-                         read_example_queries)
+from ..searcher import read_vector
+from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, TransformSettings,
+                         fit_transform, read_example_queries)
 from .mapper import StageTimes
 from .reader import join_title
 from .writer import iter_vectors, read_table, read_vectors, shard_meta, shard_rows
@@ -48,6 +50,7 @@ class AssemblyOptions:
     lexical: bool
     lexical_unit: str = "document"  # document | passage
     metadata: tuple[str, ...] = ()  # columns kept in the id map (as meta.NAME)
+    keep_transform: tuple | None = None  # (version dir, manifest) whose transform to keep
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Assembled:
     skipped: int
     truncated: int
     tokens: int
+    transform_source: str = "fitted"  # or "kept" (an incremental build)
+    drift: float | None = None
 
 
 def sample_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -95,9 +100,40 @@ def first_sentences(shards: list[Path], limit: int) -> list[str]:
     return texts
 
 
+def _kept(sample: np.ndarray, opts: AssemblyOptions):
+    """The base version's fitted transform and query shift, unchanged, and how far the
+    documents' mean has moved from the one it was fitted on (relative to the spread)."""
+    directory, manifest = opts.keep_transform
+    info = manifest.transform
+    chain = []
+    if info.kind != "none":
+        raw = faiss.read_index(str(inside(directory, manifest.index.file)))  # owns the chain
+        outer = faiss.downcast_index(raw)
+        with tempfile.TemporaryDirectory() as tmp:  # a copy of each transform, through its file
+            for i in range(outer.chain.size()):
+                path = str(Path(tmp) / f"t{i}")
+                faiss.write_VectorTransform(outer.chain.at(i), path)
+                chain.append(faiss.read_VectorTransform(path))
+    out_dim = chain[-1].d_out if chain else sample.shape[1]
+    shift = (read_vector(inside(directory, info.query_shift_file), manifest.dim)
+             if info.query_shift_file else None)
+    fitted = FittedTransform(info.kind, chain, out_dim, shift, info.note)
+    drift = None
+    if chain and hasattr(chain[0], "mean") and len(sample):
+        mu = faiss.vector_to_array(faiss.downcast_VectorTransform(chain[0]).mean)
+        spread = float(np.linalg.norm(sample - mu, axis=1).mean()) or 1.0
+        drift = round(float(np.linalg.norm(sample.mean(0) - mu)) / spread, 4)
+    return fitted, info, drift
+
+
 def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder):
     ts = opts.transform
     sample = gather(shards, counts, sample_rows(n, FIT_SAMPLE))
+    if opts.keep_transform is not None:
+        fitted, info, drift = _kept(sample, opts)
+        log.info("transform: kept from the base version (documents' mean moved %.3f of their "
+                 "spread)", drift or 0.0)
+        return fitted, sample, info, "kept", drift
     queries, source = None, None
     if ts.kind != "none":
         if ts.query_examples:
@@ -114,7 +150,7 @@ def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder)
                          query_samples=len(queries) if fitted.query_shift is not None else 0,
                          query_shift_file=QUERY_SHIFT_FILE if fitted.query_shift is not None else None,
                          note=fitted.note)
-    return fitted, sample, info
+    return fitted, sample, info, "fitted", None
 
 
 def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> LexicalInfo | None:
@@ -187,7 +223,7 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     if n == 0:
         raise InputError(f"{corpus}: every row has a null or empty {text_column!r}")
     t0 = time.perf_counter()
-    fitted, sample, tinfo = _fit(shards, counts, n, opts, encode_queries)
+    fitted, sample, tinfo, source, drift = _fit(shards, counts, n, opts, encode_queries)
     plan = fit_plan(choose_index(opts.index, n, fitted.out_dim, opts.memory_budget), n)
     log.info("index: %s (%s)", plan.factory, plan.reason)
     index = fitted.wrap(new_index(plan, fitted.out_dim))
@@ -206,6 +242,7 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     info = IndexInfo(factory=plan.factory, reason=plan.reason, file=INDEX_FILE,
                      search_params=params, recall_at_10=round(recall, 4), recall_queries=n_queries)
     return Assembled(index=info, transform=tinfo, lexical=lexical, dim=dim,
+                     transform_source=source, drift=drift,
                      documents=sum(m["documents"] for m in metas), vectors=n,
                      skipped=sum(m["skipped"] for m in metas),
                      truncated=sum(m["truncated"] for m in metas),

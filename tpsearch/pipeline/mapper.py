@@ -12,6 +12,7 @@ from ..encoder import TPEncoder
 from ..errors import InputError
 from ..passages import PassageSettings, split_passages
 from .reader import Chunk, join_title, window_digest
+from .reuse import BaseStore, doc_hash
 from .writer import Shard
 
 #: The fewest tokens a passage may be given once the prompt and title are counted.
@@ -51,9 +52,10 @@ class ChunkEmbedder:
     """Skips null/empty texts (or refuses them with ``strict``), cuts the rest into passages
     (the title goes with each), and embeds them."""
 
-    def __init__(self, encoder: TPEncoder, options: MapperOptions):
+    def __init__(self, encoder: TPEncoder, options: MapperOptions, reuse: BaseStore | None = None):
         self.encoder = encoder
         self.o = options
+        self.reuse = reuse
 
     def _check(self, chunk: Chunk) -> list[int]:
         """Rows with something to embed: a text, or at least a title."""
@@ -82,52 +84,78 @@ class ChunkEmbedder:
 
     def prepare(self, chunk: Chunk) -> "Prepared":
         """Everything before the model: checks, passages, tokenisation (runs ahead of the
-        encoder in a background thread; the fast tokenizers release the GIL)."""
+        encoder in a background thread; the fast tokenizers release the GIL). A document the
+        base version holds with the same content takes its passages and vectors from there."""
         t0 = time.perf_counter()
         keep = self._check(chunk)
         p = Prepared(chunk=chunk, documents=len(keep), digest=window_digest(chunk))
         titles = [chunk.titles[i] if chunk.titles is not None else None for i in keep]
-        counts = dict(zip((t for t in titles if t), self.encoder.count_tokens([t for t in titles if t])))
+        plan = []  # per kept document, in corpus order: (row, title, text, digest, reused)
         for i, title in zip(keep, titles):
-            text = chunk.texts[i] or ""
+            digest = doc_hash(title, chunk.texts[i])
+            old = self.reuse.match(chunk.ids[i], digest) if self.reuse is not None else None
+            if old is None and self.reuse is not None:
+                known = self.reuse.known(chunk.ids[i])
+                p.changed += known
+                p.added += not known
+            plan.append((i, title, chunk.texts[i] or "", digest, old))
+        named = [t for _, t, _, _, old in plan if t and old is None]
+        counts = dict(zip(named, self.encoder.count_tokens(named)))
+        for i, title, text, digest, old in plan:
+            if old is not None:
+                p.reused += 1
+                for j, (n, span, body, old_title) in enumerate(
+                        zip(old.numbers, old.spans, old.texts, old.titles)):
+                    p.add(chunk, i, n, span, body, old_title, digest)
+                    p.fixed.append((len(p.ids) - 1, old.vectors[j]))
+                    p.truncated.append(bool(old.truncated[j]))
+                    p.tokens.append(int(old.tokens[j]))
+                continue
             for n, (a, b) in enumerate(self.passages(text, counts.get(title, 0))):
-                for c, values in chunk.metadata.items():
-                    p.metadata.setdefault(c, []).append(values[i])
-                p.rows.append(chunk.start + i)
-                p.ids.append(chunk.ids[i])
-                p.numbers.append(n)
-                p.spans.append((a, b))
-                p.bodies.append(text[a:b])
-                p.titles.append(title)
+                p.add(chunk, i, n, (a, b), text[a:b], title, digest)
+                p.encode_at.append(len(p.ids) - 1)
                 p.embedded.append(join_title(title, text[a:b]))
+                p.truncated.append(False)
+                p.tokens.append(0)
         p.tokenized = self.encoder.tokenize(p.embedded)
+        per_text = p.tokenized.n_templates
+        for j, pos in enumerate(p.encode_at):
+            p.truncated[pos] = p.tokenized.truncated[j]
+            p.tokens[pos] = sum(len(r) for r in p.tokenized.input_ids[j * per_text:(j + 1) * per_text])
         p.seconds = time.perf_counter() - t0
         return p
 
     def encode(self, p: "Prepared", times: StageTimes,
                progress: Callable[[float], None] | None = None) -> Shard:
-        """The model's part: vectors of the prepared passages, as a shard. ``progress`` gets
-        the share of the window's corpus rows each forward pass finished."""
+        """The model's part: vectors of the prepared passages that need encoding, beside the
+        reused ones, as a shard. ``progress`` gets the share of the window's corpus rows each
+        forward pass finished."""
         t1 = time.perf_counter()
+        vectors = np.zeros((len(p.ids), self.encoder.dim), dtype=np.float32)
+        for pos, v in p.fixed:
+            vectors[pos] = v
         if p.embedded:
             per_row = len(p.chunk.texts) / (len(p.tokenized.input_ids) or 1)
             on_batch = (lambda n: progress(n * per_row)) if progress is not None else None
-            vectors = self.encoder.encode_tokenized(p.tokenized, batch_size=self.o.batch_size,
-                                                   max_batch_tokens=self.o.max_batch_tokens,
-                                                   on_batch=on_batch)
-        else:
-            vectors = np.zeros((0, self.encoder.dim), dtype=np.float32)
-            if progress is not None:
-                progress(len(p.chunk.texts))
+            encoded = self.encoder.encode_tokenized(p.tokenized, batch_size=self.o.batch_size,
+                                                    max_batch_tokens=self.o.max_batch_tokens,
+                                                    on_batch=on_batch)
+            vectors[p.encode_at] = encoded
+        elif progress is not None:
+            progress(len(p.chunk.texts))
         times.tokenize += p.seconds
         times.encode += time.perf_counter() - t1
         chunk = p.chunk
         return Shard(start=chunk.start, rows=p.rows, ids=p.ids, passages=p.numbers, spans=p.spans,
                      texts=p.bodies, titles=p.titles if chunk.titles is not None else None,
                      vectors=vectors, window_rows=len(chunk.texts), documents=p.documents,
-                     skipped=len(chunk.texts) - p.documents, truncated=sum(p.tokenized.truncated),
-                     tokens=p.tokenized.num_tokens, source_sha256=p.digest,
-                     metadata={c: p.metadata.get(c, []) for c in chunk.metadata})
+                     skipped=len(chunk.texts) - p.documents, truncated=sum(p.truncated),
+                     tokens=sum(p.tokens), source_sha256=p.digest,
+                     metadata={c: p.metadata.get(c, []) for c in chunk.metadata},
+                     doc_hashes=p.hashes, passage_truncated=p.truncated, passage_tokens=p.tokens,
+                     encoded_documents=p.documents - p.reused,
+                     encoded_tokens=p.tokenized.num_tokens, reused=p.reused, changed=p.changed,
+                     added=p.added)
 
 
 @dataclass
@@ -143,7 +171,28 @@ class Prepared:
     spans: list = field(default_factory=list)
     bodies: list = field(default_factory=list)
     titles: list = field(default_factory=list)
-    embedded: list = field(default_factory=list)
+    embedded: list = field(default_factory=list)  # prompted texts to encode
+    encode_at: list = field(default_factory=list)  # their passage positions
+    fixed: list = field(default_factory=list)  # (position, vector) reused from the base version
+    hashes: list = field(default_factory=list)  # document content hash per passage
+    truncated: list = field(default_factory=list)
+    tokens: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)  # column -> value per passage
+    reused: int = 0  # documents taken from the base version
+    changed: int = 0  # documents of the base version with new content
+    added: int = 0  # documents the base version did not have
+
+    def add(self, chunk: Chunk, i: int, number: int, span: tuple[int, int], body: str,
+            title: str | None, digest: str) -> None:
+        """One passage of the document at chunk row ``i``."""
+        for c, values in chunk.metadata.items():
+            self.metadata.setdefault(c, []).append(values[i])
+        self.rows.append(chunk.start + i)
+        self.ids.append(chunk.ids[i])
+        self.numbers.append(number)
+        self.spans.append(span)
+        self.bodies.append(body)
+        self.titles.append(title)
+        self.hashes.append(digest)
     tokenized: object = None
     seconds: float = 0.0

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -21,18 +23,19 @@ from typing import Callable, Iterator
 from .. import __version__
 from ..config import BuildConfig, parse_size
 from ..encoder import TPEncoder
-from ..errors import DiskError, InputError, TPSearchError, UnbuildableIndex
+from ..errors import ConfigMismatch, DiskError, InputError, TPSearchError, UnbuildableIndex
 from ..index import choose_index
-from ..layout import new_version_name, read_pointer, restore_legacy_aside
-from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, file_digests,
-                        write_manifest)
+from ..layout import is_index_dir, new_version_name, read_pointer, restore_legacy_aside
+from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, file_digests,
+                        open_manifest, write_manifest)
 from .assembler import Assembled, AssemblyOptions, assemble
 from .distributor import Distributor
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .reader import CorpusReader, CorpusSpec, window_digest
+from .reuse import STORE_DIR, BaseStore
 from .validate import validate_build
 from .workdir import BuildLock, WorkDir, shard_start
-from .writer import write_shard
+from .writer import shard_meta, write_shard
 
 log = logging.getLogger("tpsearch")
 #: Errors of the disk, not of the data: reported in one line, the shards kept for a resume.
@@ -67,8 +70,9 @@ def work_settings(config: BuildConfig, encoder: TPEncoder, fingerprint: str) -> 
 def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder, work: WorkDir,
                   times: StageTimes, show_progress: bool = False,
                   select: Callable[[list[tuple[int, int]]], list[tuple[int, int]]] | None = None,
-                  ) -> tuple[int, int]:
-    """Embed every window without a shard; returns (documents, tokens) encoded now."""
+                  base: BaseStore | None = None) -> tuple[int, int]:
+    """Embed every window without a shard (documents unchanged since ``base`` take their
+    stored vectors); returns (documents, tokens) encoded now."""
     runs = work.missing_windows(reader.num_rows, config.shard_rows)
     runs = select(runs) if select is not None else runs
     done = len(work.complete_shards())
@@ -77,7 +81,7 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
                  sum(b - a for a, b in runs))
     embed = ChunkEmbedder(encoder, MapperOptions(
         config.model.batch_size, config.model.max_batch_tokens, config.strict, config.id_column,
-        config.text_column, config.passage_settings()))
+        config.text_column, config.passage_settings()), base)
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
@@ -93,7 +97,7 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
             write_shard(work.shard_path(shard.start), shard, reader.id_kind,
                         reader.metadata_types)
             times.write += time.perf_counter() - t_write
-            docs, tokens = docs + shard.documents, tokens + shard.tokens
+            docs, tokens = docs + shard.encoded_documents, tokens + shard.encoded_tokens
             if bar is not None:
                 bar.set_postfix_str(f"{tokens / max(1e-9, time.perf_counter() - started):,.0f} tok/s")
                 bar.n = round(bar.n)  # whole windows done: no float drift
@@ -151,8 +155,12 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
                 keep_shards: bool = False) -> BuildResult:
     """Run the whole build: validate, embed into shards, assemble, publish atomically.
 
-    ``overwrite`` publishes a new version of an existing index at ``config.out`` (readers of
-    the old one keep it until they reopen); anything but an index there is never replaced.
+    Into an existing index at ``config.out`` the build is incremental: documents whose id and
+    content are unchanged keep their stored vectors, new and changed ones are encoded, the
+    fitted transform is kept (``config.refit`` fits it anew), and the result is published as
+    the directory's next version (readers of the old one keep it until they reopen).
+    ``overwrite`` rebuilds such an index from scratch instead; anything but an index there is
+    never replaced.
     ``keep_shards`` leaves the encoded shards in the work directory after publishing, so a
     build of the same output with another index, transform or lexical setting (everything
     made at assembly) reuses them without encoding (the evaluation's comparisons do this)."""
@@ -162,10 +170,10 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
         out = validate_build(config, overwrite)
         try:
             if not d.is_main:
-                result = _build(config, encoder, False, d, out, keep_shards)
+                result = _build(config, encoder, False, d, out, keep_shards, overwrite)
             else:
                 with BuildLock(out):
-                    result = _build(config, encoder, show_progress, d, out, keep_shards)
+                    result = _build(config, encoder, show_progress, d, out, keep_shards, overwrite)
             # Every rank finishes before any tears the process group down (a rank that left
             # early while rank 0 still published could abort in gloo's teardown).
             d.barrier()
@@ -208,7 +216,7 @@ def load_encoder(config: BuildConfig, d: Distributor, times: StageTimes,
 
 
 def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, d: Distributor,
-           out: Path, keep_shards: bool = False) -> BuildResult:
+           out: Path, keep_shards: bool = False, rebuild: bool = False) -> BuildResult:
     began, times = time.perf_counter(), StageTimes()
     reader = CorpusReader(CorpusSpec(config.corpus, config.text_column, config.id_column,
                                      config.title_column, config.metadata_list()))
@@ -216,8 +224,10 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     times.read += time.perf_counter() - began
     encoder = encoder or load_encoder(config, d, times, reader.num_rows)
     choose_index(config.index, reader.num_rows, encoder.dim, parse_size(config.max_index_memory))
+    base = open_base(out, config, encoder, rebuild)
     work = WorkDir(out)
     settings = work_settings(config, encoder, fingerprint)
+    settings["base_version"] = base[0].version if base else None
     # Rank 0 prepares (or discards) the work directory and drops shards whose corpus rows
     # changed since they were written; the others then check it.
     agreed(d, lambda: _prepare_work(work, settings, config, reader) if d.is_main else None)
@@ -225,21 +235,27 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
         work.prepare(settings, fresh=False)
     try:
         select = (lambda runs: d.select(runs, config.shard_rows)) if d.active else None
-        docs, tokens = encode_shards(config, reader, encoder, work, times, show_progress, select)
+        docs, tokens = encode_shards(config, reader, encoder, work, times, show_progress, select,
+                                     base[2] if base else None)
         agreed(d, lambda: None)  # every rank has written its shards
         if not d.is_main:
             agreed(d, lambda: None)  # wait for rank 0's assembly
             return BuildResult(out, None, docs, tokens)
-        part = agreed(d, lambda: _assemble(config, encoder, work, times))
+        part = agreed(d, lambda: _assemble(config, encoder, work, times, base))
     except UnbuildableIndex:
         raise  # the shards serve a rerun with another --index
     except InputError:
         work.discard()  # bad data will not get better on a rerun: leave nothing behind
         raise
     version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
+    keep_store(work, keep_shards)
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens)
-    manifest = replace(manifest, files=file_digests(work.final, manifest.named_files()),
-                       version=version, replaces=replaces)
+    update = _update_info(work, base, part) if base else None
+    history = ([*base[1].history, base[1].update] if base and base[1].update else
+               list(base[1].history) if base else [])
+    manifest = replace(manifest, files=file_digests(work.final, manifest.named_files() + [STORE_DIR]),
+                       version=version, replaces=replaces, store=STORE_DIR, update=update,
+                       history=history)
     write_manifest(work.final, manifest)
     work.publish(version, keep_shards)
     return BuildResult(out, manifest, docs, tokens)
@@ -261,11 +277,59 @@ def _prepare_work(work: WorkDir, settings: dict, config: BuildConfig, reader: Co
                  "%d): encoding them again", len(stale), stale[0])
 
 
-def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes) -> Assembled:
+def open_base(out: Path, config: BuildConfig, encoder: TPEncoder, rebuild: bool):
+    """The version an incremental build starts from: (location, manifest, store), or None
+    for a new output or a full rebuild (``overwrite``). Other settings are refused."""
+    if rebuild or not is_index_dir(out):
+        return None
+    location, manifest = open_manifest(out)
+    diffs = [f"encoder {x}" for x in manifest.encoder.differences(encoder.settings)]
+    src = encoder.source
+    if src and manifest.model.weights_sha256 != src.weights_sha256:
+        diffs.append("model weights")
+    if manifest.passages != config.passage_settings():
+        diffs.append(f"passages {manifest.passages} vs {config.passage_settings()}")
+    c = manifest.corpus
+    for name, old, new in (("text column", c.text_column, config.text_column),
+                           ("id column", c.id_column, config.id_column),
+                           ("title column", c.title_column, config.title_column),
+                           ("metadata columns", tuple(manifest.metadata), config.metadata_list())):
+        if old != new:
+            diffs.append(f"{name} {old!r} vs {new!r}")
+    if diffs:
+        raise ConfigMismatch(f"{out} holds an index built with other settings ("
+                             + "; ".join(diffs[:4]) + "); --overwrite rebuilds it from scratch")
+    return location, manifest, BaseStore(location.path, manifest)
+
+
+def keep_store(work: WorkDir, keep_shards: bool) -> None:
+    """The shards become the new version's store (copied where the work dir keeps them)."""
+    store = work.final / STORE_DIR
+    store.mkdir()
+    for shard in work.complete_shards():
+        if keep_shards:
+            shutil.copy2(shard, store / shard.name)
+        else:
+            os.replace(shard, store / shard.name)
+
+
+def _update_info(work: WorkDir, base, part: Assembled) -> UpdateInfo:
+    metas = [shard_meta(p) for p in (work.final / STORE_DIR).glob("shard-*.parquet")]
+    reused = sum(m.get("reused", 0) for m in metas)
+    changed = sum(m.get("changed", 0) for m in metas)
+    added = sum(m.get("added", 0) for m in metas)
+    return UpdateInfo(base=base[0].version, added=added, changed=changed, kept=reused,
+                      removed=base[2].documents - reused - changed,
+                      transform=part.transform_source, drift=part.drift)
+
+
+def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
+              base=None) -> Assembled:
     query_encoder = encoder.variant(prompt=config.model.query_prompt) if config.model.query_prompt else encoder
     opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
                            config.transform_settings(), config.lexical, config.lexical_unit,
-                           config.metadata_list())
+                           config.metadata_list(),
+                           keep_transform=(base[0].path, base[1]) if base and not config.refit else None)
     return assemble(work.complete_shards(), work.fresh_final(), opts, times,
                     lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),
                     config.corpus, config.text_column)

@@ -21,9 +21,9 @@ NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 
 def check_output_place(out: Path, corpus: str, overwrite: bool) -> None:
     """Refuse an output that would lose data or read itself back: an existing directory that
-    is not a tpsearch index (even with ``--overwrite``: it may hold anything), an existing
-    index without ``--overwrite``, the corpus itself or a folder holding it, or a place inside
-    a corpus directory (the build's own Parquet files would be read as corpus next time)."""
+    is not a tpsearch index (even with ``--overwrite``: it may hold anything), the corpus
+    itself or a folder holding it, or a place inside a corpus directory (the build's own
+    Parquet files would be read as corpus next time). An existing index is updated."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a directory; choose another --out")
     files = [f.resolve() for f in resolve_files(corpus)]
@@ -40,9 +40,6 @@ def check_output_place(out: Path, corpus: str, overwrite: bool) -> None:
             shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
             raise InputError(f"{out} exists and is not a tpsearch index (it holds {shown}); "
                              "--overwrite only replaces an index: choose another --out")
-        if not overwrite:
-            raise InputError(f"{out} already holds an index; choose another --out, or pass "
-                             "--overwrite to publish a new version of it")
 
 
 def corpus_scan_roots(corpus: str) -> list[Path]:

@@ -39,6 +39,14 @@ class Shard:
     tokens: int
     source_sha256: str = ""  # reader.window_digest of the window it was made from
     metadata: dict[str, list] = field(default_factory=dict)  # column -> value per passage
+    doc_hashes: list[str] = field(default_factory=list)  # content hash of each passage's document
+    passage_truncated: list[bool] = field(default_factory=list)
+    passage_tokens: list[int] = field(default_factory=list)
+    encoded_documents: int = 0  # of ``documents``, encoded now (the rest reused)
+    encoded_tokens: int = 0
+    reused: int = 0
+    changed: int = 0
+    added: int = 0
 
 
 def write_shard(path: Path, shard: Shard, id_kind: str,
@@ -57,12 +65,16 @@ def write_shard(path: Path, shard: Shard, id_kind: str,
                           type=pa.large_string()),
         "vector": pa.FixedSizeListArray.from_arrays(flat, dim) if dim else pa.array(
             [], type=pa.list_(pa.float32(), 1)),
+        "doc_sha256": pa.array(shard.doc_hashes, type=pa.large_string()),
+        "truncated": pa.array(shard.passage_truncated, type=pa.bool_()),
+        "tokens": pa.array(shard.passage_tokens, type=pa.int32()),
     }
     for c, (_, t) in (metadata_types or {}).items():
         columns[PREFIX + c] = pa.array(shard.metadata.get(c, []), type=t)
     meta = {"window_rows": shard.window_rows, "documents": shard.documents,
             "skipped": shard.skipped, "truncated": shard.truncated, "tokens": shard.tokens,
-            "dim": dim, "source_sha256": shard.source_sha256}
+            "dim": dim, "source_sha256": shard.source_sha256, "reused": shard.reused,
+            "changed": shard.changed, "added": shard.added}
     table = pa.table(columns).replace_schema_metadata({"tpsearch": json.dumps(meta)})
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     pq.write_table(table, tmp)

@@ -1,0 +1,107 @@
+"""Incremental builds: the passages and vectors of the version an index directory serves now.
+
+Each version keeps its shards (``store/``: per passage the document id, the SHA-256 of the
+document's title and text, the passage's span, text, title, token count, truncation flag and
+raw vector, before any fitted transform), so a build of a changed corpus into the same
+directory encodes only new and changed documents: one whose id and content hash are unchanged
+takes its passages and vectors from the store instead of the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..digest import sha256_file
+from ..errors import IndexDamaged
+from ..manifest import Manifest, inside
+
+STORE_DIR = "store"
+COLUMNS = ["id", "passage", "start", "end", "text", "title", "vector", "doc_sha256",
+           "truncated", "tokens"]
+
+
+def doc_hash(title: str | None, text: str | None) -> str:
+    """SHA-256 of a document's content as the index embeds it (title and text)."""
+    h = hashlib.sha256()
+    for part in (title, text):
+        data = b"\x00" if part is None else b"\x01" + part.encode("utf8", errors="surrogatepass")
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+@dataclass
+class Reused:
+    """The stored passages of one document."""
+
+    numbers: list[int]
+    spans: list[tuple[int, int]]
+    texts: list[str]
+    titles: list[str | None]
+    vectors: np.ndarray
+    truncated: list[bool]
+    tokens: list[int]
+
+
+class BaseStore:
+    """The store of an index's current version, verified and held in memory."""
+
+    def __init__(self, version_dir: Path, manifest: Manifest):
+        names = sorted(n for n in manifest.files if n.startswith(STORE_DIR + "/"))
+        if not manifest.store or not names:
+            raise IndexDamaged(f"{version_dir}: this index keeps no passages and vectors for "
+                               "updates (built before tpsearch 0.3); rebuild it with --overwrite")
+        tables = []
+        for name in names:
+            path = inside(version_dir, name)
+            want = manifest.files[name]
+            if path.stat().st_size != want.bytes or sha256_file(path) != want.sha256:
+                raise IndexDamaged(f"{version_dir}: {name} does not match the manifest")
+            try:
+                tables.append(pq.read_table(path, columns=COLUMNS))
+            except (pa.ArrowException, OSError) as exc:
+                raise IndexDamaged(f"{path}: cannot be read ({str(exc)[:120]})") from None
+        self.table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+        t = self.table
+        col = t.column("vector").combine_chunks()
+        self.vectors = col.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
+        ids = t.column("id").to_pylist()
+        hashes = t.column("doc_sha256").to_pylist()
+        self._docs: dict = {}
+        for r, (i, h) in enumerate(zip(ids, hashes)):
+            entry = self._docs.get(i)
+            if entry is None:
+                self._docs[i] = (h, [r])
+            else:
+                entry[1].append(r)
+        self._numbers = t.column("passage").to_pylist()
+        self._starts = t.column("start").to_pylist()
+        self._ends = t.column("end").to_pylist()
+        self._texts = t.column("text").to_pylist()
+        self._titles = t.column("title").to_pylist()
+        self._truncated = t.column("truncated").to_pylist()
+        self._tokens = t.column("tokens").to_pylist()
+
+    @property
+    def documents(self) -> int:
+        return len(self._docs)
+
+    def known(self, doc_id) -> bool:
+        return doc_id in self._docs
+
+    def match(self, doc_id, digest: str) -> Reused | None:
+        """The stored passages of ``doc_id`` if its content hash is still ``digest``."""
+        entry = self._docs.get(doc_id)
+        if entry is None or entry[0] != digest:
+            return None
+        rows = entry[1]
+        return Reused([self._numbers[r] for r in rows],
+                      [(self._starts[r], self._ends[r]) for r in rows],
+                      [self._texts[r] for r in rows], [self._titles[r] for r in rows],
+                      self.vectors[rows], [self._truncated[r] for r in rows],
+                      [self._tokens[r] for r in rows])
