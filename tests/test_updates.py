@@ -108,3 +108,75 @@ def test_an_index_without_a_store_or_with_a_damaged_one_is_refused(tmp_path, tin
     with pytest.raises(IndexDamaged, match="built before tpsearch 0.3.*--overwrite"):
         build_index(cfg)
     assert Searcher.open(out).manifest.documents == 60  # the index itself still serves
+
+
+def test_add_replace_and_delete_by_id_equal_a_full_build(tmp_path, tiny_model_dir):
+    import pyarrow as pa
+
+    import tpsearch
+
+    model = tiny_model_dir("llama")
+    texts = corpus_texts(40)
+    langs = ["en" if i % 2 else "de" for i in range(40)]
+    a = tmp_path / "a.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [f"doc-{i}" for i in range(40)], "text": texts,
+                             "lang": langs}), a)
+    cfg = config(tmp_path, model, a, lexical=True, mode="hybrid", transform="none",
+                 metadata_columns="lang")
+    out = build_index(cfg).out
+    res = tpsearch.update(out, upsert=[{"id": "doc-3", "text": "a replaced text about stones.",
+                                        "lang": "fr"},
+                                       {"id": "extra-1", "text": "an added document.", "lang": "en"}],
+                          delete=["doc-5", "doc-6", "no-such-id"])
+    u = res.manifest.update
+    assert (u.added, u.changed, u.removed, u.kept) == (1, 1, 2, 37) and res.encoded_documents == 2
+    # the same corpus, built in full: doc-3 replaced in place, extra-1 at the end, 5 and 6 gone
+    ids = [f"doc-{i}" for i in range(40) if i not in (5, 6)] + ["extra-1"]
+    new_texts = {f"doc-{i}": t for i, t in enumerate(texts)}
+    new_texts.update({"doc-3": "a replaced text about stones.", "extra-1": "an added document."})
+    new_langs = {f"doc-{i}": lg for i, lg in enumerate(langs)}
+    new_langs.update({"doc-3": "fr", "extra-1": "en"})
+    b = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"id": ids, "text": [new_texts[i] for i in ids],
+                             "lang": [new_langs[i] for i in ids]}), b)
+    full_cfg = config(tmp_path, model, b, lexical=True, mode="hybrid", transform="none",
+                      metadata_columns="lang")
+    full_cfg.out = str(tmp_path / "full")
+    full = build_index(full_cfg).out
+    s, f = Searcher.open(out), Searcher.open(full)
+    assert s.idmap.ids == f.idmap.ids and s.idmap.texts == f.idmap.texts
+    np.testing.assert_allclose(s.index.reconstruct_n(0, s.index.ntotal),
+                               f.index.reconstruct_n(0, f.index.ntotal), atol=1e-5)
+    for q in ("stones", texts[9], "added"):
+        for mode in ("dense", "lexical", "hybrid"):
+            assert [h.id for h in s.search(q, k=6, mode=mode, filter={"lang": {"$ne": "de"}})] == \
+                   [h.id for h in f.search(q, k=6, mode=mode, filter={"lang": {"$ne": "de"}})]
+
+
+def test_add_and_delete_from_the_command_line(tmp_path, tiny_model_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from tpsearch.cli import main
+
+    a, *_ = corpora(tmp_path)
+    out = build_index(config(tmp_path, tiny_model_dir("llama"), a)).out
+    new = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"id": ["n1", "n2"], "text": ["first new.", "second new."]}), new)
+    r = CliRunner().invoke(main, ["add", str(out), str(new), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "2 added, 0 changed, 0 removed, 60 kept; 2 documents encoded" in r.output
+    ids = tmp_path / "gone.txt"
+    ids.write_text("doc-1\ndoc-2\n")
+    r = CliRunner().invoke(main, ["delete", str(out), "doc-0", "--ids-file", str(ids), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "0 added, 0 changed, 3 removed, 59 kept; 0 documents encoded" in r.output
+    s = Searcher.open(out)
+    assert s.manifest.documents == 59 and "doc-1" not in s.idmap.ids and "n2" in s.idmap.ids
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"key": ["x"], "text": ["y"]}), bad)
+    r = CliRunner().invoke(main, ["add", str(out), str(bad)])
+    assert r.exit_code == 1 and "no column 'id'" in r.output and "Traceback" not in r.output

@@ -209,6 +209,60 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
         f"{' + BM25' if m.lexical else ''} ({size:.1f} MiB on disk)", err=True)
 
 
+# ---------------------------------------------------------------------------------- add / delete
+@main.command()
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("corpus", type=click.Path(dir_okay=False))
+@click.option("--refit", is_flag=True, help="Fit the transform and query shift anew.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def add(index_dir, corpus, refit, no_progress):
+    """Add documents to INDEX_DIR from a Parquet CORPUS with the index's columns, or replace
+    those whose id it holds (upsert). Only these rows are encoded; the result is the index's
+    next version.
+
+    \b
+    tpsearch add idx new-docs.parquet"""
+    from .updates import update
+
+    res = update(index_dir, upsert=corpus, refit=refit, show_progress=not no_progress)
+    _report_update(res)
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("ids", nargs=-1)
+@click.option("--ids-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A text file of ids, one a line.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_fail_cleanly
+def delete(index_dir, ids, ids_file, no_progress):
+    """Delete documents from INDEX_DIR by id (IDs on the command line and/or --ids-file);
+    nothing is encoded; the result is the index's next version. Ids it does not hold are
+    ignored (and counted out).
+
+    \b
+    tpsearch delete idx doc-17 doc-42
+    tpsearch delete idx --ids-file gone.txt"""
+    from .updates import update
+
+    wanted = list(ids)
+    if ids_file:
+        wanted += [line.strip() for line in Path(ids_file).read_text(encoding="utf8").splitlines()
+                   if line.strip()]
+    if not wanted:
+        raise click.UsageError("give ids to delete, or --ids-file")
+    res = update(index_dir, delete=wanted, show_progress=not no_progress)
+    _report_update(res)
+
+
+def _report_update(res) -> None:
+    u = res.manifest.update
+    click.echo(f"{res.out}: version {res.manifest.version} (was {u.base}): {u.added} added, "
+               f"{u.changed} changed, {u.removed} removed, {u.kept} kept; "
+               f"{res.encoded_documents} documents encoded", err=True)
+
+
 # ---------------------------------------------------------------------------------- search
 @main.command()
 @click.argument("index_dir", type=click.Path(file_okay=False))

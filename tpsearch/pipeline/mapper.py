@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from ..encoder import TPEncoder
-from ..errors import InputError
+from ..errors import IndexDamaged, InputError
 from ..passages import PassageSettings, split_passages
 from .reader import Chunk, join_title, window_digest
 from .reuse import BaseStore, doc_hash
@@ -60,8 +60,9 @@ class ChunkEmbedder:
     def _check(self, chunk: Chunk) -> list[int]:
         """Rows with something to embed: a text, or at least a title."""
         titles = chunk.titles or [None] * len(chunk.texts)
-        keep = [i for i, (t, h) in enumerate(zip(chunk.texts, titles))
-                if (t is not None and t.strip()) or (h is not None and h.strip())]
+        taken = chunk.keep or [False] * len(chunk.texts)
+        keep = [i for i, (t, h, k) in enumerate(zip(chunk.texts, titles, taken))
+                if k or (t is not None and t.strip()) or (h is not None and h.strip())]
         if self.o.strict and len(keep) < len(chunk.texts):
             bad = next(i for i in range(len(chunk.texts)) if i not in set(keep))
             raise InputError(
@@ -92,6 +93,12 @@ class ChunkEmbedder:
         titles = [chunk.titles[i] if chunk.titles is not None else None for i in keep]
         plan = []  # per kept document, in corpus order: (row, title, text, digest, reused)
         for i, title in zip(keep, titles):
+            if chunk.keep is not None and chunk.keep[i]:  # an update keeps this document as is
+                old = self.reuse.match(chunk.ids[i], None)
+                if old is None:
+                    raise IndexDamaged(f"document {chunk.ids[i]!r} is not in the index's store")
+                plan.append((i, title, "", old.digest, old))
+                continue
             digest = doc_hash(title, chunk.texts[i])
             old = self.reuse.match(chunk.ids[i], digest) if self.reuse is not None else None
             if old is None and self.reuse is not None:

@@ -31,6 +31,7 @@ class CorpusSpec:
     id_column: str = "id"
     title_column: str | None = None
     metadata_columns: tuple[str, ...] = ()  # kept, typed, for filters at search time
+    keep_column: str | None = None  # (updates) true: take the document from the index as it is
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Chunk:
     texts: list[str | None]
     titles: list[str | None] | None = None  # where a title column is given
     metadata: dict[str, list] = field(default_factory=dict)  # column -> values
+    keep: list[bool] | None = None  # rows to take from the index unchanged (updates)
 
 
 def resolve_files(path: str) -> list[Path]:
@@ -84,7 +86,8 @@ class CorpusReader:
     def columns(self) -> list[str]:
         cols = [self.spec.id_column, self.spec.text_column]
         cols += [self.spec.title_column] if self.spec.title_column else []
-        return cols + list(self.spec.metadata_columns)
+        cols += list(self.spec.metadata_columns)
+        return cols + ([self.spec.keep_column] if self.spec.keep_column else [])
 
     def _check_schema(self) -> None:
         first_id_type = None
@@ -188,6 +191,8 @@ class CorpusReader:
         meta_cols = list(spec.metadata_columns)
         first_meta = 3 if spec.title_column else 2
         pending_meta: dict[str, list] = {c: [] for c in meta_cols}
+        pending_keep: list = []
+        keep_at = first_meta + len(meta_cols)
         window_start = start_row
         row = 0
         for f, pf, n in zip(self.files, self._parquet, self.file_rows):
@@ -222,20 +227,25 @@ class CorpusReader:
                     for j, c in enumerate(meta_cols):
                         target = self.metadata_types[c][1]
                         pending_meta[c].extend(b.column(first_meta + j).cast(target).to_pylist())
+                    if spec.keep_column:
+                        pending_keep.extend(b.column(keep_at).to_pylist())
                 cur += batch.num_rows
                 while len(pending_ids) >= size:
                     yield Chunk(window_start, pending_ids[:size], pending_texts[:size],
                                 pending_titles[:size] if spec.title_column else None,
-                                {c: v[:size] for c, v in pending_meta.items()})
+                                {c: v[:size] for c, v in pending_meta.items()},
+                                pending_keep[:size] if spec.keep_column else None)
                     window_start += size
                     pending_ids, pending_texts = pending_ids[size:], pending_texts[size:]
                     pending_titles = pending_titles[size:]
                     pending_meta = {c: v[size:] for c, v in pending_meta.items()}
+                    pending_keep = pending_keep[size:]
                 if cur >= stop_row:
                     break
         if pending_ids:
             yield Chunk(window_start, pending_ids, pending_texts,
-                        pending_titles if spec.title_column else None, pending_meta)
+                        pending_titles if spec.title_column else None, pending_meta,
+                        pending_keep if spec.keep_column else None)
 
 
 def window_digest(chunk: Chunk) -> str:

@@ -46,6 +46,7 @@ class Reused:
     vectors: np.ndarray
     truncated: list[bool]
     tokens: list[int]
+    digest: str  # the document's content hash
 
 
 class BaseStore:
@@ -94,14 +95,19 @@ class BaseStore:
     def known(self, doc_id) -> bool:
         return doc_id in self._docs
 
-    def match(self, doc_id, digest: str) -> Reused | None:
-        """The stored passages of ``doc_id`` if its content hash is still ``digest``."""
+    def ids(self) -> list:
+        """The stored documents' ids, in the index's order."""
+        return list(self._docs)
+
+    def match(self, doc_id, digest: str | None) -> Reused | None:
+        """The stored passages of ``doc_id`` if its content hash is still ``digest`` (None:
+        whatever it is)."""
         entry = self._docs.get(doc_id)
-        if entry is None or entry[0] != digest:
+        if entry is None or (digest is not None and entry[0] != digest):
             return None
         rows = entry[1]
         return Reused([self._numbers[r] for r in rows],
                       [(self._starts[r], self._ends[r]) for r in rows],
                       [self._texts[r] for r in rows], [self._titles[r] for r in rows],
                       self.vectors[rows], [self._truncated[r] for r in rows],
-                      [self._tokens[r] for r in rows])
+                      [self._tokens[r] for r in rows], entry[0])

@@ -152,7 +152,7 @@ def prefetch(chunks: Iterator, prepare: Callable, times: StageTimes, depth: int 
 
 def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_progress: bool = False,
                 overwrite: bool = False, distributor: Distributor | None = None,
-                keep_shards: bool = False) -> BuildResult:
+                keep_shards: bool = False, keep_column: str | None = None) -> BuildResult:
     """Run the whole build: validate, embed into shards, assemble, publish atomically.
 
     Into an existing index at ``config.out`` the build is incremental: documents whose id and
@@ -161,7 +161,8 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
     the directory's next version (readers of the old one keep it until they reopen).
     ``overwrite`` rebuilds such an index from scratch instead; anything but an index there is
     never replaced.
-    ``keep_shards`` leaves the encoded shards in the work directory after publishing, so a
+    ``keep_column`` (``tpsearch.update``) names a boolean corpus column marking documents to
+    take from the index unchanged. ``keep_shards`` leaves the encoded shards in the work directory after publishing, so a
     build of the same output with another index, transform or lexical setting (everything
     made at assembly) reuses them without encoding (the evaluation's comparisons do this)."""
     d = distributor or Distributor.from_env()
@@ -170,10 +171,11 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
         out = validate_build(config, overwrite)
         try:
             if not d.is_main:
-                result = _build(config, encoder, False, d, out, keep_shards, overwrite)
+                result = _build(config, encoder, False, d, out, keep_shards, overwrite, keep_column)
             else:
                 with BuildLock(out):
-                    result = _build(config, encoder, show_progress, d, out, keep_shards, overwrite)
+                    result = _build(config, encoder, show_progress, d, out, keep_shards, overwrite,
+                                    keep_column)
             # Every rank finishes before any tears the process group down (a rank that left
             # early while rank 0 still published could abort in gloo's teardown).
             d.barrier()
@@ -216,10 +218,11 @@ def load_encoder(config: BuildConfig, d: Distributor, times: StageTimes,
 
 
 def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, d: Distributor,
-           out: Path, keep_shards: bool = False, rebuild: bool = False) -> BuildResult:
+           out: Path, keep_shards: bool = False, rebuild: bool = False,
+           keep_column: str | None = None) -> BuildResult:
     began, times = time.perf_counter(), StageTimes()
     reader = CorpusReader(CorpusSpec(config.corpus, config.text_column, config.id_column,
-                                     config.title_column, config.metadata_list()))
+                                     config.title_column, config.metadata_list(), keep_column))
     fingerprint = reader.fingerprint(reader.check_ids())
     times.read += time.perf_counter() - began
     encoder = encoder or load_encoder(config, d, times, reader.num_rows)
