@@ -169,6 +169,15 @@ def test_add_and_delete_from_the_command_line(tmp_path, tiny_model_dir):
     r = CliRunner().invoke(main, ["add", str(out), str(new), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "2 added, 0 changed, 0 removed, 60 kept; 2 documents encoded" in r.output
+    changed = tmp_path / "changed.parquet"
+    pq.write_table(pa.table({"id": ["n1"], "text": ["first new, changed."]}), changed)
+    r = CliRunner().invoke(main, ["add", str(out), str(changed), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "0 added, 1 changed, 0 removed, 61 kept; 1 documents encoded" in r.output
+    idmap = pq.read_table(version_dir(out) / "ids.parquet").to_pydict()
+    row = idmap["id"].index("n1")
+    from tpsearch.pipeline.reuse import doc_hash
+    assert idmap["doc_sha256"][row] == doc_hash(None, "first new, changed.")
     ids = tmp_path / "gone.txt"
     ids.write_text("doc-1\ndoc-2\n")
     r = CliRunner().invoke(main, ["delete", str(out), "doc-0", "--ids-file", str(ids), "--no-progress"])
@@ -180,3 +189,46 @@ def test_add_and_delete_from_the_command_line(tmp_path, tiny_model_dir):
     pq.write_table(pa.table({"key": ["x"], "text": ["y"]}), bad)
     r = CliRunner().invoke(main, ["add", str(out), str(bad)])
     assert r.exit_code == 1 and "no column 'id'" in r.output and "Traceback" not in r.output
+
+
+def test_an_open_searcher_keeps_its_version_through_an_update(tmp_path, tiny_model_dir):
+    import tpsearch
+
+    a, *_ = corpora(tmp_path)
+    out = build_index(config(tmp_path, tiny_model_dir("llama"), a, lexical=True,
+                             mode="hybrid")).out
+    s = Searcher.open(out)
+    before = [h.id for h in s.search("river", k=60, mode="lexical")]
+    tpsearch.update(out, delete=before[:5])
+    assert [h.id for h in s.search("river", k=60, mode="lexical")] == before
+    assert not s.is_current()
+    after = [h.id for h in s.reopen().search("river", k=60, mode="lexical")]
+    assert after == before[5:]
+
+
+def test_kill_9_during_an_update_leaves_the_old_or_the_new_version(tmp_path, tiny_model_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = tiny_model_dir("llama")
+    texts = corpus_texts(400)
+    a = write_corpus(tmp_path / "a.parquet", 400, texts=texts)
+    out = build_index(config(tmp_path, model, a, lexical=True, mode="hybrid")).out
+    old = Searcher.open(out).version
+    b = write_corpus(tmp_path / "b.parquet", 400, texts=[t + " changed." for t in texts])
+    cmd = [sys.executable, "-m", "tpsearch.cli", "build", str(b), "--out", str(out), "--model",
+           str(model), "--device", "cpu", "--dtype", "float32", "--passage-tokens", "0",
+           "--shard-rows", "32", "--batch-size", "1", "--no-progress"]
+    for delay in (0.5, 2.0, 4.0, 6.0):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        s = Searcher.open(out)  # complete, whichever version it is
+        assert s.manifest.documents == 400 and len(s.search("river", k=3)) == 3
+    done = subprocess.run(cmd, capture_output=True, timeout=600)  # resumes and publishes
+    assert done.returncode == 0, done.stderr.decode()
+    s = Searcher.open(out)
+    assert s.version != old and s.idmap.texts[0] == texts[0] + " changed."

@@ -156,7 +156,7 @@ def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder)
 def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> LexicalInfo | None:
     """Add every shard's vectors; write the id map and the lexical index beside."""
     lexical = LexicalBuilder() if opts.lexical else None
-    cols = ["id", "passage", "start", "end", "row"] + (["text"] if opts.store_text else [])
+    cols = ["id", "passage", "start", "end", "row", "doc_sha256"] + (["text"] if opts.store_text else [])
     cols += [PREFIX + c for c in opts.metadata]
     read = cols + [c for c in ("title", "text") if lexical is not None and c not in cols]
     writer = None
