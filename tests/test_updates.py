@@ -232,3 +232,30 @@ def test_kill_9_during_an_update_leaves_the_old_or_the_new_version(tmp_path, tin
     assert done.returncode == 0, done.stderr.decode()
     s = Searcher.open(out)
     assert s.version != old and s.idmap.texts[0] == texts[0] + " changed."
+
+
+def test_an_index_without_stored_texts_keeps_none_and_still_updates_from_a_corpus(tmp_path, tiny_model_dir):
+    import pyarrow.parquet as pq
+
+    import tpsearch
+
+    model = tiny_model_dir("llama")
+    a, b, ids, texts = corpora(tmp_path)
+    cfg = config(tmp_path, model, a, lexical=True, mode="hybrid", transform="none",
+                 store_text=False)
+    out = build_index(cfg).out
+    for shard in (version_dir(out) / "store").glob("shard-*.parquet"):
+        assert "text" not in pq.read_schema(shard).names
+    cfg.corpus = str(b)
+    res = build_index(cfg)
+    assert res.encoded_documents == 4
+    full_cfg = config(tmp_path, model, b, lexical=True, mode="hybrid", transform="none",
+                      store_text=False)
+    full_cfg.out = str(tmp_path / "full")
+    full = build_index(full_cfg).out
+    s, f = Searcher.open(out), Searcher.open(full)
+    for q in ("river", "brand new"):
+        assert [h.id for h in s.search(q, k=8, mode="lexical")] == [h.id for h in f.search(q, k=8, mode="lexical")]
+    from tpsearch.errors import InputError
+    with pytest.raises(InputError, match="--no-store-text"):
+        tpsearch.update(out, delete=["doc-12"])

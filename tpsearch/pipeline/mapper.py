@@ -97,6 +97,10 @@ class ChunkEmbedder:
                 old = self.reuse.match(chunk.ids[i], None)
                 if old is None:
                     raise IndexDamaged(f"document {chunk.ids[i]!r} is not in the index's store")
+                if old.texts is None:
+                    raise InputError("this index was built with --no-store-text, so it keeps no "
+                                     "texts to rebuild from: build the changed corpus into it "
+                                     "instead of adding or deleting by id")
                 plan.append((i, title, "", old.digest, old))
                 continue
             digest = doc_hash(title, chunk.texts[i])
@@ -111,8 +115,9 @@ class ChunkEmbedder:
         for i, title, text, digest, old in plan:
             if old is not None:
                 p.reused += 1
+                bodies = old.texts or [text[a:b] for a, b in old.spans]  # same content: same spans
                 for j, (n, span, body, old_title) in enumerate(
-                        zip(old.numbers, old.spans, old.texts, old.titles)):
+                        zip(old.numbers, old.spans, bodies, old.titles)):
                     p.add(chunk, i, n, span, body, old_title, digest)
                     p.fixed.append((len(p.ids) - 1, old.vectors[j]))
                     p.truncated.append(bool(old.truncated[j]))

@@ -41,7 +41,7 @@ class Reused:
 
     numbers: list[int]
     spans: list[tuple[int, int]]
-    texts: list[str]
+    texts: list[str] | None  # None: not stored (--no-store-text)
     titles: list[str | None]
     vectors: np.ndarray
     truncated: list[bool]
@@ -64,7 +64,8 @@ class BaseStore:
             if path.stat().st_size != want.bytes or sha256_file(path) != want.sha256:
                 raise IndexDamaged(f"{version_dir}: {name} does not match the manifest")
             try:
-                tables.append(pq.read_table(path, columns=COLUMNS))
+                names = pq.read_schema(path).names
+                tables.append(pq.read_table(path, columns=[c for c in COLUMNS if c in names]))
             except (pa.ArrowException, OSError) as exc:
                 raise IndexDamaged(f"{path}: cannot be read ({str(exc)[:120]})") from None
         self.table = pa.concat_tables(tables, promote_options="permissive") if tables else None
@@ -83,7 +84,8 @@ class BaseStore:
         self._numbers = t.column("passage").to_pylist()
         self._starts = t.column("start").to_pylist()
         self._ends = t.column("end").to_pylist()
-        self._texts = t.column("text").to_pylist()
+        # None where the index was built with --no-store-text (the texts come from the corpus)
+        self._texts = t.column("text").to_pylist() if "text" in t.column_names else None
         self._titles = t.column("title").to_pylist()
         self._truncated = t.column("truncated").to_pylist()
         self._tokens = t.column("tokens").to_pylist()
@@ -108,6 +110,7 @@ class BaseStore:
         rows = entry[1]
         return Reused([self._numbers[r] for r in rows],
                       [(self._starts[r], self._ends[r]) for r in rows],
-                      [self._texts[r] for r in rows], [self._titles[r] for r in rows],
+                      [self._texts[r] for r in rows] if self._texts is not None else None,
+                      [self._titles[r] for r in rows],
                       self.vectors[rows], [self._truncated[r] for r in rows],
                       [self._tokens[r] for r in rows], entry[0])

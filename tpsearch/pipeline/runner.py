@@ -13,6 +13,8 @@ import logging
 import os
 import queue
 import shutil
+
+import pyarrow.parquet as pq
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -251,7 +253,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
         work.discard()  # bad data will not get better on a rerun: leave nothing behind
         raise
     version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
-    keep_store(work, keep_shards)
+    keep_store(work, keep_shards, config.store_text)
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens)
     update = _update_info(work, base, part) if base else None
     history = ([*base[1].history, base[1].update] if base and base[1].update else
@@ -305,12 +307,16 @@ def open_base(out: Path, config: BuildConfig, encoder: TPEncoder, rebuild: bool)
     return location, manifest, BaseStore(location.path, manifest)
 
 
-def keep_store(work: WorkDir, keep_shards: bool) -> None:
-    """The shards become the new version's store (copied where the work dir keeps them)."""
+def keep_store(work: WorkDir, keep_shards: bool, store_text: bool) -> None:
+    """The shards become the new version's store (copied where the work dir keeps them);
+    without ``store_text`` their texts are left out, as from the id map."""
     store = work.final / STORE_DIR
     store.mkdir()
     for shard in work.complete_shards():
-        if keep_shards:
+        if not store_text:
+            table = pq.read_table(shard)
+            pq.write_table(table.drop_columns(["text"]), store / shard.name)
+        elif keep_shards:
             shutil.copy2(shard, store / shard.name)
         else:
             os.replace(shard, store / shard.name)
