@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,15 +25,10 @@ class Overloaded(Exception):
 
 @dataclass
 class BatchStats:
-    """What the batcher did, for the metrics endpoint."""
+    """What the batcher did: forward passes and texts encoded (sizes go to ``on_batch``)."""
 
     batches: int = 0
     texts: int = 0
-    sizes: list[int] = field(default_factory=list)  # texts per forward pass, since last read
-
-    def take_sizes(self) -> list[int]:
-        out, self.sizes = self.sizes, []
-        return out
 
 
 @dataclass
@@ -138,7 +133,6 @@ class MicroBatcher:
             self._queued_texts -= size
             self.stats.batches += 1
             self.stats.texts += size
-            self.stats.sizes.append(size)
             if self.on_batch is not None:
                 self.on_batch(size, time.perf_counter() - started)
             row = 0
