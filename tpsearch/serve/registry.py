@@ -69,6 +69,7 @@ class Registry:
         self.on_batch = on_batch
         self._served: dict[str, Served] = {}
         self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task] = set()
         self.ready = False
 
     def _batcher(self, name: str, searcher: Searcher) -> MicroBatcher:
@@ -130,7 +131,9 @@ class Registry:
             new = Served(name, new_searcher, self._batcher(name, new_searcher))
             self._served[name] = new
             log.info("%s: now serving version %s (was %s)", name, new.version, old.version)
-        asyncio.get_running_loop().create_task(old.batcher.stop())  # drains in-flight work
+        task = asyncio.get_running_loop().create_task(old.batcher.stop())  # drains in-flight work
+        self._draining.add(task)  # a reference until it is done (asyncio keeps only weak ones)
+        task.add_done_callback(self._draining.discard)
         return True, False, f"{name}: now serving version {new.version} (was {old.version})"
 
     async def watch(self) -> None:
