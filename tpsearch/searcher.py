@@ -59,8 +59,8 @@ class Hit:
                 "start": self.start, "end": self.end, "text": self.text}
 
 
-def check_encoder(manifest: Manifest, encoder: TPEncoder) -> None:
-    """Refuse an encoder whose settings or weights differ from the index's."""
+def encoder_mismatches(manifest: Manifest, encoder: TPEncoder) -> list[str]:
+    """How an encoder's settings, dimension or weights differ from the index's (empty: none)."""
     diffs = [f"index vs encoder {d}" for d in manifest.encoder.differences(encoder.settings)]
     if encoder.dim != manifest.dim:
         diffs.append(f"dim: index {manifest.dim}, encoder {encoder.dim}")
@@ -68,6 +68,12 @@ def check_encoder(manifest: Manifest, encoder: TPEncoder) -> None:
     actual = encoder.source.weights_sha256 if encoder.source else None
     if recorded and actual and recorded != actual:
         diffs.append(f"weights sha256: index {recorded[:12]}..., encoder {actual[:12]}...")
+    return diffs
+
+
+def check_encoder(manifest: Manifest, encoder: TPEncoder) -> None:
+    """Refuse an encoder whose settings or weights differ from the index's."""
+    diffs = encoder_mismatches(manifest, encoder)
     if diffs:
         raise ConfigMismatch("the encoder does not match the index: " + "; ".join(diffs))
 

@@ -68,6 +68,9 @@ class Assembled:
     tokens: int
     transform_source: str = "fitted"  # or "kept" (an incremental build)
     drift: float | None = None
+    reused: int = 0  # documents taken from the base version (incremental builds)
+    changed: int = 0
+    added: int = 0
 
 
 def sample_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -246,4 +249,7 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
                      documents=sum(m["documents"] for m in metas), vectors=n,
                      skipped=sum(m["skipped"] for m in metas),
                      truncated=sum(m["truncated"] for m in metas),
+                     reused=sum(m.get("reused", 0) for m in metas),
+                     changed=sum(m.get("changed", 0) for m in metas),
+                     added=sum(m.get("added", 0) for m in metas),
                      tokens=sum(m["tokens"] for m in metas))

@@ -248,18 +248,21 @@ class CorpusReader:
                         pending_keep if spec.keep_column else None)
 
 
+def hash_values(h, values) -> None:
+    """Feed ``values`` to the hash ``h`` unambiguously: each length-prefixed, a null told
+    apart from an empty string (the one encoding of window and document digests)."""
+    for value in values:
+        data = b"\x00" if value is None else b"\x01" + str(value).encode("utf8", errors="surrogatepass")
+        h.update(len(data).to_bytes(8, "little") + data)
+
+
 def window_digest(chunk: Chunk) -> str:
-    """SHA-256 of a window's content (ids, texts, titles; nulls told apart from empty
-    strings): what a shard was made from, checked again before a resumed build reuses it."""
+    """SHA-256 of a window's content (ids, texts, titles): what a shard was made from,
+    checked again before a resumed build reuses it."""
     h = hashlib.sha256()
     for column in (chunk.ids, chunk.texts, chunk.titles or []):
         h.update(b"|column|")
-        for value in column:
-            if value is None:
-                h.update(b"\x00")
-            else:
-                data = str(value).encode("utf8", errors="surrogatepass")
-                h.update(b"\x01" + len(data).to_bytes(8, "little") + data)
+        hash_values(h, column)
     return h.hexdigest()
 
 

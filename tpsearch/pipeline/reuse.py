@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from ..digest import sha256_file
 from ..errors import IndexDamaged
 from ..manifest import Manifest, inside
+from .reader import hash_values
 
 STORE_DIR = "store"
 COLUMNS = ["id", "passage", "start", "end", "text", "title", "vector", "doc_sha256",
@@ -29,9 +30,7 @@ COLUMNS = ["id", "passage", "start", "end", "text", "title", "vector", "doc_sha2
 def doc_hash(title: str | None, text: str | None) -> str:
     """SHA-256 of a document's content as the index embeds it (title and text)."""
     h = hashlib.sha256()
-    for part in (title, text):
-        data = b"\x00" if part is None else b"\x01" + part.encode("utf8", errors="surrogatepass")
-        h.update(len(data).to_bytes(8, "little") + data)
+    hash_values(h, (title, text))
     return h.hexdigest()
 
 

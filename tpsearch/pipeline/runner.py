@@ -30,6 +30,7 @@ from ..index import choose_index
 from ..layout import is_index_dir, new_version_name, read_pointer, restore_legacy_aside
 from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, file_digests,
                         open_manifest, write_manifest)
+from ..searcher import encoder_mismatches
 from .assembler import Assembled, AssemblyOptions, assemble
 from .distributor import Distributor
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
@@ -37,7 +38,7 @@ from .reader import CorpusReader, CorpusSpec, window_digest
 from .reuse import STORE_DIR, BaseStore
 from .validate import validate_build
 from .workdir import BuildLock, WorkDir, shard_start
-from .writer import shard_meta, write_shard
+from .writer import write_shard
 
 log = logging.getLogger("tpsearch")
 #: Errors of the disk, not of the data: reported in one line, the shards kept for a resume.
@@ -255,7 +256,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
     keep_store(work, keep_shards, config.store_text)
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens)
-    update = _update_info(work, base, part) if base else None
+    update = _update_info(base, part) if base else None
     history = ([*base[1].history, base[1].update] if base and base[1].update else
                list(base[1].history) if base else [])
     manifest = replace(manifest, files=file_digests(work.final, manifest.named_files() + [STORE_DIR]),
@@ -288,10 +289,7 @@ def open_base(out: Path, config: BuildConfig, encoder: TPEncoder, rebuild: bool)
     if rebuild or not is_index_dir(out):
         return None
     location, manifest = open_manifest(out)
-    diffs = [f"encoder {x}" for x in manifest.encoder.differences(encoder.settings)]
-    src = encoder.source
-    if src and manifest.model.weights_sha256 != src.weights_sha256:
-        diffs.append("model weights")
+    diffs = encoder_mismatches(manifest, encoder)
     if manifest.passages != config.passage_settings():
         diffs.append(f"passages {manifest.passages} vs {config.passage_settings()}")
     c = manifest.corpus
@@ -322,13 +320,9 @@ def keep_store(work: WorkDir, keep_shards: bool, store_text: bool) -> None:
             os.replace(shard, store / shard.name)
 
 
-def _update_info(work: WorkDir, base, part: Assembled) -> UpdateInfo:
-    metas = [shard_meta(p) for p in (work.final / STORE_DIR).glob("shard-*.parquet")]
-    reused = sum(m.get("reused", 0) for m in metas)
-    changed = sum(m.get("changed", 0) for m in metas)
-    added = sum(m.get("added", 0) for m in metas)
-    return UpdateInfo(base=base[0].version, added=added, changed=changed, kept=reused,
-                      removed=base[2].documents - reused - changed,
+def _update_info(base, part: Assembled) -> UpdateInfo:
+    return UpdateInfo(base=base[0].version, added=part.added, changed=part.changed,
+                      kept=part.reused, removed=base[2].documents - part.reused - part.changed,
                       transform=part.transform_source, drift=part.drift)
 
 
