@@ -14,7 +14,9 @@ from helpers import version_dir, corpus_texts, write_corpus
 from tpsearch import Searcher
 from tpsearch.cli import main
 from tpsearch.config import BuildConfig, ModelConfig
+from tpsearch.embedfilter import kept_basis, parse_filter
 from tpsearch.errors import ConfigMismatch, InputError
+from tpsearch.fusion import fuse
 from tpsearch.passages import PassageSettings, split_passages
 from tpsearch.pipeline import build_index
 
@@ -275,3 +277,76 @@ def test_passage_lexical_rows_fill_k_documents(tmp_path, tiny_model_dir):
     assert res.manifest.vectors >= 16
     hits = Searcher.open(res.out).search("river", k=5, mode="lexical")
     assert len(hits) == 5 and len({h.id for h in hits}) == 5
+
+
+# ---------------------------------------------------------------------------- EmbedFilter
+def test_kept_basis_is_the_svd_edge_spectrum_complement():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((300, 24)) * np.linspace(3, 0.1, 24)  # distinct singular values
+    basis = kept_basis(w, 3, 2)
+    assert basis.shape == (24, 19)
+    _, _, vt = np.linalg.svd(w, full_matrices=False)
+    drop = np.concatenate([vt[:3], vt[-2:]])
+    np.testing.assert_allclose(basis @ basis.T, np.eye(24) - drop.T @ drop, atol=1e-5)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(19), atol=1e-5)
+    with pytest.raises(InputError):
+        kept_basis(w, 20, 4)
+    assert parse_filter("16:16") == (16, 16) and parse_filter("none") is None
+    for bad in ("16", "a:b", "-1:2", "0:0x"):
+        with pytest.raises(InputError):
+            parse_filter(bad)
+
+
+def test_embed_filter_in_the_index_equals_the_hand_computation(tmp_path, tiny_model_dir):
+    """Index vectors = l2(B^T (x - mu)), B the kept singular directions of the model's tied
+    unembedding; queries go through the same chain; the dimension shrinks by top + bottom."""
+    texts = long_docs(20)
+    corpus = write_corpus(tmp_path / "c.parquet", 20, texts=texts)
+    res = build_index(_config(tmp_path, tiny_model_dir("gpt2"), corpus, embed_filter="4:3"))
+    m = res.manifest
+    assert m.transform.embed_filter == [4, 3] and m.transform.out_dim == m.dim - 7
+    s = Searcher.open(res.out)
+    t = pq.read_table(version_dir(res.out) / "ids.parquet").to_pydict()
+    docs = s.encoder.encode(t["text"])
+    raw = faiss.read_index(str(version_dir(res.out) / "index.faiss"))  # owns the chain
+    mu_d = faiss.vector_to_array(faiss.downcast_VectorTransform(
+        faiss.downcast_index(raw).chain.at(0)).mean)
+    enc = s.encoder
+    w = enc.model.get_input_embeddings().weight.detach().numpy()[: enc.model.config.vocab_size]
+    w = np.delete(w, enc.placeholder_id, axis=0) if enc.placeholder_id < len(w) else w
+    b = kept_basis(w, 4, 3)
+
+    def l2(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    q = s.query_encoder.encode(["a man is playing"])[0]
+    mu_q = mu_d - s.query_shift
+    want = np.sort(l2((docs - mu_d) @ b) @ l2((q - mu_q) @ b))[::-1][:5]
+    got = [h.score for h in s.search("a man is playing", k=5, mode="dense", passages=True)]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    unfiltered = np.sort(l2(docs - mu_d) @ l2(q - mu_q))[::-1][:5]
+    assert not np.allclose(got, unfiltered, atol=1e-4)
+
+
+def test_embed_filter_is_skipped_and_said_without_an_output_head(tmp_path, tiny_model_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 20, texts=long_docs(20))
+    res = build_index(_config(tmp_path, tiny_model_dir("llama"), corpus, embed_filter="4:4"))
+    t = res.manifest.transform
+    assert t.embed_filter is None and t.out_dim == res.manifest.dim
+    assert "embed filter skipped" in t.note
+
+
+def test_zscore_fusion_by_hand():
+    dense = [(0, 0, 0.9), (1, 1, 0.5), (2, 2, 0.4)]
+    lexical = [(2, 2, 12.0), (3, 3, 3.0)]
+    got = {d: s for d, _, s in fuse(dense, lexical, "zscore", 0.6)}
+    zd = (np.array([0.9, 0.5, 0.4]) - 0.6) / np.std([0.9, 0.5, 0.4])
+    lex = np.array([12.0, 3.0, 0.0])  # padded with a zero to the dense list's length
+    zl = (lex - lex.mean()) / lex.std()
+    want = {0: 0.4 * zd[0] + 0.6 * zl[2], 1: 0.4 * zd[1] + 0.6 * zl[2],
+            2: 0.4 * zd[2] + 0.6 * zl[0], 3: 0.4 * zd.min() + 0.6 * zl[1]}
+    assert got == pytest.approx(want)
+    assert [d for d, _, _ in fuse(dense, lexical, "zscore", 0.6)] == sorted(want, key=lambda d: -want[d])
+    # one lexical match among many dense candidates stands out (not its list's mean)
+    many = [(i, i, 1.0 - 0.01 * i) for i in range(30)]
+    assert fuse(many, [(17, 17, 2.0)], "zscore", 0.6)[0][0] == 17

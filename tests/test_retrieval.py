@@ -130,24 +130,32 @@ def test_eval_retrieval_cli(tiny_model_dir):
 
 COMPARED_LABELS = ["whole document, dense", "whole document, lexical",
                    "whole document + transform, dense", "passages, dense",
-                   "passages + transform, dense", "passages + transform, lexical",
-                   "passages + transform, hybrid"]
+                   "passages + centering (0.3 defaults), dense",
+                   "passages + centering (0.3 defaults), lexical",
+                   "passages + centering (0.3 defaults), hybrid",
+                   "+ EmbedFilter, dense", "+ question prompt for queries, dense",
+                   "defaults (both, z-score fusion), dense", "defaults (both, z-score fusion), hybrid"]
+RERANKED = "defaults + decoder rerank, hybrid + rerank 10"
 
 
 def test_compare_equals_separate_runs(tiny_model_dir):
-    model_dir = tiny_model_dir("qwen2")
+    model_dir = tiny_model_dir("gpt2")  # tied embeddings: it can rerank
     base = BuildConfig(model=ModelConfig(model=str(model_dir), device="cpu", dtype="float32"),
-                       passage_tokens=32,
-                       passage_overlap=8, title_column="title", store_text=False, index="flat")
+                       passage_tokens=32, passage_overlap=8, title_column="title",
+                       store_text=False, index="flat", embed_filter="4:4")
     runs = compare_retrieval(BEIR, base)
-    assert [r["label"] for r in runs] == COMPARED_LABELS
+    assert [r["label"] for r in runs] == COMPARED_LABELS + [RERANKED]
     assert [r["settings"]["transform"] for r in runs] == [
-        "none", "none", "center", "none", "center", "center", "center"]
+        "none", "none", "center", "none"] + ["center"] * 8
+    assert [r["settings"]["embed_filter"] for r in runs] == [None] * 7 + [[4, 4]] + [None] + [[4, 4]] * 3
+    assert [r["settings"]["fusion"]["method"] for r in runs if r["mode"] != "dense" and
+            r["mode"] != "lexical"] == ["minmax", "zscore", "zscore"]
     assert runs[0]["passages"] == 25 and runs[3]["passages"] > 25
     alone = {
         "whole document, dense": evaluate_retrieval(
             BEIR, replace(base, passage_tokens=0, transform="none"), modes=["dense"]),
-        "passages + transform, hybrid": evaluate_retrieval(BEIR, base),  # the default mode
+        "defaults (both, z-score fusion), hybrid": evaluate_retrieval(BEIR, base),  # the default
+        RERANKED: evaluate_retrieval(BEIR, base, rerank=10),
     }
     for r in runs:
         if r["label"] in alone:
@@ -161,8 +169,8 @@ def test_eval_retrieval_compare_cli(tiny_model_dir):
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()  # the progress bars go to stderr
     assert "9 queries, 25 documents" in lines[0] and "nDCG@10" in lines[1]
-    assert [x.split("  ")[0] for x in lines[2:]] == COMPARED_LABELS
+    assert [x.split("  ")[0] for x in lines[2:]] == COMPARED_LABELS  # no head: no rerank row
     r = CliRunner().invoke(main, args + ["--json"])
-    assert len(json.loads(r.stdout)["runs"]) == 7
+    assert len(json.loads(r.stdout)["runs"]) == 11
     r = CliRunner().invoke(main, args + ["--search-mode", "dense"])
     assert r.exit_code == 2 and "drop --index-dir and --search-mode" in r.output

@@ -98,7 +98,7 @@ def model_options(fn):
 
 
 #: Passages, transform, lexical index and search mode: shared by build and eval retrieval.
-RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_dim",
+RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_dim", "embed_filter",
                   "query_examples", "lexical", "lexical_unit", "mode", "fusion", "lexical_weight")
 retrieval_options = _options(BuildConfig, RETRIEVAL_KEYS)
 #: The rest of the build's own options.
@@ -284,10 +284,14 @@ def _report_update(res) -> None:
 @click.option("--model", "model", default=None,
               help="Where the index's model is now, if it moved (its weights are still checked "
               "against the hash the index recorded).")
+@click.option("--rerank", type=int, default=0, metavar="N",
+              help="Re-score the best N documents with the index's own decoder (query "
+              "likelihood given each one's passage, mixed with the first stage's score). "
+              "Slower: one decoder pass per passage; see the README for the gain. Default: off.")
 @click.option("--width", type=int, default=100, show_default=True, help="Characters of text shown per hit.")
 @_fail_cleanly
 def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passages, filter_,
-           trust_remote_code, model, width):
+           trust_remote_code, model, rerank, width):
     """Search INDEX_DIR for QUERY; without QUERY, answer one query per line of standard input.
 
     Hits are documents, each scored by its best passage, shown with that passage (-k counts
@@ -309,7 +313,7 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passag
         lines = (raw.decode("utf8", errors="replace") for raw in sys.stdin.buffer)
         queries = [q.strip() for q in lines if q.strip()]
     results = searcher.search_batch(queries, k=k, mode=mode, passages=passages, filter=filter_,
-                                    **params)
+                                    rerank=rerank, **params)
     for q, hits in zip(queries, results):
         if as_json:
             click.echo(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
@@ -526,9 +530,12 @@ def eval():  # noqa: A001 - the command is called "eval"
               show_default=True, help="The transform --fit-transform fits.")
 @click.option("--transform-dim", type=int, default=256, show_default=True,
               help="Output dimensions of 'whiten'.")
+@click.option("--embed-filter", default="none", show_default=True, metavar="TOP:BOTTOM",
+              help="Also project out the unembedding's edge directions (EmbedFilter) in the "
+              "transform --fit-transform fits.")
 @model_options
 @_fail_cleanly
-def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, **model_kw):
+def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed_filter, **model_kw):
     """Spearman x 100 of cosine similarity on STS tasks, as in the paper's tables.
 
     \b
@@ -554,7 +561,11 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, **mod
     if fit_file:
         from .eval.sts import evaluate_fitted
 
-        fitted = evaluate_fitted(embed, data_dir, chosen, fit_file, transform, transform_dim)
+        from .embedfilter import parse_filter, unembedding_of
+
+        ef = parse_filter(embed_filter)
+        fitted = evaluate_fitted(embed, data_dir, chosen, fit_file, transform, transform_dim, ef,
+                                 unembedding_of(enc.model, enc.placeholder_id) if ef else None)
     settings = enc.settings.to_dict()
     settings["weights_sha256"] = enc.source.weights_sha256 if enc.source else None
     if as_json:
@@ -584,13 +595,17 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, **mod
               help="Keep the built index here (default: a temporary directory).")
 @click.option("--search-mode", "search_modes", default=None,
               help="Comma-separated modes to score on the one index (default: its default mode).")
-@click.option("--compare", is_flag=True, help="Dense whole-document and dense passages, each with and "
-              "without the fitted transform, lexical and hybrid: side by side, one loaded model.")
+@click.option("--compare", is_flag=True, help="tpsearch 0.1's whole documents, 0.3's passages, "
+              "transform, lexical and hybrid, each method added since on its own, the defaults "
+              "and the defaults reranked: side by side, one loaded model.")
+@click.option("--rerank", type=int, default=None, metavar="N",
+              help="Rerank the best N documents with the decoder (with --compare: the reranked "
+              "row's depth, 0 leaves it out; default there: 10).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @retrieval_options
 @model_options
 @_fail_cleanly
-def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, as_json, **kw):
+def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, rerank, as_json, **kw):
     """nDCG@10, MRR@10 and Recall@1/10/100 on a BEIR-format data set, built with the real
     pipeline and searched with the real Searcher.
 
@@ -609,11 +624,12 @@ def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, as_
         if index_dir or search_modes:
             raise click.UsageError("--compare builds its own temporary indexes and modes: "
                                    "drop --index-dir and --search-mode")
-        runs = compare_retrieval(data_dir, build, split=split, show_progress=not as_json)
+        runs = compare_retrieval(data_dir, build, split=split, show_progress=not as_json,
+                                 rerank=rerank)
     else:
         modes = [m.strip() for m in search_modes.split(",")] if search_modes else None
         res = evaluate_retrieval(data_dir, build, split=split, index_dir=index_dir,
-                                 show_progress=not as_json, modes=modes)
+                                 show_progress=not as_json, modes=modes, rerank=rerank or 0)
         runs = res["runs"] if "runs" in res else [res]
         if len(runs) > 1:
             for r in runs:
@@ -630,10 +646,11 @@ def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, as_
     keys = ["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"]
     width = max([len(r.get("label", "")) for r in runs] + [0])
     pad = f"{'':<{width}}  " if width else ""
-    click.echo(pad + "  ".join(f"{n:>8s}" for n in names))
+    click.echo(pad + "  ".join(f"{n:>8s}" for n in names + ["ms/query"]))
     for r in runs:
         label = f"{r['label']:<{width}}  " if width else ""
-        click.echo(label + "  ".join(f"{r['metrics'][k] * 100:8.2f}" for k in keys))
+        click.echo(label + "  ".join([f"{r['metrics'][k] * 100:8.2f}" for k in keys]
+                                     + [f"{r['ms_per_query']:8.1f}"]))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,9 @@ from .fusion import DEFAULT_FUSION, DEFAULT_LEXICAL_WEIGHT, FUSIONS, MODES, Fusi
 from .passages import DEFAULT_PASSAGE_SETTINGS, PASSAGE_OVERLAP_SHARE, PassageSettings
 from .settings import AUTO, EncoderOptions, option, parse_tp_layers
 from .typed import short
-from .transform import DEFAULT_TRANSFORM_SETTINGS, KINDS as TRANSFORM_KINDS, TransformSettings
+from .embedfilter import parse_filter
+from .transform import (DEFAULT_EMBED_FILTER, DEFAULT_TRANSFORM_SETTINGS, KINDS as TRANSFORM_KINDS,
+                        TransformSettings)
 
 
 @dataclass
@@ -28,8 +30,10 @@ class ModelConfig(EncoderOptions):
     """The encoder's options (:class:`~tpsearch.settings.EncoderOptions`) plus how a build feeds
     it; the same settings encode queries at search time."""
 
-    query_prompt: str | None = option(None, "A different prompt for queries (method or "
-                                      "template); default: the same as documents.")
+    query_prompt: str | None = option(None, "The prompt queries get (method or template; "
+                                      "'same': the documents' prompt). Default: the model's "
+                                      "preset (question for the bundled models); an update "
+                                      "of an index keeps the index's.")
     batch_size: int = option(32, "Texts per forward pass. Default: {default}.", type=int)
     max_batch_tokens: int | None = option(
         None, "Also cap each forward pass at this many computed tokens (rows x longest row): "
@@ -80,6 +84,11 @@ class BuildConfig:
                             "the index. Default: {default}.", choices=TRANSFORM_KINDS)
     transform_dim: int = option(DEFAULT_TRANSFORM_DIM, "Output dimensions of 'whiten'. "
                                 "Default: {default}.", type=int)
+    embed_filter: str | None = option(
+        DEFAULT_EMBED_FILTER, "EmbedFilter (arXiv 2606.07502): project out the TOP:BOTTOM "
+        "directions of the largest and smallest singular values of the model's unembedding "
+        "matrix (frequent-token directions), inside the index after centering; 'none' to keep "
+        "them. Default: {default}.", metavar="TOP:BOTTOM")
     query_examples: str | None = option(
         None, "Text file, one example query a line: their mean centres queries. Default: the "
         "first sentences of the corpus' documents.", path=True)
@@ -118,7 +127,8 @@ class BuildConfig:
         return PassageSettings(self.passage_tokens, overlap)
 
     def transform_settings(self) -> TransformSettings:
-        return TransformSettings(self.transform, self.transform_dim, self.query_examples)
+        return TransformSettings(self.transform, self.transform_dim, self.query_examples,
+                                 parse_filter(self.embed_filter))
 
     def default_mode(self) -> str:
         return self.mode if self.lexical else "dense"

@@ -118,6 +118,8 @@ class TPEncoder:
         self.padding_side = "left"
         self._runner = None
         self.batching = "sorted"
+        #: The model's preset (what unset options were taken from), where it was looked up.
+        self.preset = find_preset(model_name)
 
     @property
     def batching(self) -> str:
@@ -205,6 +207,7 @@ class TPEncoder:
             pooling=o.pooling,
             quantize=o.quantize,
         )
+        encoder.preset = preset
         encoder.batching = resolve_batching(o.batching, dev)
         if resolve_compile(o.compile_layers, dev, bool(o.quantize), encoder.dtype, documents):
             encoder.compile_layers()

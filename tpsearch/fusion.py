@@ -9,11 +9,11 @@ import numpy as np
 
 #: Search modes: vectors only, BM25 only, or the two fused.
 MODES = ("dense", "lexical", "hybrid")
-FUSIONS = ("rrf", "minmax")
+FUSIONS = ("rrf", "minmax", "zscore")
 RRF_K = 60
 #: Hybrid defaults, chosen on the dev sets (README, "Retrieval on documents").
-DEFAULT_FUSION = "minmax"
-DEFAULT_LEXICAL_WEIGHT = 0.7
+DEFAULT_FUSION = "zscore"
+DEFAULT_LEXICAL_WEIGHT = 0.6
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,10 @@ class FusionSettings:
 
     method: str = field(default=DEFAULT_FUSION, metadata={"choices": FUSIONS})
     lexical_weight: float = field(default=DEFAULT_LEXICAL_WEIGHT, metadata={"min": 0.0, "max": 1.0})
+
+
+#: What tpsearch 0.2 and 0.3 fused with: an index that records no fusion gets this.
+LEGACY_FUSION = FusionSettings("minmax", 0.7)
 
 
 def best_per_document(scores: np.ndarray, rows: np.ndarray, doc_of_row: np.ndarray,
@@ -45,6 +49,11 @@ def fuse(dense: Sequence[tuple[int, int, float]], lexical: Sequence[tuple[int, i
     """One ranking of documents from two: ``weight`` is the lexical side's share.
 
     ``minmax``: each list's scores scaled to [0, 1] over its own top, then mixed;
+    ``zscore``: each list's scores standardised over its own top (mean 0, deviation 1), then
+    mixed: unlike min-max, one outlying top score does not squash the rest of its list. A
+    lexical list shorter than the dense one is padded with zeros first (the BM25 score of the
+    documents without a query word), so that one matching document stands out rather than
+    being its list's mean; a document missing from a list gets that list's lowest value;
     ``rrf``: reciprocal rank fusion, weighted. A document's passage is the dense side's where
     it has one (the passage a reader should see), else the lexical side's.
     """
@@ -52,16 +61,30 @@ def fuse(dense: Sequence[tuple[int, int, float]], lexical: Sequence[tuple[int, i
         raise ValueError(f"unknown fusion {method!r}; use {' or '.join(FUSIONS)}")
     fused: dict[int, float] = {}
     passage: dict[int, int] = {}
+    floors = []  # (documents of a list, what a document missing from it gets)
     for ranking, w in ((lexical, weight), (dense, 1.0 - weight)):
         if not ranking:
             continue
         hi, lo = ranking[0][2], ranking[-1][2]
+        if method == "zscore":
+            values = np.array([s for _, _, s in ranking], dtype=np.float64)
+            if ranking is lexical and len(lexical) < len(dense):
+                values = np.concatenate([values, np.zeros(len(dense) - len(lexical))])
+            mean, std = float(values.mean()), float(values.std())
+            floors.append(({d for d, _, _ in ranking},
+                           float(w * ((values.min() - mean) / std if std > 0 else 0.0))))
         for rank, (d, r, s) in enumerate(ranking):
             if method == "rrf":
                 part = 1.0 / (RRF_K + rank + 1)
+            elif method == "zscore":
+                part = (s - mean) / std if std > 0 else 0.0
             else:
                 part = (s - lo) / (hi - lo) if hi > lo else 1.0
             fused[d] = fused.get(d, 0.0) + w * part
             passage[d] = r  # dense last, so the dense passage wins
+    for members, floor in floors:  # z-scores: missing from a list = its lowest score there
+        for d in fused:
+            if d not in members:
+                fused[d] += floor
     order = sorted(fused, key=lambda d: -fused[d])
     return [(d, passage[d], fused[d]) for d in order]

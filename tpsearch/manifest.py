@@ -18,7 +18,7 @@ from typing import Any
 
 from .digest import sha256_file
 from .errors import ConfigMismatch, IndexDamaged, InputError
-from .fusion import MODES, FusionSettings
+from .fusion import LEGACY_FUSION, MODES, FusionSettings
 from .index import check_search_params
 from .layout import MANIFEST, IndexLocation, locate
 from .metadata import KINDS as METADATA_KINDS
@@ -72,6 +72,10 @@ class TransformInfo:
     query_samples: int = 0
     query_shift_file: str | None = None  # float32 vector added to query vectors before search
     note: str | None = None
+    # EmbedFilter's (top, bottom) directions of the unembedding dropped after centering; the
+    # index's dimension is then the model's minus top + bottom. None: no filter (0.3 indexes).
+    embed_filter: list[int] | None = None
+    out_dim: int | None = field(default=None, metadata={"min": 1, "max": 65536})
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,8 @@ class Manifest:
     lexical: LexicalInfo | None = None  # None: no lexical index
     metadata: dict[str, str] = field(default_factory=dict)  # column -> kind (id map: meta.NAME)
     default_mode: str = field(default="dense", metadata={"choices": MODES})
-    fusion: FusionSettings = field(default_factory=FusionSettings)
+    # Absent from a manifest: the fusion tpsearch 0.2/0.3 used (not today's default).
+    fusion: FusionSettings = field(default_factory=lambda: LEGACY_FUSION)
     query_prompt: str | None = None
     query_templates: tuple[str, ...] | None = None
     skipped_rows: int = 0

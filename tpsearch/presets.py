@@ -19,6 +19,8 @@ class Preset:
     output_layer: int
     source: str
     placeholder_init: str = "randn"
+    #: The prompt queries get in a retrieval index (None: the documents' prompt).
+    query_prompt: str | None = None
 
 
 # Matched against the lower-cased model spec (path, hub id or bundled name), first match wins.
@@ -28,7 +30,8 @@ PRESETS: list[tuple[tuple[str, ...], Preset]] = [
     (("qwen2-7b",), Preset("pcot", (1, 6), -2, "paper: official config.yaml")),
     (("gemma-2-9b", "gemma2-9b"), Preset("pcot", (1, 6), -2, "paper: official config.yaml")),
     (("gemma-3-270m", "gemma3-270m"),
-     Preset("prompteol", (1, 5), -1, "STS-B dev sweep (docs/default-model-sweep.md)", "mean")),
+     Preset("prompteol", (1, 5), -1, "STS-B dev sweep (docs/default-model-sweep.md); query "
+            "prompt: scifact-dev + pydoc-dev probe (README)", "mean", query_prompt="question")),
     (("smollm2-135m",), Preset("prompteol", (1, 3), -2, "STS-B dev probe")),
     (("qwen2.5-coder-0.5b",), Preset("prompteol", (1, 7), -2, "STS-B dev probe")),
 ]

@@ -18,6 +18,8 @@ _EOL_TAIL = f'this sentence : {PLACEHOLDER} "{SENTENCE_SLOT}"'
 
 BUILTIN_PROMPTS: dict[str, tuple[str, ...]] = {
     "prompteol": (f'This sentence : {PLACEHOLDER} "{SENTENCE_SLOT}" means in one word:"',),
+    # A query-side PromptEOL for asymmetric retrieval (documents keep their own prompt).
+    "question": (f'This question : {PLACEHOLDER} "{SENTENCE_SLOT}" is answered in one word:"',),
     "pcot": (f'After thinking step by step , {_EOL_TAIL} means in one word:"',),
     "ke": (
         "The essence of a sentence is often captured by its main subjects and actions, while "

@@ -33,6 +33,7 @@ from .index import check_search_params, search as faiss_search
 from .layout import IndexLocation, locate
 from .loading import resolve_source
 from .manifest import Manifest, inside, open_manifest, verify_files
+from .rerank import MAX_DEPTH, QueryLikelihoodScorer, RerankSettings, rerank_order
 from .settings import EncoderOptions
 
 #: Documents each side contributes before fusion (hybrid), at least.
@@ -163,6 +164,9 @@ class Searcher:
         self._model_override = model
         self._encoder = encoder
         self._query_encoder: TPEncoder | None = None
+        self._reranker: QueryLikelihoodScorer | None = None
+        #: How ``rerank=N`` re-scores (template, the reranker's share); see :mod:`tpsearch.rerank`.
+        self.rerank_settings = RerankSettings()
         self._lock = threading.Lock()
         self.default_params = dict(manifest.index.search_params)
         self.documents = int(idmap.doc_of_row.max()) + 1 if len(idmap.ids) else 0
@@ -329,15 +333,16 @@ class Searcher:
         return faiss_search(self.index, x, k, {**self.default_params, **params}, allowed_rows)
 
     def search(self, query: str, k: int = 10, mode: str | None = None, passages: bool = False,
-               filter: dict | str | None = None, **params) -> list[Hit]:
+               filter: dict | str | None = None, rerank: int = 0, **params) -> list[Hit]:
         """The ``k`` best documents for one query (``passages=True``: the ``k`` best passages).
         ``mode``: dense, lexical or hybrid (default: the index's); ``filter``: a metadata
-        filter (see :mod:`tpsearch.filters`); ``params``: nprobe/efSearch."""
+        filter (see :mod:`tpsearch.filters`); ``rerank``: re-score the best ``rerank``
+        documents with the decoder (see :meth:`search_batch`); ``params``: nprobe/efSearch."""
         if not isinstance(query, (str, bytes)):
             raise InputError(f"search takes one query string, got {type(query).__name__}; "
                              "use search_batch for a list")
         return self.search_batch([query], k=k, mode=mode, passages=passages, filter=filter,
-                                 **params)[0]
+                                 rerank=rerank, **params)[0]
 
     def allowed_documents(self, filter: dict | str) -> np.ndarray:
         """The documents (by ordinal) a metadata filter allows, as a boolean mask; the filter
@@ -371,14 +376,19 @@ class Searcher:
     def search_batch(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
                      passages: bool = False, batch_size: int = 32,
                      query_vectors: np.ndarray | None = None, filter: dict | str | None = None,
-                     **params) -> list[list[Hit]]:
+                     rerank: int = 0, **params) -> list[list[Hit]]:
         """One hit list per query; queries are encoded in batches and searched in one FAISS
         call. ``query_vectors``: the queries' vectors from :meth:`encode_queries`, already
         computed (dense and hybrid modes then skip encoding). ``filter``: only documents whose
         metadata match it are searched (pre-filtering: dense and hybrid return ``k`` hits
-        whenever ``k`` documents match; lexical returns those of them with a query word)."""
+        whenever ``k`` documents match; lexical returns those of them with a query word).
+        ``rerank``: the best ``rerank`` documents (or passages) of the ranking are re-scored by
+        the index's decoder (query likelihood given each one's passage, mixed with the first
+        stage's score: :mod:`tpsearch.rerank`); hits past them keep the first stage's order.
+        Opt-in: it costs one decoder pass over each re-scored passage."""
         queries = query_list(queries, "queries")
         mode = self.check_request(mode, k, params)
+        rerank = self.check_rerank(rerank)
         allowed = self.allowed_documents(filter) if filter is not None else None
         if query_vectors is not None and np.shape(query_vectors) != (len(queries), self.manifest.dim):
             raise InputError(f"query_vectors must have shape ({len(queries)}, "
@@ -387,7 +397,8 @@ class Searcher:
             return []
         queries = [clean_text(q) for q in queries]
         limit = len(self.idmap.ids) if passages else self.documents
-        k = min(k, limit)
+        want = k
+        k = min(max(k, rerank), limit)
         if allowed is not None and not allowed.any():
             return [[] for _ in queries]
         dense = None
@@ -406,9 +417,49 @@ class Searcher:
                                             passages, allowed)
                 ranked = lex if mode == "lexical" else fuse(
                     dense[i], lex, fusion.method, fusion.lexical_weight)
+            if rerank:
+                ranked = self.reranked(q, ranked, rerank)
             out.append([self.idmap.hit(r, s, rank)
-                        for rank, (_, r, s) in enumerate(ranked[:k], start=1)])
+                        for rank, (_, r, s) in enumerate(ranked[:want], start=1)])
         return out
+
+    def check_rerank(self, rerank: int) -> int:
+        """``rerank`` as a depth (0: off), refused in one line unless usable on this index."""
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)):
+            raise InputError(f"rerank must be a whole number of documents, got {rerank!r}")
+        if not 0 <= rerank <= MAX_DEPTH:
+            raise InputError(f"rerank must lie in 0..{MAX_DEPTH}, got {rerank}")
+        if rerank and self.idmap.texts is None:
+            raise InputError(f"{self.directory}: this index keeps no passage texts (built with "
+                             "--no-store-text), which reranking reads")
+        return int(rerank)
+
+    @property
+    def reranker(self) -> QueryLikelihoodScorer:
+        """The query-likelihood scorer over the index's own (verified) decoder."""
+        enc = self.encoder
+        with self._lock:
+            if self._reranker is None or self._reranker.settings != self.rerank_settings:
+                exclude = [enc.placeholder_id] if enc.placeholder_id is not None else []
+                self._reranker = QueryLikelihoodScorer(enc.model, enc.tokenizer,
+                                                       self.rerank_settings, exclude)
+            return self._reranker
+
+    def reranked(self, query: str, ranked: list[tuple[int, int, float]],
+                 depth: int) -> list[tuple[int, int, float]]:
+        """``ranked`` with its first ``depth`` entries re-scored by the decoder; the entries
+        after them follow, scored on the same scale (below every re-scored one)."""
+        top = ranked[:depth]
+        if len(top) < 2:
+            return ranked
+        first = np.array([s for _, _, s in top], dtype=np.float64)
+        likelihood = self.reranker.score(query, [self.idmap.texts[r] for _, r, _ in top])
+        w = self.rerank_settings.weight
+        order, mixed = rerank_order(first, likelihood, w)
+        lo, hi = first.min(), first.max()
+        span = hi - lo if hi > lo else 1.0
+        rest = [(d, r, (1.0 - w) * (s - lo) / span) for d, r, s in ranked[depth:]]
+        return [(top[j][0], top[j][1], float(m)) for j, m in zip(order, mixed)] + rest
 
     def dense_rankings(self, vecs: np.ndarray, depth: int, passages: bool, params: dict,
                        allowed: np.ndarray | None = None) -> list[list[tuple[int, int, float]]]:

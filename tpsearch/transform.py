@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from .embedfilter import filter_transform, kept_basis
 from .errors import InputError
 
 KINDS = ("none", "center", "whiten")
@@ -38,16 +39,20 @@ class TransformSettings:
     kind: str = "center"
     dim: int = 256
     query_examples: str | None = None  # a text file, one example query per line
+    embed_filter: tuple[int, int] | None = None  # EmbedFilter's (top, bottom) directions dropped
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"transform must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
         if self.dim < 2:
             raise InputError(f"transform dimension must be at least 2, got {self.dim}")
 
 
 #: The default transform, chosen on the dev sets (README, "Retrieval on documents").
 DEFAULT_TRANSFORM_SETTINGS = TransformSettings()
+#: EmbedFilter's default (--embed-filter), chosen on the dev sets.
+DEFAULT_EMBED_FILTER = "32:32"
 
 
 @dataclass
@@ -59,6 +64,7 @@ class FittedTransform:
     out_dim: int
     query_shift: np.ndarray | None  # (d_in,) float32, added to query vectors before search
     note: str | None = None
+    filtered: bool = False  # the chain holds the embed filter
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The vectors as the index sees them."""
@@ -78,31 +84,59 @@ class FittedTransform:
 
 
 def fit_transform(docs: np.ndarray, queries: np.ndarray | None,
-                  settings: TransformSettings) -> FittedTransform:
-    """Fit on a sample of document vectors; ``queries`` (query-like vectors) set the shift."""
+                  settings: TransformSettings, unembedding=None) -> FittedTransform:
+    """Fit on a sample of document vectors; ``queries`` (query-like vectors) set the shift;
+    ``unembedding`` (the model's vocab x dim output matrix) is what the embed filter needs."""
     d = docs.shape[1]
     if settings.kind == "none" or len(docs) < 2:
         return FittedTransform("none", [], d, None,
                                None if settings.kind == "none" else "fewer than 2 vectors: none")
     docs = np.ascontiguousarray(docs, dtype=np.float32)
+    mu_docs = docs.mean(0)
     kind, note = settings.kind, None
     dim = min(settings.dim, d)
     if kind == "whiten" and len(docs) < MIN_SAMPLES_PER_DIM * dim:
         kind = "center"
         note = (f"whitening to {dim} dims needs {MIN_SAMPLES_PER_DIM * dim} vectors, the corpus "
                 f"has {len(docs)}: centred instead")
+    chain, basis = [], None
+    if settings.embed_filter is not None:
+        basis, skipped = _filter_basis(unembedding, settings.embed_filter, d)
+        note = "; ".join(x for x in (note, skipped) if x) or None
     if kind == "center":
-        first = faiss.CenteringTransform(d)
+        chain.append(faiss.CenteringTransform(d))
+        chain[0].train(docs)
         out = d
+        if basis is not None:  # centred, then the kept directions
+            chain.append(filter_transform(basis))
+            out = basis.shape[1]
     else:
-        first = faiss.PCAMatrix(d, dim, -0.5, False)
+        if basis is not None:  # the kept directions, then whitening within them
+            chain.append(filter_transform(basis))
+            docs = chain[0].apply(docs)
+            dim = min(dim, basis.shape[1])
+        pca = faiss.PCAMatrix(docs.shape[1], dim, -0.5, False)
+        pca.train(docs)
+        chain.append(pca)
         out = dim
-    first.train(docs)
-    chain = [first, faiss.NormalizationTransform(out, 2.0)]
+    chain.append(faiss.NormalizationTransform(out, 2.0))
     shift = None
     if queries is not None and len(queries):
-        shift = (docs.mean(0) - np.asarray(queries, dtype=np.float32).mean(0)).astype(np.float32)
-    return FittedTransform(kind, chain, out, shift, note)
+        shift = (mu_docs - np.asarray(queries, dtype=np.float32).mean(0)).astype(np.float32)
+    return FittedTransform(kind, chain, out, shift, note, filtered=basis is not None)
+
+
+def _filter_basis(unembedding, embed_filter: tuple[int, int], d: int):
+    """(kept basis or None, why it was skipped or None)."""
+    top, bottom = embed_filter
+    if unembedding is None:
+        return None, "embed filter skipped: the model has no output head to read"
+    if unembedding.shape[1] != d:
+        return None, (f"embed filter skipped: the unembedding has {unembedding.shape[1]} dims, "
+                      f"the vectors {d}")
+    if top + bottom >= d // 2:
+        return None, f"embed filter skipped: {top}+{bottom} directions is too many for {d} dims"
+    return kept_basis(unembedding, top, bottom), None
 
 
 def read_example_queries(path: str) -> list[str]:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from ..config import BuildConfig
 from ..errors import InputError
+from ..rerank import DEFAULT_DEPTH as DEFAULT_RERANK
 
 if TYPE_CHECKING:
     from ..encoder import TPEncoder
@@ -117,7 +118,8 @@ def corpus_to_parquet(data: BeirData, path: Path) -> Path:
 
 def evaluate_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "test",
                        index_dir: str | Path | None = None, show_progress: bool = False,
-                       encoder: "TPEncoder | None" = None, modes: Sequence[str] | None = None) -> dict:
+                       encoder: "TPEncoder | None" = None, modes: Sequence[str] | None = None,
+                       rerank: int = 0) -> dict:
     """Build an index of the corpus with the pipeline (``build``'s settings; its corpus and out
     are filled in), search every judged query with the Searcher in each of ``modes`` (default:
     the index's default mode), and score the rankings.
@@ -128,13 +130,15 @@ def evaluate_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "t
     with tempfile.TemporaryDirectory(prefix="tpsearch-beir-") as tmp:
         corpus = corpus_to_parquet(data, Path(tmp) / "corpus.parquet")
         out = Path(index_dir) if index_dir else Path(tmp) / "index"
-        runs = _build_and_search(data, replace(build, corpus=str(corpus), out=str(out)), encoder,
-                                 show_progress, modes, keep_shards=False)
+        cfg = replace(build, corpus=str(corpus), out=str(out),
+                      store_text=build.store_text or bool(rerank))  # reranking reads passages
+        runs = _build_and_search(data, cfg, encoder, show_progress, modes, keep_shards=False,
+                                 rerank=rerank)
     return runs[0] if modes is None or len(modes) == 1 else {"runs": runs}
 
 
 def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress: bool,
-                      modes: Sequence[str] | None, keep_shards: bool) -> list[dict]:
+                      modes: Sequence[str] | None, keep_shards: bool, rerank: int = 0) -> list[dict]:
     from ..pipeline import build_index
     from ..searcher import Searcher
 
@@ -147,49 +151,81 @@ def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress
     for mode in modes or [m.default_mode]:
         t0 = time.perf_counter()
         hits = searcher.search_batch([data.queries[q] for q in judged], k=min(100, len(searcher)),
-                                     mode=mode, batch_size=build.model.batch_size)
+                                     mode=mode, batch_size=build.model.batch_size, rerank=rerank)
         run = {q: [h.id for h in hs] for q, hs in zip(judged, hits)}
         runs.append({
-            "mode": mode, "metrics": score_run(run, data.qrels), "queries": len(judged),
+            "mode": mode + (f" + rerank {rerank}" if rerank else ""),
+            "metrics": score_run(run, data.qrels), "queries": len(judged),
             "documents": m.documents, "passages": m.vectors,
             "search_seconds": round(time.perf_counter() - t0, 2),
+            "ms_per_query": round(1000 * (time.perf_counter() - t0) / max(1, len(judged)), 1),
             "settings": {**m.encoder.to_dict(), "query_prompt": build.model.query_prompt,
                          "index": m.index.factory,
                          "passages": m.passages.to_dict() if m.passages else None,
                          "transform": m.transform.kind, "transform_dim": m.transform.dim,
-                         "fusion": asdict(m.fusion) if mode == "hybrid" else None},
+                         "embed_filter": m.transform.embed_filter,
+                         "fusion": asdict(m.fusion) if mode == "hybrid" else None,
+                         "rerank": rerank or None},
         })
     return runs
 
 
-#: What ``compare_retrieval`` puts side by side: (label, build changes, modes).
-#: Each group of rows with the same passage setting shares one encoding (the shards are kept
-#: between builds: transforms and the lexical index are made at assembly).
+#: What ``compare_retrieval`` puts side by side: (label, build changes, modes, rerank depth).
+#: Build changes name BuildConfig fields, or ModelConfig's ``query_prompt``. Each group of rows
+#: with the same passage setting shares one encoding (the shards are kept between builds:
+#: transforms, the query shift and the lexical index are made at assembly, queries at search).
+PREVIOUS = {"embed_filter": "none", "query_prompt": "same", "fusion": "minmax",
+            "lexical_weight": 0.7}  # tpsearch 0.3's retrieval defaults
 COMPARED = (
-    ("whole document", {"passage_tokens": 0, "transform": "none"}, ("dense", "lexical")),
-    ("whole document + transform", {"passage_tokens": 0}, ("dense",)),
-    ("passages", {"transform": "none"}, ("dense",)),
-    ("passages + transform", {}, ("dense", "lexical", "hybrid")),
+    ("whole document", {**PREVIOUS, "passage_tokens": 0, "transform": "none"}, ("dense", "lexical"), 0),
+    ("whole document + transform", {**PREVIOUS, "passage_tokens": 0}, ("dense",), 0),
+    ("passages", {**PREVIOUS, "transform": "none"}, ("dense",), 0),
+    ("passages + centering (0.3 defaults)", PREVIOUS, ("dense", "lexical", "hybrid"), 0),
+    ("+ EmbedFilter", {**PREVIOUS, "embed_filter": None}, ("dense",), 0),
+    ("+ question prompt for queries", {**PREVIOUS, "query_prompt": None}, ("dense",), 0),
+    ("defaults (both, z-score fusion)", {}, ("dense", "hybrid"), 0),
+    ("defaults + decoder rerank", {}, ("hybrid",), DEFAULT_RERANK),
 )
 
 
+def _changed(build: BuildConfig, changes: dict) -> BuildConfig:
+    """``build`` with ``changes``; a None value means the default (left as ``build`` has it)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    model = build.model
+    if "query_prompt" in changes:
+        model = replace(model, query_prompt=changes.pop("query_prompt"))
+    return replace(build, model=model, **changes)
+
+
 def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "test",
-                      show_progress: bool = False) -> list[dict]:
-    """Dense whole-document (tpsearch 0.1), dense passages, each with and without the fitted
-    transform, lexical and hybrid: side by side in one run, on one loaded model. ``build``
-    gives the settings the rows depart from (the defaults, unless changed)."""
+                      show_progress: bool = False, rerank: int | None = None) -> list[dict]:
+    """tpsearch 0.1's dense whole documents, 0.3's passages, transform, lexical and hybrid, each
+    method added since on its own, the defaults, and the defaults reranked by the decoder:
+    side by side in one run, on one loaded model. ``build`` gives the settings the rows
+    depart from (the defaults, unless changed); ``rerank``: the reranked row's depth."""
     from ..encoder import TPEncoder
+
+    from ..rerank import output_head
 
     data = load_beir(data_dir, split)  # read once; bad data is refused before the model loads
     encoder = TPEncoder.from_pretrained(**build.model.encoder_kwargs())
+    try:
+        output_head(encoder.model)
+    except InputError:
+        rerank = 0  # a base model without its head cannot score tokens: no reranked row
     rows = []
     with tempfile.TemporaryDirectory(prefix="tpsearch-compare-") as tmp:
         corpus = corpus_to_parquet(data, Path(tmp) / "corpus.parquet")
-        for i, (label, changes, modes) in enumerate(COMPARED):
-            cfg = replace(build, corpus=str(corpus), out=str(Path(tmp) / "index"), **changes)
+        for i, (label, changes, modes, depth) in enumerate(COMPARED):
+            if depth and rerank is not None:
+                if rerank == 0:
+                    continue  # no reranked row
+                depth = rerank
+            cfg = _changed(replace(build, corpus=str(corpus), out=str(Path(tmp) / "index"),
+                                   store_text=True), changes)
             last_of_encoding = i + 1 == len(COMPARED) or \
                 COMPARED[i + 1][1].get("passage_tokens") != changes.get("passage_tokens")
             for run in _build_and_search(data, cfg, encoder, show_progress, modes,
-                                         keep_shards=not last_of_encoding):
+                                         keep_shards=not last_of_encoding, rerank=depth):
                 rows.append({"label": f"{label}, {run['mode']}", **run})
     return rows

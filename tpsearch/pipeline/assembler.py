@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import faiss
 import numpy as np
@@ -51,6 +51,7 @@ class AssemblyOptions:
     lexical_unit: str = "document"  # document | passage
     metadata: tuple[str, ...] = ()  # columns kept in the id map (as meta.NAME)
     keep_transform: tuple | None = None  # (version dir, manifest) whose transform to keep
+    unembedding: Any = None  # the model's output matrix, for the embed filter
 
 
 @dataclass
@@ -120,7 +121,8 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
     out_dim = chain[-1].d_out if chain else sample.shape[1]
     shift = (read_vector(inside(directory, info.query_shift_file), manifest.dim)
              if info.query_shift_file else None)
-    fitted = FittedTransform(info.kind, chain, out_dim, shift, info.note)
+    fitted = FittedTransform(info.kind, chain, out_dim, shift, info.note,
+                             filtered=info.embed_filter is not None)
     drift = None
     if chain and hasattr(chain[0], "mean") and len(sample):
         mu = faiss.vector_to_array(faiss.downcast_VectorTransform(chain[0]).mean)
@@ -144,10 +146,12 @@ def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder)
         else:
             texts, source = first_sentences(shards, QUERY_SAMPLE), "first-sentences"
         queries = encode_queries(texts) if texts else None
-    fitted = fit_transform(sample, queries, ts)
+    fitted = fit_transform(sample, queries, ts, opts.unembedding)
     if fitted.note:
         log.info("transform: %s", fitted.note)
     info = TransformInfo(kind=fitted.kind, dim=fitted.out_dim if fitted.kind == "whiten" else None,
+                         embed_filter=list(ts.embed_filter) if fitted.filtered else None,
+                         out_dim=fitted.out_dim,
                          fitted_on=len(sample) if fitted.kind != "none" else 0,
                          query_stats=source if fitted.query_shift is not None else None,
                          query_samples=len(queries) if fitted.query_shift is not None else 0,

@@ -231,6 +231,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     encoder = encoder or load_encoder(config, d, times, reader.num_rows)
     choose_index(config.index, reader.num_rows, encoder.dim, parse_size(config.max_index_memory))
     base = open_base(out, config, encoder, rebuild)
+    query_prompt = query_prompt_for(config, encoder, base)  # refused here, before any work
     work = WorkDir(out)
     settings = work_settings(config, encoder, fingerprint)
     settings["base_version"] = base[0].version if base else None
@@ -247,7 +248,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
         if not d.is_main:
             agreed(d, lambda: None)  # wait for rank 0's assembly
             return BuildResult(out, None, docs, tokens)
-        part = agreed(d, lambda: _assemble(config, encoder, work, times, base))
+        part = agreed(d, lambda: _assemble(config, encoder, work, times, base, query_prompt))
     except UnbuildableIndex:
         raise  # the shards serve a rerun with another --index
     except InputError:
@@ -255,7 +256,8 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
         raise
     version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
     keep_store(work, keep_shards, config.store_text)
-    manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens)
+    manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens,
+                         query_prompt)
     update = _update_info(base, part) if base else None
     history = ([*base[1].history, base[1].update] if base and base[1].update else
                list(base[1].history) if base else [])
@@ -320,6 +322,27 @@ def keep_store(work: WorkDir, keep_shards: bool, store_text: bool) -> None:
             os.replace(shard, store / shard.name)
 
 
+SAME_PROMPT = ("same", "none")
+
+
+def query_prompt_for(config: BuildConfig, encoder: TPEncoder, base=None) -> str | None:
+    """The query prompt an index gets (None: the documents' own). Unset: an update keeps its
+    base's (its query shift was made with it), a new index takes the model's preset. A prompt
+    given for an update whose transform is kept must be the base's."""
+    given = config.model.query_prompt
+    chosen = None if given is not None and given.lower() in SAME_PROMPT else given
+    keeps = base is not None and not config.refit
+    if given is None:
+        if keeps:
+            return base[1].query_prompt
+        return encoder.preset.query_prompt if encoder.preset else None
+    if keeps and chosen != base[1].query_prompt:
+        raise ConfigMismatch(f"the index's queries use prompt {base[1].query_prompt!r}, not "
+                             f"{chosen!r}: its query shift was made with it (--refit fits a "
+                             "new one)")
+    return chosen
+
+
 def _update_info(base, part: Assembled) -> UpdateInfo:
     return UpdateInfo(base=base[0].version, added=part.added, changed=part.changed,
                       kept=part.reused, removed=base[2].documents - part.reused - part.changed,
@@ -327,19 +350,26 @@ def _update_info(base, part: Assembled) -> UpdateInfo:
 
 
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
-              base=None) -> Assembled:
-    query_encoder = encoder.variant(prompt=config.model.query_prompt) if config.model.query_prompt else encoder
+              base=None, qp: str | None = None) -> Assembled:
+    query_encoder = encoder.variant(prompt=qp) if qp else encoder
+    keep = (base[0].path, base[1]) if base and not config.refit else None
+    ts = config.transform_settings()
+    unembedding = None
+    if ts.embed_filter is not None and keep is None:
+        from ..embedfilter import unembedding_of
+
+        unembedding = unembedding_of(encoder.model, encoder.placeholder_id)
     opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
-                           config.transform_settings(), config.lexical, config.lexical_unit,
-                           config.metadata_list(),
-                           keep_transform=(base[0].path, base[1]) if base and not config.refit else None)
+                           ts, config.lexical, config.lexical_unit, config.metadata_list(),
+                           keep_transform=keep, unembedding=unembedding)
     return assemble(work.complete_shards(), work.fresh_final(), opts, times,
                     lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),
                     config.corpus, config.text_column)
 
 
 def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fingerprint: str,
-              part: Assembled, times: StageTimes, began: float, docs: int, tokens: int) -> Manifest:
+              part: Assembled, times: StageTimes, began: float, docs: int, tokens: int,
+              qp: str | None) -> Manifest:
     src = encoder.source
     return Manifest(
         model=ModelRef(spec=encoder.settings.model, path=src.path if src else None,
@@ -352,9 +382,8 @@ def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fin
         metadata={c: kind for c, (kind, _) in reader.metadata_types.items()},
         default_mode=config.default_mode() if part.lexical else "dense",
         fusion=config.fusion_settings(),
-        query_prompt=config.model.query_prompt,
-        query_templates=encoder.variant(prompt=config.model.query_prompt).settings.templates
-        if config.model.query_prompt else None,
+        query_prompt=qp,
+        query_templates=encoder.variant(prompt=qp).settings.templates if qp else None,
         skipped_rows=part.skipped, truncated_texts=part.truncated, tokens=part.tokens,
         corpus=CorpusInfo(path=config.corpus, files=[str(f) for f in reader.files],
                           rows=reader.num_rows, fingerprint=fingerprint,

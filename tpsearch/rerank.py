@@ -1,0 +1,149 @@
+"""An opt-in reranker that uses the index's own decoder: query likelihood (UPR).
+
+Unsupervised Passage Re-ranking (Sachan et al., 2022, arXiv 2204.07496) scores a passage by how
+likely the decoder finds the query after it: the mean log-probability of the query's tokens given
+``template`` filled with the passage. Training-free, and the model is the one the index already
+pins (its weights are checked when the searcher loads it). One forward pass per batch of
+(passage, query) rows; rows are padded by hand with position ids that skip the padding, so a
+passage's score does not depend on its batch-mates.
+
+The first-stage ranking is not thrown away: the final score of each of the top ``depth``
+documents mixes the two, each scaled to [0, 1] over those documents (``weight`` is the
+reranker's share), which held up better on the dev sets than the likelihood alone (README,
+"Reranking with the decoder").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError
+from .shapes import pad_rows, to_device
+
+#: The instruction around a passage; the query's tokens follow it and are what is scored.
+DEFAULT_TEMPLATE = "Passage: {passage}\nA query that this passage answers:"
+#: The depth the README measures `--rerank` at (chosen on the dev sets).
+DEFAULT_DEPTH = 10
+#: Largest rerank depth accepted (each document costs one passage forward pass).
+MAX_DEPTH = 1000
+
+
+@dataclass(frozen=True)
+class RerankSettings:
+    """How ``rerank=N`` re-scores the first stage's best ``N`` documents."""
+
+    template: str = DEFAULT_TEMPLATE
+    #: The reranker's share of the final score (0: first stage only; 1: likelihood only).
+    weight: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    #: Passage tokens kept (cut at the end); the query is never cut.
+    passage_tokens: int = field(default=256, metadata={"min": 8, "max": 1 << 16})
+    max_batch_tokens: int = field(default=8192, metadata={"min": 64})
+
+    def __post_init__(self) -> None:
+        if "{passage}" not in self.template:
+            raise InputError("the rerank template needs a {passage} slot")
+        if not 0.0 <= self.weight <= 1.0:
+            raise InputError(f"rerank weight must lie in 0..1, got {self.weight}")
+
+
+def output_head(model: nn.Module) -> torch.Tensor:
+    """The decoder's unembedding matrix (vocab x dim): its output head, or the input embeddings
+    where the two are tied (every bundled model). A base model loaded without its head and with
+    untied embeddings cannot score tokens."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        return head.weight
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "tie_word_embeddings", False):
+        return model.get_input_embeddings().weight
+    raise InputError(f"{type(model).__name__} was loaded without its output head and its "
+                     "embeddings are not tied: it cannot score a query's tokens for reranking")
+
+
+class QueryLikelihoodScorer:
+    """Scores (query, passage) pairs by the decoder's mean log-probability of the query."""
+
+    def __init__(self, model: nn.Module, tokenizer, settings: RerankSettings = RerankSettings(),
+                 exclude_ids: Sequence[int] = ()):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.vocab = int(config.vocab_size)
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.exclude = [i for i in exclude_ids if 0 <= i < self.vocab]  # e.g. <PST>
+        head, tail = settings.template.split("{passage}", 1)
+        self._head, self._tail = head, tail
+        self.pad_id = next((int(c) for c in (tokenizer.pad_token_id, tokenizer.eos_token_id)
+                            if c is not None), 0)
+
+    def _ids(self, text: str, special: bool = False) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def rows(self, query: str, passages: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token rows (prefix + passage + instruction tail + query) and the query's length."""
+        q = self._ids(" " + query.strip())
+        if not q:
+            raise InputError("cannot rerank an empty query")
+        head = self._ids(self._head, special=True)
+        tail = self._ids(self._tail)
+        keep = self.settings.passage_tokens
+        return [head + self._ids(p)[:keep] + tail + q for p in passages], len(q)
+
+    @torch.inference_mode()
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """Mean log-probability of ``query``'s tokens after each passage (float64, higher =
+        more relevant), in ``passages`` order."""
+        from .encoder import model_lock, plan_batches
+
+        if not passages:
+            return np.zeros(0)
+        rows, m = self.rows(query, passages)
+        out = np.zeros(len(rows))
+        weight = output_head(self.model)
+        device = weight.device
+        lengths = [len(r) for r in rows]
+        for batch in plan_batches(lengths, len(rows), self.settings.max_batch_tokens):
+            sub = [rows[j] for j in batch]
+            width = max(len(r) for r in sub)
+            ids_np, mask_np, _, _ = pad_rows(sub, width, self.pad_id, left=True)
+            ids = torch.from_numpy(ids_np)
+            mask = torch.from_numpy(mask_np.astype(np.int64))
+            pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            with model_lock(self.model):
+                hidden = self.model(input_ids=to_device(ids, device),
+                                    attention_mask=to_device(mask, device),
+                                    position_ids=to_device(pos, device), use_cache=False)[0]
+            # left padding: the query's m tokens are the last m columns, each predicted by the
+            # column before it
+            states = hidden[:, width - m - 1: width - 1]
+            logits = (states @ weight[: self.vocab].T).float()
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            if self.exclude:
+                logits[..., self.exclude] = float("-inf")
+            logp = torch.log_softmax(logits, dim=-1)
+            target = to_device(ids[:, width - m:], device)
+            got = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+            out[batch] = got.double().cpu().numpy()
+        return out
+
+
+def scaled(values: np.ndarray) -> np.ndarray:
+    """Min-max scaling to [0, 1] (all ones when the values are equal)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return (values - lo) / (hi - lo) if hi > lo else np.ones_like(values, dtype=np.float64)
+
+
+def rerank_order(first_stage: np.ndarray, likelihood: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """(order, scores): the documents re-sorted by ``(1 - weight) * scaled(first_stage) +
+    weight * scaled(likelihood)``; ties keep the first stage's order."""
+    mixed = (1.0 - weight) * scaled(np.asarray(first_stage, dtype=np.float64)) + \
+        weight * scaled(np.asarray(likelihood, dtype=np.float64))
+    order = np.argsort(-mixed, kind="stable")
+    return order, mixed[order]
