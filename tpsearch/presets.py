@@ -34,6 +34,8 @@ PRESETS: list[tuple[tuple[str, ...], Preset]] = [
             "prompt: scifact-dev + pydoc-dev probe (README)", "mean", query_prompt="question")),
     (("smollm2-135m",), Preset("prompteol", (1, 3), -2, "STS-B dev probe")),
     (("qwen2.5-coder-0.5b",), Preset("prompteol", (1, 7), -2, "STS-B dev probe")),
+    (("qwen2.5-coder-1.5b",), Preset("prompteol", (1, 7), -2, "not tuned on a dev set: the "
+                                     "0.5B's setting (README, 'Larger bundled models')")),
 ]
 
 

@@ -31,7 +31,7 @@ class EncoderOptions:
     init means the model's preset."""
 
     model: str = option(DEFAULT_MODEL, "Bundled model name (gemma-3-270m, smollm2-135m, "
-                        "qwen2.5-coder-0.5b), a .gguf file, a transformers directory or a hub id. "
+                        "qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), a .gguf file, a transformers directory or a hub id. "
                         "Default: {default} (offline).")
     prompt: str | None = option(None, "prompteol, pcot, ke, metaeol, or a template with "
                                 "{{sentence}} (and optionally <PST> before it). Default: the "
