@@ -206,7 +206,9 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
         f"skipped, {m.truncated_texts} truncated, {secs:.1f} s, "
         f"{result.encoded_documents / enc_secs:.1f} docs/s and {result.encoded_tokens / enc_secs:,.0f} "
         f"tokens/s encoding, index {m.index.factory} + {m.transform.kind} transform"
-        f"{' + BM25' if m.lexical else ''} ({size:.1f} MiB on disk)", err=True)
+        + (f" + embed filter {m.transform.embed_filter[0]}:{m.transform.embed_filter[1]}"
+           if m.transform.embed_filter else "")
+        + f"{' + BM25' if m.lexical else ''} ({size:.1f} MiB on disk)", err=True)
 
 
 # ---------------------------------------------------------------------------------- add / delete
@@ -421,6 +423,8 @@ def info(index_dir, as_json):
         ("model", f"{m.model.spec} [{m.model.kind}] sha256 {str(m.model.weights_sha256)[:16]}"),
         ("prompt", f"{e.prompt}: {e.templates[0]}"
                    + (f" (+{len(e.templates) - 1} more)" if len(e.templates) > 1 else "")),
+        ("query prompt", f"{m.query_prompt}: {m.query_templates[0]}" if m.query_prompt and
+         m.query_templates else "the documents' own"),
         ("token prepending", tp),
         ("output layer", f"{e.output_layer} of {e.n_layers} layers, {e.pooling} token pooling, "
                          f"{e.dtype or 'dtype not recorded'}"),
@@ -428,6 +432,8 @@ def info(index_dir, as_json):
                        f"{'on' if e.normalize_sentences else 'off'}"),
         ("vectors", f"{m.dim} dims, L2-normalised, {m.metric}"),
         ("transform", t.kind + (f" to {t.dim} dims" if t.dim else "")
+         + (f", embed filter {t.embed_filter[0]}:{t.embed_filter[1]} (to {t.out_dim} dims)"
+            if t.embed_filter else "")
          + (f", fitted on {t.fitted_on} vectors; queries centred on {t.query_samples} "
             f"{t.query_stats}" if t.kind != "none" else "") + (f" ({t.note})" if t.note else "")),
         ("faiss index", f"{ix.factory} ({ix.reason}); search {ix.search_params or 'exact'}; "

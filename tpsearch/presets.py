@@ -33,9 +33,11 @@ PRESETS: list[tuple[tuple[str, ...], Preset]] = [
      Preset("prompteol", (1, 5), -1, "STS-B dev sweep (docs/default-model-sweep.md); query "
             "prompt: scifact-dev + pydoc-dev probe (README)", "mean", query_prompt="question")),
     (("smollm2-135m",), Preset("prompteol", (1, 3), -2, "STS-B dev probe")),
-    (("qwen2.5-coder-0.5b",), Preset("prompteol", (1, 7), -2, "STS-B dev probe")),
+    (("qwen2.5-coder-0.5b",), Preset("prompteol", (1, 7), -2, "STS-B dev probe; query prompt: "
+                                     "pydoc-dev probe", query_prompt="question")),
     (("qwen2.5-coder-1.5b",), Preset("prompteol", (1, 7), -2, "not tuned on a dev set: the "
-                                     "0.5B's setting (README, 'Larger bundled models')")),
+                                     "0.5B's setting (README, 'Larger bundled models')",
+                                     query_prompt="question")),
 ]
 
 
