@@ -296,3 +296,31 @@ def test_a_filter_restricts_served_searches(tmp_path, indexes):
         assert r.status_code == 422 and r.json()["error"]["param"] == "filter"
     finally:
         assert s.stop() == 0
+
+
+def test_rerank_is_off_unless_the_server_allows_it(tmp_path, indexes, tiny_model_dir):
+    """Reranking is refused (naming the field) unless --max-rerank allows the depth; then the
+    served answer is the Searcher's reranked one."""
+    _, _, texts, _, corpus = indexes
+    tied = tiny_model_dir("gpt2")  # tied embeddings: it can rerank
+    cfg = config(tmp_path, tied, corpus, lexical=True, mode="hybrid")
+    cfg.out = str(tmp_path / "tied")
+    out = build_index(cfg).out
+    s = Server([out], "--max-rerank", "8")
+    try:
+        s.wait_ready()
+        r = httpx.post(s.url + "/search", json={"query": texts[5], "k": 4, "rerank": 6})
+        assert r.status_code == 200, r.text
+        want = Searcher.open(out).search(texts[5], k=4, rerank=6)
+        assert [h["id"] for h in r.json()["hits"]] == [h.id for h in want]
+        assert [h["score"] for h in r.json()["hits"]] == pytest.approx([h.score for h in want],
+                                                                       abs=1e-5)
+        r = httpx.post(s.url + "/search", json={"query": "x", "rerank": 9})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "rerank"
+    finally:
+        assert s.stop() == 0
+
+
+def test_rerank_is_refused_by_default(server):
+    r = httpx.post(server.url + "/indexes/index/search", json={"query": "x", "rerank": 3})
+    assert r.status_code == 422 and "max-rerank" in r.json()["error"]["message"]

@@ -69,6 +69,7 @@ class SearchBody(_Strict):
     passages: bool = False
     params: SearchParams | None = None
     filter: dict[str, Any] | None = None  # on metadata columns (tpsearch.filters)
+    rerank: int = 0  # re-score the best N with the decoder (at most --max-rerank)
     index: str | None = None  # POST /search only: which index (default: the only one)
 
 
@@ -205,6 +206,11 @@ def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
         queries = texts_of(body.query, "query")
         if not 1 <= body.k <= config.max_k:
             raise ApiError(422, f"k: must lie in 1..{config.max_k}, got {body.k}", param="k")
+        if not 0 <= body.rerank <= config.max_rerank:
+            raise ApiError(422, f"rerank: must lie in 0..{config.max_rerank} (the server's "
+                           "--max-rerank)", param="rerank")
+        if body.rerank and s.searcher.idmap.texts is None:
+            raise ApiError(422, "rerank: this index keeps no passage texts", param="rerank")
         params = {k: v for k, v in (body.params.model_dump() if body.params else {}).items()
                   if v is not None}
         info = request.scope["tpsearch"]
@@ -223,7 +229,7 @@ def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
         try:
             hits = await run_in_threadpool(s.searcher.search_batch, queries, k=body.k, mode=mode,
                                            passages=body.passages, query_vectors=vectors,
-                                           filter=body.filter, **params)
+                                           filter=body.filter, rerank=body.rerank, **params)
         except InputError as exc:
             raise ApiError(422, str(exc)) from None
         results = [{"query": q, "hits": [h.to_dict() for h in hs]} for q, hs in zip(queries, hits)]

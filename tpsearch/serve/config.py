@@ -34,6 +34,10 @@ class ServeConfig:
     max_query_chars: int = option(8192, "Longest query or embedding input, in characters. "
                                   "Default: {default}.", type=int)
     max_k: int = option(1000, "Largest k a request may ask for. Default: {default}.", type=int)
+    max_rerank: int = option(0, "Largest rerank depth a request may ask for (the decoder scores "
+                             "each reranked passage: about 0.5 s each on 2 CPU cores, and it "
+                             "holds the model meanwhile). Default: {default} (reranking off).",
+                             type=int)
     watch_seconds: float = option(2.0, "How often to check the index directories for a new "
                                   "version (0: never; POST /admin/reload still works). "
                                   "Default: {default}.", type=float)
@@ -51,5 +55,7 @@ class ServeConfig:
                 raise InputError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must lie in 0..65535, got {self.port}")
+        if not 0 <= self.max_rerank <= 1000:
+            raise InputError(f"max-rerank must lie in 0..1000, got {self.max_rerank}")
         if self.timeout_s <= 0 or self.max_wait_ms < 0 or self.watch_seconds < 0:
             raise InputError("timeout-s must be positive; max-wait-ms and watch-seconds >= 0")
