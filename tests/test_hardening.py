@@ -70,10 +70,18 @@ def test_overwrite_onto_a_regular_file_is_refused_before_any_work(tmp_path, buil
     (dict(passage_tokens=-1), "passage-tokens"),
     (dict(mode="lexical", lexical=False), "needs the lexical index"),
     (dict(index="nonsense"), "--index"),
+    (dict(embed_filter="bogus"), "TOP:BOTTOM"),
+    (dict(fusion="average"), "fusion must be"),
+    ({"model.query_prompt": "no slot"}, "template containing"),
+    ({"model.prompt": "{sentence} and {sentence}"}, "exactly one"),
 ])
 def test_bad_options_are_refused_before_the_model_loads(tmp_path, change, message):
     corpus = write_corpus(tmp_path / "c.parquet", 5)
-    cfg = config(tmp_path, tmp_path / "no-such-model", corpus, **change)
+    cfg = config(tmp_path, tmp_path / "no-such-model", corpus,
+                 **{k: v for k, v in change.items() if not k.startswith("model.")})
+    for k, v in change.items():
+        if k.startswith("model."):
+            setattr(cfg.model, k[6:], v)
     with pytest.raises(InputError, match=message):
         build_index(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.parquet"]

@@ -32,7 +32,7 @@ class ModelConfig(EncoderOptions):
 
     query_prompt: str | None = option(None, "The prompt queries get (method or template; "
                                       "'same': the documents' prompt). Default: the model's "
-                                      "preset (question for the bundled models); an update "
+                                      "preset (question for Gemma 3 and the Qwens); an update "
                                       "of an index keeps the index's.")
     batch_size: int = option(32, "Texts per forward pass. Default: {default}.", type=int)
     max_batch_tokens: int | None = option(

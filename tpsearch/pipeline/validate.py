@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..fusion import FUSIONS, MODES
 from ..layout import is_index_dir
 from ..loading import check_device, resolve_dtype
+from ..prompts import resolve_prompt
 from ..shapes import BATCHING
 from .reader import resolve_files
 
@@ -87,6 +88,9 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
     on_cuda = str(m.device).startswith("cuda") or (m.device == "auto" and torch.cuda.is_available())
     if m.batching == "graphs" and not on_cuda:
         raise InputError(f"batching 'graphs' needs --device cuda (got {m.device!r})")
+    for given in (m.prompt, m.query_prompt):  # a bad template is refused before the model loads
+        if given is not None and given.lower() not in ("same", "none"):
+            resolve_prompt(given, tp=True)
     if m.compile_layers not in ("auto", True, False):
         raise InputError(f"compile-layers must be auto, true or false, got {m.compile_layers!r}")
     if m.compile_layers is True and m.quantize:
