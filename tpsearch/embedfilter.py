@@ -70,13 +70,13 @@ def unembedding_of(model: "torch.nn.Module", exclude: int | None = None) -> np.n
     import torch
 
     from .rerank import output_head
+    from .tp import text_config
 
     try:
         w = output_head(model)
     except InputError:
         return None
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    w = w[: int(config.vocab_size)].detach()
+    w = w[: int(text_config(model).vocab_size)].detach()
     if exclude is not None and exclude < len(w):
         w = torch.cat([w[:exclude], w[exclude + 1:]])
     return w.float().cpu().numpy()

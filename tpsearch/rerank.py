@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import InputError
 from .shapes import pad_rows, to_device
+from .tp import text_config
 
 #: The instruction around a passage; the query's tokens follow it and are what is scored.
 DEFAULT_TEMPLATE = "Passage: {passage}\nA query that this passage answers:"
@@ -60,8 +61,7 @@ def output_head(model: nn.Module) -> torch.Tensor:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
         return head.weight
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if getattr(config, "tie_word_embeddings", False):
+    if getattr(text_config(model), "tie_word_embeddings", False):
         return model.get_input_embeddings().weight
     raise InputError(f"{type(model).__name__} was loaded without its output head and its "
                      "embeddings are not tied: it cannot score a query's tokens for reranking")
@@ -75,12 +75,13 @@ class QueryLikelihoodScorer:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config = text_config(model)
         self.vocab = int(config.vocab_size)
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.exclude = [i for i in exclude_ids if 0 <= i < self.vocab]  # e.g. <PST>
         head, tail = settings.template.split("{passage}", 1)
-        self._head, self._tail = head, tail
+        self._head = self._ids(head, special=True)  # the template's fixed tokens, once
+        self._tail = self._ids(tail)
         self.pad_id = next((int(c) for c in (tokenizer.pad_token_id, tokenizer.eos_token_id)
                             if c is not None), 0)
 
@@ -92,10 +93,8 @@ class QueryLikelihoodScorer:
         q = self._ids(" " + query.strip())
         if not q:
             raise InputError("cannot rerank an empty query")
-        head = self._ids(self._head, special=True)
-        tail = self._ids(self._tail)
         keep = self.settings.passage_tokens
-        return [head + self._ids(p)[:keep] + tail + q for p in passages], len(q)
+        return [self._head + self._ids(p)[:keep] + self._tail + q for p in passages], len(q)
 
     @torch.inference_mode()
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:

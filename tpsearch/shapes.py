@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .tp import EarlyExit, token_prepending
+from .tp import EarlyExit, text_config, token_prepending
 
 if TYPE_CHECKING:
     from .encoder import TPEncoder
@@ -80,9 +80,7 @@ def width_ladder(max_width: int) -> tuple[int, ...]:
 
 def sliding_window(model: torch.nn.Module) -> int | None:
     """The model's smallest sliding attention window, or None if it attends to everything."""
-    config = model.config
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
+    config = text_config(model)
     window = getattr(config, "sliding_window", None)
     if not window:
         return None

@@ -30,12 +30,15 @@ class EarlyExit(Exception):
         self.hidden = hidden
 
 
+def text_config(model: nn.Module):
+    """The config of a transformers model's text decoder (its own for text-only models)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def num_layers(model: nn.Module) -> int:
     """Number of decoder layers of a transformers model (text config for multimodal ones)."""
-    config = model.config
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    return int(config.num_hidden_layers)
+    return int(text_config(model).num_hidden_layers)
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
