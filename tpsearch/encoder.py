@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Any, Callable, Iterator, Sequence
 
@@ -31,6 +32,7 @@ from .loading import (
     resolve_source,
 )
 from .errors import InputError
+from .torchstate import TORCH_STATE
 from .presets import fallback_preset, find_preset
 from .prompts import PLACEHOLDER, PromptSpec, resolve_prompt
 from .tokenizing import PromptTokenizer, Tokenized
@@ -180,7 +182,14 @@ class TPEncoder:
              documents: int | None = None) -> "TPEncoder":
         """An encoder as ``options`` describe it (``source``: the model, already resolved).
         ``documents``: how many a build will encode (``compile_layers="auto"`` compiles a
-        large CPU build in bfloat16; see :func:`~tpsearch.compiling.resolve_compile`)."""
+        large CPU build in bfloat16; see :func:`~tpsearch.compiling.resolve_compile`).
+        Loads are exclusive of every forward pass in the process (:mod:`tpsearch.torchstate`)."""
+        with TORCH_STATE.exclusive():
+            return cls._load(options, source, documents)
+
+    @classmethod
+    def _load(cls, options: EncoderOptions, source: ModelSource | None,
+              documents: int | None) -> "TPEncoder":
         o = options.encoder_options()
         source = source or resolve_source(o.model)
         dev = resolve_device(o.device)
@@ -472,34 +481,40 @@ _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKey
 _LOCKS_GUARD = threading.Lock()
 
 
-def model_lock(model: nn.Module) -> threading.Lock:
-    """The lock that serialises forward passes of ``model``: TP and early exit arm hooks on the
-    model itself, so two threads (or two encoders sharing it) must not run it at once. On a CPU
-    the forward pass already uses every core, so this costs no throughput."""
+@contextmanager
+def model_lock(model: nn.Module) -> Iterator[None]:
+    """Held around every forward pass of ``model``: serialises passes of the same model (TP and
+    early exit arm hooks on the model itself, so two threads or two encoders sharing it must
+    not run it at once; on a CPU a pass already uses every core, so this costs no throughput),
+    and shares :data:`~tpsearch.torchstate.TORCH_STATE` so no model loads meanwhile."""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
             lock = _LOCKS[model] = threading.Lock()
-        return lock
+    with TORCH_STATE.shared(), lock:
+        yield
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int,
                  max_batch_tokens: int | None = None) -> list[list[int]]:
-    """Row indices grouped into batches, longest rows first, so padding stays small.
+    """Row indices grouped into batches of rows of one length, longest first: no batch is
+    padded, so a row's embedding does not depend on its batch-mates or the padding side in any
+    dtype (kernels reduce over the same sequence length whatever the batch; the row count does
+    not change a row's result, which tests/test_encoder.py checks in bfloat16).
 
     A batch holds at most ``batch_size`` rows and, with ``max_batch_tokens``, at most that many
-    computed tokens (rows x its longest row); a row over the budget is batched alone.
+    tokens; a row over the budget is batched alone. Ties keep input order.
     """
     if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
         raise InputError("batch_size and max_batch_tokens must be positive")
-    order = sorted(range(len(lengths)), key=lambda j: lengths[j], reverse=True)
+    order = sorted(range(len(lengths)), key=lambda j: (-lengths[j], j))
     batches: list[list[int]] = []
     for j in order:
         if batches:
             cur = batches[-1]
             width = lengths[cur[0]]
             fits = max_batch_tokens is None or (len(cur) + 1) * width <= max_batch_tokens
-            if len(cur) < batch_size and fits:
+            if lengths[j] == width and len(cur) < batch_size and fits:
                 cur.append(j)
                 continue
         batches.append([j])
