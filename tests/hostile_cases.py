@@ -2,7 +2,8 @@
 input, and one source for every default. Each case is one function; pytest runs them all
 (``tests/test_hostile.py``) and ``python tests/hostile_cases.py`` prints a report by class:
 
-    python tests/hostile_cases.py            # about a minute on 2 CPU cores
+    python tests/hostile_cases.py            # a few minutes on 2 CPU cores
+    python tests/hostile_cases.py NAME ...   # only these cases
 
 A case passes when tpsearch gives a correct answer or a one-line refusal that names the file,
 column, row or option, leaves nothing half-written, and never hangs or loses data.
@@ -733,5 +734,9 @@ def run_all(selected: list[Case] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The cases live in the importable module (hostile_writes registers its own there).
+    import hostile_cases as probe
+    import hostile_writes  # noqa: F401
+
     names = set(sys.argv[1:])
-    sys.exit(1 if run_all([c for c in CASES if not names or c.name in names]) else 0)
+    sys.exit(1 if probe.run_all([c for c in probe.CASES if not names or c.name in names]) else 0)

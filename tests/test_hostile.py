@@ -1,9 +1,10 @@
-"""Every case of the hostile probe (tests/hostile_cases.py) as a test."""
+"""Every case of the hostile probe (tests/hostile_cases.py, tests/hostile_writes.py) as a test."""
 
 from __future__ import annotations
 
 import pytest
 
+import hostile_writes  # noqa: F401 - registers the second part's cases
 from hostile_cases import CASES, Env
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import json
 import logging
 import sys
@@ -211,6 +212,18 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
         + f"{' + BM25' if m.lexical else ''} ({size:.1f} MiB on disk)", err=True)
 
 
+def _updates_row(m) -> str:
+    """``info``'s updates row: how many since the full build, the last three in full."""
+    updates = [*m.history, *([m.update] if m.update else [])]
+    if not updates:
+        return "none (a full build)"
+    total = len(updates) + m.history_dropped
+    shown = "; ".join(f"from {u.base}: +{u.added} ~{u.changed} -{u.removed} ={u.kept}, "
+                      f"transform {u.transform}" + (f", drift {u.drift}" if u.drift is not None else "")
+                      for u in updates[-3:])
+    return shown if total <= 3 else f"{total} since the full build; the last 3: {shown}"
+
+
 # ---------------------------------------------------------------------------------- add / delete
 @main.command()
 @click.argument("index_dir", type=click.Path(file_okay=False))
@@ -246,15 +259,15 @@ def delete(index_dir, ids, ids_file, no_progress):
     \b
     tpsearch delete idx doc-17 doc-42
     tpsearch delete idx --ids-file gone.txt"""
-    from .updates import update
+    from .manifest import open_manifest
+    from .updates import ids_from_text, read_ids_file, update
 
-    wanted = list(ids)
-    if ids_file:
-        wanted += [line.strip() for line in Path(ids_file).read_text(encoding="utf8").splitlines()
-                   if line.strip()]
+    wanted = list(ids) + (read_ids_file(ids_file) if ids_file else [])
     if not wanted:
         raise click.UsageError("give ids to delete, or --ids-file")
-    res = update(index_dir, delete=wanted, show_progress=not no_progress)
+    id_type = open_manifest(index_dir)[1].id_type
+    res = update(index_dir, delete=ids_from_text(wanted, id_type, "delete"),
+                 show_progress=not no_progress)
     _report_update(res)
 
 
@@ -366,7 +379,10 @@ def serve(index_dirs, **kw):
     except ImportError as exc:
         raise click.ClickException(f"serving needs the serve extra ({exc.name} is missing): "
                                    "pip install 'tpsearch[serve]'") from None
+    if kw.get("api_key") is None and os.environ.get("TPSEARCH_API_KEY") is not None:
+        kw["api_key"] = os.environ["TPSEARCH_API_KEY"]  # click reads a set but empty one as unset
     config = ServeConfig(**{k: v for k, v in kw.items() if v is not None})
+    config.check()
     _json_logs(config)
     click.echo(f"tpsearch: serving {', '.join(index_dirs)} on http://{config.host}:{config.port}"
                + (" (API key required)" if config.api_key else ""), err=True)
@@ -446,11 +462,7 @@ def info(index_dir, as_json):
                                           f"{m.fusion.lexical_weight})" if m.default_mode == "hybrid" else "")),
         ("corpus", f"{c.path} ({c.rows} rows, text={c.text_column!r}, id={c.id_column!r}"
                    + (f", title={c.title_column!r}" if c.title_column else "") + ")"),
-        ("updates", "; ".join(f"from {u.base}: +{u.added} ~{u.changed} -{u.removed} ={u.kept}, "
-                              f"transform {u.transform}"
-                              + (f", drift {u.drift}" if u.drift is not None else "")
-                              for u in [*m.history, *([m.update] if m.update else [])])
-         or "none (a full build)"),
+        ("updates", _updates_row(m)),
         ("built", f"{m.build.started_at} in {m.build.seconds} s with tpsearch "
                   f"{m.tpsearch_version} ({m.build.device}, {m.build.batching})"),
         ("files", f"{len(m.files)} checked against the manifest's sizes and SHA-256"),

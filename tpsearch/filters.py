@@ -181,9 +181,15 @@ def _value(value: Any, kind: str, where: str) -> Any:
             raise bad("an integer")
         return value
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a finite number")
-        return float(value)
+        try:
+            number = float(value)  # an integer past float's range overflows
+        except OverflowError:
+            raise bad("a finite number") from None
+        if not math.isfinite(number):
+            raise bad("a finite number")
+        return number
     if not isinstance(value, str):
         raise bad("an ISO 8601 string")
     try:
@@ -201,5 +207,10 @@ def _mask(values) -> np.ndarray:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    """``value`` for a message, at most 60 characters (a value nested too deeply to print, as
+    a 10,000-level list, is named as such)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply"
     return text if len(text) <= 60 else text[:57] + "..."

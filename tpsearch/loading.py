@@ -56,6 +56,9 @@ class ModelSource:
     kind: str  # "bundled", "gguf", "directory" or "hub"
     path: str  # GGUF file, directory, or hub id
     weights_sha256: str  # hash of the GGUF file / weight files; hub: "" until resolved
+    #: Hash of what else defines the encoding (config.json, the tokenizer's files) for a
+    #: directory or hub model; None for GGUF, whose file hash covers its config and vocabulary.
+    definition_sha256: str | None = None
 
 
 def cache_dir() -> Path:
@@ -110,6 +113,25 @@ def directory_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     for p in weights:
         digest.update(f"{p.name}:{file_sha256(p)}\n".encode())
+    return digest.hexdigest()
+
+
+#: Files besides the weights that change what a model directory computes: its configuration
+#: and its tokenizer (vocabulary, merges, normalisation, added and special tokens).
+DEFINITION_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+                    "spiece.model", "vocab.json", "vocab.txt", "merges.txt")
+
+
+def definition_sha256(path: Path) -> str:
+    """A fingerprint of a model directory's configuration and tokenizer files (those of
+    :data:`DEFINITION_FILES` present): an edit to ``config.json`` (say ``rms_norm_eps``)
+    changes the function as surely as new weights do."""
+    digest = hashlib.sha256()
+    for name in DEFINITION_FILES:
+        p = path / name
+        if p.is_file():
+            digest.update(f"{name}:{file_sha256(p)}\n".encode())
     return digest.hexdigest()
 
 
@@ -176,11 +198,13 @@ def resolve_source(spec: str) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"{spec}: not a transformers model directory (no config.json)")
-        return ModelSource(spec, "directory", str(path.resolve()), directory_sha256(path))
+        return ModelSource(spec, "directory", str(path.resolve()), directory_sha256(path),
+                           definition_sha256(path))
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise InputError(f"{spec}: not a model directory, a .gguf file or a hub id")
     snapshot = hub_snapshot(spec)
-    return ModelSource(spec, "hub", str(snapshot), directory_sha256(snapshot))
+    return ModelSource(spec, "hub", str(snapshot), directory_sha256(snapshot),
+                       definition_sha256(snapshot))
 
 
 def hub_offline() -> bool:

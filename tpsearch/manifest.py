@@ -47,6 +47,9 @@ class ModelRef:
     path: str | None
     kind: str = field(metadata={"choices": ("bundled", "gguf", "directory", "hub", "object")})
     weights_sha256: str | None
+    #: config.json and tokenizer files of a directory or hub model (absent: not recorded, as
+    #: by tpsearch <= 0.4; GGUF: covered by the weights hash).
+    definition_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,8 @@ class Manifest:
     replaces: str | None = None  # the version it replaced, if any
     store: str | None = None  # folder of the passages and raw vectors (incremental builds)
     update: UpdateInfo | None = None  # set when this version was built incrementally
-    history: list[UpdateInfo] = field(default_factory=list)  # the earlier updates
+    history: list[UpdateInfo] = field(default_factory=list)  # the earlier updates (the last 100)
+    history_dropped: int = field(default=0, metadata={"min": 0})  # older updates not listed
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": FORMAT, **asdict(self)}

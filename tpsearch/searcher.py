@@ -69,6 +69,11 @@ def encoder_mismatches(manifest: Manifest, encoder: TPEncoder) -> list[str]:
     actual = encoder.source.weights_sha256 if encoder.source else None
     if recorded and actual and recorded != actual:
         diffs.append(f"weights sha256: index {recorded[:12]}..., encoder {actual[:12]}...")
+    recorded = manifest.model.definition_sha256
+    actual = encoder.source.definition_sha256 if encoder.source else None
+    if recorded and actual and recorded != actual:
+        diffs.append(f"config/tokenizer files sha256: index {recorded[:12]}..., encoder "
+                     f"{actual[:12]}... (config.json or a tokenizer file was changed)")
     return diffs
 
 
@@ -283,6 +288,13 @@ class Searcher:
                 f"{self.directory}: the index was built with model {m.spec!r} (weights sha256 "
                 f"{m.weights_sha256[:12]}...), but {spec!r} now has weights "
                 f"{source.weights_sha256[:12]}...; rebuild the index or pass the original model")
+        if (m.definition_sha256 and source.definition_sha256
+                and source.definition_sha256 != m.definition_sha256):
+            raise ConfigMismatch(
+                f"{self.directory}: the index was built with model {m.spec!r} whose config.json "
+                f"and tokenizer files hashed {m.definition_sha256[:12]}..., but at {spec!r} they "
+                f"now hash {source.definition_sha256[:12]}... (edited?); the same weights with "
+                "another configuration encode differently: restore the files or rebuild")
         # Queries come a few at a time: no graph capture or compile latency.
         options = EncoderOptions.reproducing(
             self.manifest.encoder, model=spec, device=self.device, batching="sorted",

@@ -7,35 +7,71 @@ The result is the directory's next version, made by the incremental build: every
 the index that is neither deleted nor replaced is taken from the index's store as it is (never
 encoded again), the upserted rows are encoded (a row whose id is in the index replaces that
 document in place; new ids are added at the end), the fitted transform is kept (``refit``
-fits anew), and the new version is published atomically under the build's lock.
+fits anew), and the new version is published atomically.
+
+Writers take turns: an update takes the index's lock (waiting up to ``wait`` seconds for
+another build or update to finish) *before* it reads the version it starts from, so every
+acknowledged upsert or delete is in every later version, and a refused one changed nothing.
+The work of an update that was killed or ran out of disk is resumed by the same update run
+again, and discarded by any other.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import BuildConfig, ModelConfig, build_config_from
-from .errors import InputError
+from .errors import DiskError, InputError
 from .manifest import inside, open_manifest
 from .metadata import PREFIX
 from .pipeline import BuildResult, build_index
+from .pipeline.workdir import BuildLock
 from .searcher import IdMap
 
 KEEP_COLUMN = "__tpsearch_keep"
+#: How long an update waits for another build or update of the same index (seconds).
+LOCK_WAIT = 600.0
+#: An integer id as text (the CLI's ids): ASCII digits only, an optional minus.
+INT_TEXT = re.compile(r"^-?[0-9]{1,19}$")
+#: Bytes an ids file may hold (about ten million ids).
+MAX_IDS_FILE_BYTES = 256 << 20
 
 
 def update(directory: str | Path, upsert: Any = None, delete: Iterable = (), refit: bool = False,
-           show_progress: bool = False) -> BuildResult:
+           show_progress: bool = False, wait: float = LOCK_WAIT) -> BuildResult:
     """Publish a new version of the index at ``directory`` with ``upsert`` (a Parquet path, a
     pyarrow Table or a list of dicts with the index's id, text, title and metadata columns)
-    added or replacing documents by id, and the ids in ``delete`` removed."""
-    root = Path(directory)
+    added or replacing documents by id, and the ids in ``delete`` removed.
+
+    Ids must have the index's id type exactly (int: Python or NumPy integers, never bool or
+    float; str: strings); anything else is refused in one line naming the id. An upserted
+    document needs a non-empty text. ``wait``: seconds to wait for another writer's lock."""
+    root = Path(directory).resolve()
+    gone_given = id_list(delete, "delete")
+    given = _records(upsert)
+    with BuildLock(root, wait=wait):
+        tmp_dir = root.parent / f".{root.name}.update"
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed update: nobody uses it
+        try:
+            return _update_locked(root, given, gone_given, refit, show_progress, tmp_dir)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _update_locked(root: Path, given, gone_given: list, refit: bool, show_progress: bool,
+                   tmp_dir: Path) -> BuildResult:
+    """The update, with the lock held: the base version is read here, not before."""
     location, manifest = open_manifest(root)
     c = manifest.corpus
     idmap = IdMap.read(inside(location.path, manifest.id_map), False, manifest.id_type)
@@ -43,11 +79,9 @@ def update(directory: str | Path, upsert: Any = None, delete: Iterable = (), ref
     base_ids = [idmap.ids[r] for r in firsts]
     columns = [c.id_column, c.text_column] + ([c.title_column] if c.title_column else []) + list(
         manifest.metadata)
-    rows = _rows(upsert, columns, root)
-    up_ids = rows.column(c.id_column).to_pylist() if rows.num_rows else []
-    if len(set(up_ids)) < len(up_ids):
-        raise InputError("upsert: the same id appears twice")
-    gone = {_typed_id(i, manifest.id_type) for i in delete}
+    rows = _rows(given, columns, root)
+    up_ids = _upsert_ids(rows, c.id_column, c.text_column, manifest.id_type)
+    gone = {typed_id(i, manifest.id_type, "delete") for i in gone_given}
     clash = gone & set(up_ids)
     if clash:
         raise InputError(f"id {sorted(clash, key=str)[0]!r} is both upserted and deleted")
@@ -59,28 +93,105 @@ def update(directory: str | Path, upsert: Any = None, delete: Iterable = (), ref
         order.append(("new", position.pop(doc_id)) if doc_id in position else ("base", d))
     order += [("new", n) for n in sorted(position.values())]
     table = _corpus(order, rows, columns, idmap, firsts, manifest)
-    tmp = root.parent / f".{root.name}.update-{os.getpid()}.parquet"
-    pq.write_table(table, tmp)
+    tmp = tmp_dir / f"corpus-{os.getpid()}-{secrets.token_hex(4)}.parquet"
     try:
-        options = {k: v for k, v in manifest.build.config.items() if k != "model"}
-        options.update({k: v for k, v in manifest.build.config.get("model", {}).items()
-                        if k in {f.name for f in fields(ModelConfig)}})
-        options.update(corpus=str(tmp), out=str(root), refit=refit, fresh=False)
-        config = build_config_from({k: v for k, v in options.items()
-                                    if k in {f.name for f in fields(BuildConfig)} | {
-                                        f.name for f in fields(ModelConfig)}})
-        return build_index(config, show_progress=show_progress, keep_column=KEEP_COLUMN)
-    finally:
-        tmp.unlink(missing_ok=True)
+        tmp_dir.mkdir(exist_ok=True)
+        pq.write_table(table, tmp)
+    except OSError as exc:
+        raise DiskError(f"{tmp_dir}: {exc.strerror or exc} while writing the update's rows; "
+                        "nothing was changed") from None
+    options = {k: v for k, v in manifest.build.config.items() if k != "model"}
+    options.update({k: v for k, v in manifest.build.config.get("model", {}).items()
+                    if k in {f.name for f in fields(ModelConfig)}})
+    options.update(corpus=str(tmp), out=str(root), refit=refit, fresh=False)
+    config = build_config_from({k: v for k, v in options.items()
+                                if k in {f.name for f in fields(BuildConfig)} | {
+                                    f.name for f in fields(ModelConfig)}})
+    return build_index(config, show_progress=show_progress, keep_column=KEEP_COLUMN, locked=True)
 
 
-def _typed_id(value: Any, id_type: str):
+def id_list(ids: Any, what: str) -> list:
+    """``ids`` as a list, refusing a lone string or number and mappings (one line)."""
+    if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Iterable):
+        raise InputError(f"{what} must be a list of ids, got {type(ids).__name__} "
+                         f"{str(ids)[:40]!r}; wrap a single id in a list")
+    return list(ids)
+
+
+def typed_id(value: Any, id_type: str, what: str):
+    """``value`` if it has the index's id type exactly (int: a Python or NumPy integer, not a
+    bool; str: a string); else a one-line refusal naming it."""
     if id_type == "int":
-        try:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
             return int(value)
-        except (TypeError, ValueError):
-            raise InputError(f"delete: this index has integer ids, got {str(value)[:40]!r}") from None
-    return str(value)
+        kind = "an integer"
+    else:
+        if isinstance(value, str):
+            return value
+        kind = "a string"
+    raise InputError(f"{what}: id {short_id(value)} ({type(value).__name__}) is not {kind}: "
+                     f"this index has {id_type} ids")
+
+
+def ids_from_text(texts: Iterable[str], id_type: str, what: str) -> list:
+    """Ids typed on a command line or read from a file, as the index's id type: for an
+    integer index each must be ASCII digits with an optional minus (no '1_0', no other
+    scripts' digits)."""
+    out = []
+    for t in texts:
+        if id_type == "int":
+            if not INT_TEXT.match(t):
+                raise InputError(f"{what}: id {short_id(t)} is not an integer: this index has "
+                                 "int ids (ASCII digits only)")
+            out.append(int(t))
+        else:
+            out.append(t)
+    return out
+
+
+def read_ids_file(path: str | Path) -> list[str]:
+    """The ids of a text file, one a line (blank lines skipped); refused in one line if it is
+    not a regular UTF-8 text file of at most :data:`MAX_IDS_FILE_BYTES`."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            if not os.path.isfile(p):
+                raise InputError(f"{p}: not a regular file; give a text file of ids")
+            raw = f.read(MAX_IDS_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read it ({exc.strerror})") from None
+    if len(raw) > MAX_IDS_FILE_BYTES:
+        raise InputError(f"{p}: more than {MAX_IDS_FILE_BYTES >> 20} MiB; split the ids over "
+                         "several deletes")
+    try:
+        text = raw.decode("utf8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 text (byte {exc.start}); give one id a line") from None
+    if "\x00" in text:
+        raise InputError(f"{p}: holds NUL bytes; give a text file of ids, one a line")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def short_id(value: Any) -> str:
+    return repr(value)[:60]
+
+
+def _records(upsert: Any) -> Any:
+    """The upsert argument checked for shape (before any lock is taken): None, a path, a
+    Table, or a list of mappings."""
+    if upsert is None or isinstance(upsert, (str, Path, pa.Table)):
+        return upsert
+    if isinstance(upsert, Mapping):
+        raise InputError("upsert must be a list of records (dicts), a pyarrow Table or a "
+                         "Parquet path; got one dict: wrap it in a list")
+    if not isinstance(upsert, Iterable) or isinstance(upsert, bytes):
+        raise InputError(f"upsert must be a list of records, got {type(upsert).__name__}")
+    records = list(upsert)
+    for n, r in enumerate(records):
+        if not isinstance(r, Mapping):
+            raise InputError(f"upsert: record {n} is a {type(r).__name__}, not a mapping of "
+                             "column to value")
+    return records
 
 
 def _rows(upsert: Any, columns: list[str], root: Path) -> pa.Table:
@@ -97,8 +208,8 @@ def _rows(upsert: Any, columns: list[str], root: Path) -> pa.Table:
         table, where = upsert, "upsert"
     else:
         try:
-            table = pa.Table.from_pylist(list(upsert))
-        except (pa.ArrowException, TypeError) as exc:
+            table = pa.Table.from_pylist([dict(r) for r in upsert])
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"upsert: cannot read the records ({str(exc)[:120]})") from None
         where = "upsert"
     missing = [c for c in columns if c not in table.column_names]
@@ -107,6 +218,33 @@ def _rows(upsert: Any, columns: list[str], root: Path) -> pa.Table:
                          f"columns {', '.join(columns)})")
     return table.select(columns) if table.num_rows else pa.table({c: pa.array([], pa.null())
                                                                   for c in columns})
+
+
+def _upsert_ids(rows: pa.Table, id_column: str, text_column: str, id_type: str) -> list:
+    """The upserted ids, checked: the index's id type (no float or bool column for an integer
+    index), none null or repeated, and every document with a non-empty text."""
+    if not rows.num_rows:
+        return []
+    col = rows.column(id_column)
+    want = pa.types.is_integer if id_type == "int" else (
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))
+    if not want(col.type):  # e.g. a float or bool column for an integer index: name the row
+        for n, v in enumerate(col.to_pylist()):
+            typed_id(v, id_type, f"upsert: row {n} (id column of type {col.type})")
+        raise InputError(f"upsert: the id column has type {col.type}; this index has "
+                         f"{id_type} ids")
+    ids = col.to_pylist()
+    for n, (i, text) in enumerate(zip(ids, rows.column(text_column).to_pylist())):
+        if i is None:
+            raise InputError(f"upsert: row {n} has no id")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"upsert: document {short_id(i)} (row {n}) has no text; to remove "
+                             "a document, delete it by id")
+    if len(set(ids)) < len(ids):
+        seen: set = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise InputError(f"upsert: id {short_id(dup)} appears twice")
+    return ids
 
 
 def _corpus(order, rows: pa.Table, columns: list[str], idmap: IdMap, firsts: list[int],
@@ -139,6 +277,8 @@ def _corpus(order, rows: pa.Table, columns: list[str], idmap: IdMap, firsts: lis
         types[name] = meta.schema.field(PREFIX + name).type
     try:
         arrays = {col: pa.array(out[col], type=types[col]) for col in columns}
-    except (pa.ArrowException, TypeError, ValueError) as exc:
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"upsert: a value does not fit the index's column types ({str(exc)[:160]})") from None
     return pa.table({**arrays, KEEP_COLUMN: pa.array(keep, pa.bool_())})
+
+

@@ -51,7 +51,8 @@ class Reused:
 class BaseStore:
     """The store of an index's current version, verified and held in memory."""
 
-    def __init__(self, version_dir: Path, manifest: Manifest):
+    def __init__(self, version_dir: Path, manifest: Manifest, dim: int | None = None):
+        """``dim``: the encoder's output size, which every stored vector must have."""
         names = sorted(n for n in manifest.files if n.startswith(STORE_DIR + "/"))
         if not manifest.store or not names:
             raise IndexDamaged(f"{version_dir}: this index keeps no passages and vectors for "
@@ -67,7 +68,20 @@ class BaseStore:
                 tables.append(pq.read_table(path, columns=[c for c in COLUMNS if c in names]))
             except (pa.ArrowException, OSError) as exc:
                 raise IndexDamaged(f"{path}: cannot be read ({str(exc)[:120]})") from None
-        self.table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+            missing = [c for c in COLUMNS if c not in names and c != "text"]
+            vtype = tables[-1].schema.field("vector").type if "vector" in names else None
+            if missing or not pa.types.is_fixed_size_list(vtype) or not pa.types.is_float32(
+                    vtype.value_type) or dim is not None and vtype.list_size != dim:
+                raise IndexDamaged(
+                    f"{path}: not a store shard of this index ("
+                    + (f"no column {missing[0]!r}" if missing else
+                       f"vectors of type {vtype}, the encoder gives {dim} float32 values")
+                    + "); rebuild the index with --overwrite")
+        try:
+            self.table = pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowException, ValueError) as exc:
+            raise IndexDamaged(f"{version_dir}: the store's shards do not agree "
+                               f"({str(exc)[:120]}); rebuild the index with --overwrite") from None
         t = self.table
         col = t.column("vector").combine_chunks()
         self.vectors = col.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)

@@ -42,6 +42,8 @@ from .writer import write_shard
 
 log = logging.getLogger("tpsearch")
 #: Errors of the disk, not of the data: reported in one line, the shards kept for a resume.
+#: Updates a manifest lists in ``history`` (older ones are counted in ``history_dropped``).
+MAX_HISTORY = 100
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
@@ -61,6 +63,7 @@ def work_settings(config: BuildConfig, encoder: TPEncoder, fingerprint: str) -> 
     return {
         "encoder": encoder.settings.to_dict(),
         "weights_sha256": encoder.source.weights_sha256 if encoder.source else None,
+        "definition_sha256": encoder.source.definition_sha256 if encoder.source else None,
         "corpus_fingerprint": fingerprint,
         "columns": {"text": config.text_column, "id": config.id_column, "title": config.title_column,
                     "metadata": list(config.metadata_list())},
@@ -155,7 +158,8 @@ def prefetch(chunks: Iterator, prepare: Callable, times: StageTimes, depth: int 
 
 def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_progress: bool = False,
                 overwrite: bool = False, distributor: Distributor | None = None,
-                keep_shards: bool = False, keep_column: str | None = None) -> BuildResult:
+                keep_shards: bool = False, keep_column: str | None = None,
+                locked: bool = False) -> BuildResult:
     """Run the whole build: validate, embed into shards, assemble, publish atomically.
 
     Into an existing index at ``config.out`` the build is incremental: documents whose id and
@@ -167,14 +171,17 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
     ``keep_column`` (``tpsearch.update``) names a boolean corpus column marking documents to
     take from the index unchanged. ``keep_shards`` leaves the encoded shards in the work directory after publishing, so a
     build of the same output with another index, transform or lexical setting (everything
-    made at assembly) reuses them without encoding (the evaluation's comparisons do this)."""
+    made at assembly) reuses them without encoding (the evaluation's comparisons do this).
+    ``locked``: the caller holds the output's :class:`BuildLock` already (updates take it before
+    they read the version they start from)."""
     d = distributor or Distributor.from_env()
     d.start()
     try:
         out = validate_build(config, overwrite)
         try:
-            if not d.is_main:
-                result = _build(config, encoder, False, d, out, keep_shards, overwrite, keep_column)
+            if not d.is_main or locked:
+                result = _build(config, encoder, show_progress and d.is_main, d, out,
+                                keep_shards, overwrite, keep_column)
             else:
                 with BuildLock(out):
                     result = _build(config, encoder, show_progress, d, out, keep_shards, overwrite,
@@ -237,7 +244,8 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     settings["base_version"] = base[0].version if base else None
     # Rank 0 prepares (or discards) the work directory and drops shards whose corpus rows
     # changed since they were written; the others then check it.
-    agreed(d, lambda: _prepare_work(work, settings, config, reader) if d.is_main else None)
+    agreed(d, lambda: _prepare_work(work, settings, config, reader, keep_column is not None)
+           if d.is_main else None)
     if not d.is_main:
         work.prepare(settings, fresh=False)
     try:
@@ -259,20 +267,21 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens,
                          query_prompt)
     update = _update_info(base, part) if base else None
-    history = ([*base[1].history, base[1].update] if base and base[1].update else
-               list(base[1].history) if base else [])
+    history, dropped = bounded_history(base[1]) if base else ([], 0)
     manifest = replace(manifest, files=file_digests(work.final, manifest.named_files() + [STORE_DIR]),
                        version=version, replaces=replaces, store=STORE_DIR, update=update,
-                       history=history)
+                       history=history, history_dropped=dropped)
     write_manifest(work.final, manifest)
     work.publish(version, keep_shards)
     return BuildResult(out, manifest, docs, tokens)
 
 
-def _prepare_work(work: WorkDir, settings: dict, config: BuildConfig, reader: CorpusReader) -> None:
-    """Make or check the work directory; re-encode windows whose content changed."""
+def _prepare_work(work: WorkDir, settings: dict, config: BuildConfig, reader: CorpusReader,
+                  update: bool = False) -> None:
+    """Make or check the work directory; re-encode windows whose content changed. An update
+    discards the work of another interrupted build or update instead of refusing it."""
     restore_legacy_aside(work.out)
-    work.prepare(settings, config.fresh)
+    work.prepare(settings, config.fresh, discard_other=update)
     done = sorted(shard_start(p) for p in work.complete_shards())
     if not done:
         return
@@ -304,7 +313,15 @@ def open_base(out: Path, config: BuildConfig, encoder: TPEncoder, rebuild: bool)
     if diffs:
         raise ConfigMismatch(f"{out} holds an index built with other settings ("
                              + "; ".join(diffs[:4]) + "); --overwrite rebuilds it from scratch")
-    return location, manifest, BaseStore(location.path, manifest)
+    return location, manifest, BaseStore(location.path, manifest, encoder.dim)
+
+
+def bounded_history(base: Manifest) -> tuple[list, int]:
+    """The update history a version built on ``base`` records: the last :data:`MAX_HISTORY`
+    updates, and how many older ones were dropped (so the manifest stays a few KiB)."""
+    history = [*base.history, base.update] if base.update else list(base.history)
+    cut = max(0, len(history) - MAX_HISTORY)
+    return history[cut:], base.history_dropped + cut
 
 
 def keep_store(work: WorkDir, keep_shards: bool, store_text: bool) -> None:
@@ -374,7 +391,8 @@ def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fin
     return Manifest(
         model=ModelRef(spec=encoder.settings.model, path=src.path if src else None,
                        kind=src.kind if src else "object",
-                       weights_sha256=src.weights_sha256 if src else None),
+                       weights_sha256=src.weights_sha256 if src else None,
+                       definition_sha256=src.definition_sha256 if src else None),
         encoder=encoder.settings, dim=part.dim, index=part.index, documents=part.documents,
         vectors=part.vectors, id_type=reader.id_kind, store_text=config.store_text,
         passages=config.passage_settings(), transform=part.transform,

@@ -41,12 +41,16 @@ def shard_start(path: Path) -> int:
 
 
 class BuildLock:
-    """An exclusive lock on one output path (filelock), naming its holder to whoever is refused."""
+    """An exclusive lock on one output path (filelock), naming its holder to whoever is refused.
 
-    def __init__(self, out: Path):
+    ``wait`` is how many seconds to wait for another holder (0: refuse at once, as builds do;
+    updates wait, so two writers of one index take turns instead of one failing)."""
+
+    def __init__(self, out: Path, wait: float = 0):
         self.path = out.parent / f".{out.name}.lock"
         self.holder = out.parent / f".{out.name}.lock.holder"
-        self._lock = FileLock(str(self.path), timeout=0)
+        self.wait = wait
+        self._lock = FileLock(str(self.path), timeout=wait)
 
     def __enter__(self) -> "BuildLock":
         try:
@@ -56,8 +60,9 @@ class BuildLock:
                 who = self.holder.read_text().strip()
             except OSError:
                 who = "another process"
-            raise InputError(f"another build is writing {self.path.name[1:-5]} ({who}); "
-                             "wait for it to finish, or choose another --out") from None
+            waited = f" for {self.wait:g} s" if self.wait else ""
+            raise InputError(f"another build or update is writing {self.path.name[1:-5]} ({who})"
+                             f"{waited}; wait for it to finish, or choose another --out") from None
         self.holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}, since "
                                f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
         return self
@@ -77,19 +82,31 @@ class WorkDir:
         self.final = self.root / "final"
         self.marker = self.root / "work.json"
 
-    def prepare(self, settings: dict, fresh: bool) -> None:
-        """Create the work directory, or check that its shards were made with ``settings``."""
+    def prepare(self, settings: dict, fresh: bool, discard_other: bool = False) -> None:
+        """Create the work directory, or check that its shards were made with ``settings``.
+        ``discard_other`` (updates): work of an interrupted build or update made with other
+        settings is discarded instead of refused (nobody was told it succeeded; the same
+        update run again finds its own shards and resumes)."""
         if self.root.exists() and fresh:
             shutil.rmtree(self.root)
         if self.marker.is_file():
-            diffs = diff_settings(json.loads(self.marker.read_text()), settings)
+            try:
+                recorded = json.loads(self.marker.read_text())
+            except (OSError, ValueError):
+                recorded = {"unreadable": True}  # a marker cut short by a crash
+            diffs = diff_settings(recorded, settings) if isinstance(recorded, dict) else ["?"]
+            if diffs and discard_other:
+                shutil.rmtree(self.root)
+                diffs = []
             if diffs:
                 raise ConfigMismatch(
                     f"{self.root} holds shards of an interrupted build made with other settings ("
                     + "; ".join(diffs[:4]) + "); rerun with --fresh to discard them")
         self.shards.mkdir(parents=True, exist_ok=True)
         if not self.marker.is_file():
-            self.marker.write_text(json.dumps(settings, indent=1))
+            tmp = self.marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps(settings, indent=1))
+            os.replace(tmp, self.marker)
 
     def shard_path(self, start: int) -> Path:
         return self.shards / shard_name(start)
