@@ -23,11 +23,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..errors import InputError, TPSearchError
+from ..searcher import clean_text
 from .batcher import Overloaded
 from .config import ServeConfig
 from .limits import BodyLimit
@@ -56,20 +58,20 @@ class _Strict(BaseModel):
 
 
 class SearchParams(_Strict):
-    efSearch: int | None = None
-    nprobe: int | None = None
+    efSearch: StrictInt | None = None
+    nprobe: StrictInt | None = None
 
 
 class SearchBody(_Strict):
     """A search request: one query or a list, answered with one hit list each."""
 
     query: str | list[str]
-    k: int = 10
+    k: StrictInt = 10  # strict: true is not 1
     mode: Literal["dense", "lexical", "hybrid"] | None = None
-    passages: bool = False
+    passages: StrictBool = False
     params: SearchParams | None = None
     filter: dict[str, Any] | None = None  # on metadata columns (tpsearch.filters)
-    rerank: int = 0  # re-score the best N with the decoder (at most --max-rerank)
+    rerank: StrictInt = 0  # re-score the best N with the decoder (at most --max-rerank)
     index: str | None = None  # POST /search only: which index (default: the only one)
 
 
@@ -80,12 +82,13 @@ class EmbeddingsBody(BaseModel):
     input: str | list[str]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
 
 
 def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
     """The application serving ``registry``'s indexes (opened already; their models load in
     the background after start-up, and /readyz answers 200 once they have)."""
+    config.check()
     metrics = Metrics()
     registry.on_batch = metrics.observe_batch
     state: dict[str, Any] = {"load_error": None}
@@ -118,6 +121,14 @@ def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
     async def api_error(request: Request, exc: ApiError):
         return JSONResponse(error_body(exc.message, exc.kind, exc.param), exc.status, exc.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Starlette's own answers (404 for an unknown path, 405, a body it cannot parse) in
+        # the same shape as every other error.
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind), exc.status_code,
+                            getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -143,6 +154,12 @@ def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
             except asyncio.TimeoutError:
                 response = JSONResponse(error_body(f"the request took longer than "
                                                    f"{config.timeout_s:g} s", "timeout"), 504)
+            except Exception as exc:  # a bug: logged with its traceback, counted, answered 500
+                logging.getLogger("tpsearch.serve").exception(
+                    "%s %s failed: %s: %s", request.method, path, type(exc).__name__, exc)
+                response = JSONResponse(error_body(f"internal error ({type(exc).__name__}); "
+                                                   "the server log has the cause", "server_error"),
+                                        500)
         seconds = time.perf_counter() - started
         route = request.scope.get("route")
         endpoint = getattr(route, "path", None) or "other"
@@ -181,7 +198,9 @@ def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
         return s
 
     def texts_of(value: str | list[str], field: str) -> list[str]:
-        items = [value] if isinstance(value, str) else list(value)
+        # clean_text: a JSON-escaped lone surrogate becomes '?' here, before the tokenizer,
+        # the response or the log sees it
+        items = [clean_text(v) for v in ([value] if isinstance(value, str) else list(value))]
         if not items:
             raise ApiError(422, f"{field}: give at least one text", param=field)
         if len(items) > config.max_queries:

@@ -53,6 +53,9 @@ class ServeConfig:
                      "max_query_chars", "max_k"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError("the API key (--api-key or TPSEARCH_API_KEY) is set but empty: "
+                             "give a key, or unset it to serve without one")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must lie in 0..65535, got {self.port}")
         if not 0 <= self.max_rerank <= 1000:

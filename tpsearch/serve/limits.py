@@ -1,5 +1,5 @@
 """Request-body size limit, as ASGI middleware: a declared or streamed body over the limit is
-answered 413 before the application reads it whole."""
+answered 413 before the application reads any of it."""
 
 from __future__ import annotations
 
@@ -17,29 +17,28 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._too_large(send)
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
+        # The body is read here, up to the limit, before the application sees any of it: a
+        # streamed (chunked) body over the limit is answered 413 as a declared one is, never
+        # cut short inside the application's own body parsing (which would answer 400).
+        messages, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away
+                messages.append(message)
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                return await self._too_large(send)
+            messages.append(message)
+            if not message.get("more_body", False):
+                break
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def replay():
+            if messages:
+                return messages.pop(0)
+            return await receive()  # after the body: wait for a disconnect, as the server would
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._too_large(send)
+        await self.app(scope, replay, send)
 
     async def _too_large(self, send):
         body = json.dumps({"error": {"message": f"the request body is over {self.max_bytes} "
@@ -49,7 +48,3 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

@@ -123,9 +123,10 @@ class Registry:
                 new_searcher = await asyncio.get_running_loop().run_in_executor(
                     None, old.searcher.reopen)
                 _ = new_searcher.query_encoder
-            except TPSearchError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to open or load refuses it
+                # (a model that fails to load raises transformers' or torch's own errors)
                 log.warning("%s: the new version is refused, %s keeps serving: %s", name,
-                            old.version, exc)
+                            old.version, exc, exc_info=not isinstance(exc, TPSearchError))
                 return False, True, (f"{name}: the new version is refused ({exc}); "
                                      f"{old.version} keeps serving")
             new = Served(name, new_searcher, self._batcher(name, new_searcher))
@@ -150,7 +151,11 @@ class Registry:
                     now = f"unreadable: {exc}"
                 if now == served.searcher.location.path or refused.get(name) == now:
                     continue
-                _, was_refused, _ = await self.reload(name)
+                try:
+                    _, was_refused, _ = await self.reload(name)
+                except Exception:  # noqa: BLE001 - one index's trouble never stops the others'
+                    log.exception("%s: checking for a new version failed", name)
+                    was_refused = True
                 if was_refused:
                     refused[name] = now
 
