@@ -133,6 +133,16 @@ def test_a_filter_matching_nothing_returns_no_hits(built):
     assert s.search("river", k=5, filter={"year": 1900}) == []
 
 
+def _nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+NESTED = _nested(10_000)
+
+
 @pytest.mark.parametrize("spec, needle", [
     ({"nope": 1}, "no metadata column 'nope'"),
     ({"year": "2020"}, "expected an integer"),
@@ -146,6 +156,9 @@ def test_a_filter_matching_nothing_returns_no_hits(built):
     ([], "non-empty object"),
     ("{not json", "not valid JSON"),
     ({"tags": {"$contains": 3}}, "expected a string"),
+    ({"score": 10 ** 400}, "finite number"),  # 0.4: OverflowError
+    ({"score": {"$in": [1.5, -10 ** 400]}}, "finite number"),
+    ({"lang": NESTED}, "nested too deeply"),  # 0.4: RecursionError
 ])
 def test_malformed_filters_are_refused_before_any_search(built, spec, needle):
     s = Searcher.open(built[0]["flat"])
