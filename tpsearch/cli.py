@@ -234,7 +234,8 @@ def _updates_row(m) -> str:
 def add(index_dir, corpus, refit, no_progress):
     """Add documents to INDEX_DIR from a Parquet CORPUS with the index's columns, or replace
     those whose id it holds (upsert). Only these rows are encoded; the result is the index's
-    next version.
+    next version. Waits (up to 10 minutes) for another build or update of INDEX_DIR to finish;
+    an interrupted add is resumed by running it again.
 
     \b
     tpsearch add idx new-docs.parquet"""
@@ -254,7 +255,8 @@ def add(index_dir, corpus, refit, no_progress):
 def delete(index_dir, ids, ids_file, no_progress):
     """Delete documents from INDEX_DIR by id (IDs on the command line and/or --ids-file);
     nothing is encoded; the result is the index's next version. Ids it does not hold are
-    ignored (and counted out).
+    ignored (and counted out); on an integer-id index each must be ASCII digits. Waits (up to
+    10 minutes) for another build or update of INDEX_DIR to finish.
 
     \b
     tpsearch delete idx doc-17 doc-42
