@@ -57,3 +57,26 @@ def test_fit_plan_lowers_the_list_count_and_refuses_untrainable_pq():
     with pytest.raises(InputError, match="product quantisation"):
         fit_plan(choose_index("IVF16,PQ8", 200, 16), 200)
     assert fit_plan(choose_index("flat", 3, 16), 3).factory == "Flat"
+
+
+def test_one_parser_for_index_strings_before_and_after_the_model_loads(tmp_path):
+    """The build's early check accepts what choose_index builds (0.4's refused 'PQ16') and
+    refuses what it cannot, in one line naming --index."""
+    from tpsearch.config import BuildConfig, ModelConfig
+    from tpsearch.index import check_index_spec
+    from tpsearch.pipeline.validate import validate_build
+
+    corpus = tmp_path / "c.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), corpus)
+    for spec in ("PQ16", "OPQ16,IVF256,PQ16", "HNSW32,Flat", "IVF4,Flat", "Flat", "hnsw"):
+        cfg = BuildConfig(corpus=str(corpus), out=str(tmp_path / "idx"), index=spec,
+                          model=ModelConfig(device="cpu"))
+        validate_build(cfg, False)
+        assert choose_index(spec, 1000, 64).factory
+    for spec in ("bogus", "IVF,Nonsense", "", "  "):
+        with pytest.raises(InputError, match="--index") as err:
+            check_index_spec(spec)
+        assert "\n" not in str(err.value)

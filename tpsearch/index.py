@@ -59,9 +59,40 @@ def _pq_m(dim: int, n: int, budget: int | None) -> int:
     raise InputError(f"no IVF-PQ index of {n} vectors fits a memory budget of {budget} bytes")
 
 
+#: The ``--index`` names; anything else must be a FAISS factory string.
+NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+#: A dimension FAISS can build most factory strings for (8! = 2^7 * 3^2 * 5 * 7: divisible by
+#: every PQ code size up to 10 and by 12, 16, 32, 64, 128, ...): ``--index`` is checked with it
+#: before the model (and so the real dimension) is known; the real one is checked again.
+PROBE_DIM = 40320
+
+
+def check_index_spec(spec: str) -> str:
+    """``--index`` as given, refused in one line unless it is a name or a FAISS factory
+    string (the one parser: the build's early check and :func:`choose_index` both use it)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnbuildableIndex(f"--index {spec!r}: use {', '.join(NAMED_INDEXES)} or a FAISS "
+                               "factory string such as 'IVF1024,PQ64'")
+    s = spec.strip()
+    if s.lower() in NAMED_INDEXES:
+        return s.lower()
+    _factory(s, PROBE_DIM)
+    return s
+
+
+def _factory(s: str, dim: int) -> faiss.Index:
+    try:
+        return faiss.index_factory(dim, s, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0].rsplit(": ", 1)[-1]  # past FAISS's source location
+        raise UnbuildableIndex(f"--index {s!r}: not a FAISS factory string for {dim}-dimensional "
+                               f"vectors ({reason}); use "
+                               f"{', '.join(NAMED_INDEXES)} or e.g. 'IVF1024,PQ64'") from None
+
+
 def choose_index(spec: str, n: int, dim: int, memory_budget: int | None = None) -> IndexPlan:
     """Turn ``--index`` (auto, flat, hnsw, ivf, ivfpq or a factory string) into a plan."""
-    s = spec.strip()
+    s = check_index_spec(spec)
     key = s.lower()
     flat_bytes = n * dim * 4
     if key == "auto":
@@ -82,10 +113,7 @@ def choose_index(spec: str, n: int, dim: int, memory_budget: int | None = None) 
         return IndexPlan(f"IVF{_nlist(n)},Flat", "asked for")
     if key == "ivfpq":
         return IndexPlan(f"IVF{_nlist(n)},PQ{_pq_m(dim, n, memory_budget)}", "asked for")
-    try:
-        faiss.index_factory(dim, s, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise UnbuildableIndex(f"--index {s!r}: not a FAISS factory string ({str(exc).splitlines()[0]})") from None
+    _factory(s, dim)
     return IndexPlan(s, "asked for")
 
 

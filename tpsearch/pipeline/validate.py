@@ -11,13 +11,12 @@ import torch
 from ..config import BuildConfig, check_types, parse_size
 from ..errors import InputError
 from ..fusion import FUSIONS, MODES
+from ..index import check_index_spec
 from ..layout import is_index_dir
 from ..loading import check_device, resolve_dtype
 from ..prompts import resolve_prompt
 from ..shapes import BATCHING
 from .reader import resolve_files
-
-NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 
 
 def check_output_place(out: Path, corpus: str, overwrite: bool) -> None:
@@ -122,8 +121,5 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
     if not 0.0 <= config.lexical_weight <= 1.0:  # NaN fails this too
         raise InputError(f"lexical-weight must lie in 0..1, got {config.lexical_weight}")
     parse_size(config.max_index_memory)
-    if config.index.strip().lower() not in NAMED_INDEXES and "," not in config.index \
-            and config.index.strip() != "Flat" and not config.index.strip().startswith(("HNSW", "IVF")):
-        raise InputError(f"--index {config.index!r}: use auto, flat, hnsw, ivf, ivfpq or a FAISS "
-                         "factory string such as 'IVF1024,PQ64'")
+    check_index_spec(config.index)
     return out
