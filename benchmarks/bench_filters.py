@@ -19,12 +19,12 @@ import time
 import faiss
 import numpy as np
 
-from tpsearch.index import _nlist, exact_topk, search
+from tpsearch.index import exact_topk, nlist_for, search
 
 
 def build(kind: str, x: np.ndarray) -> tuple[faiss.Index, dict]:
     n, dim = x.shape
-    factory = "HNSW32,Flat" if kind == "hnsw" else f"IVF{_nlist(n)},Flat"
+    factory = "HNSW32,Flat" if kind == "hnsw" else f"IVF{nlist_for(n)},Flat"
     inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     index = faiss.IndexPreTransform(faiss.CenteringTransform(dim), inner)
     index.train(x[:50_000])

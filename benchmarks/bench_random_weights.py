@@ -102,8 +102,7 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the figures here.")
     args = ap.parse_args()
 
-    from tpsearch.cli import _demo_corpus
-    from tpsearch.eval.bench import bench_texts, format_bench, run_bench
+    from tpsearch.eval.bench import bench_texts, demo_corpus, format_bench, run_bench
     from tpsearch.encoder import TPEncoder
     from tpsearch.loading import resolve_device, resolve_dtype
 
@@ -111,7 +110,9 @@ def main() -> None:
     dtype = resolve_dtype(args.dtype, device)
     tok_dir = _tokenizer_dir(args.tokenizer)
     model, tokenizer, tp_layers, output_layer = build_model(args.arch, tok_dir, device, dtype)
-    docs = bench_texts(_demo_corpus())
+    if demo_corpus() is None:
+        raise SystemExit("no demo corpus (data/demo/stdlib_docs.parquet): run from a source checkout")
+    docs = bench_texts(demo_corpus())
     k = max(1, args.concat)
     texts = [" ".join(docs[i:i + k]) for i in range(0, len(docs), k)][: args.docs]
     enc = TPEncoder(model, tokenizer, prompt="prompteol", tp_layers=tp_layers,

@@ -77,7 +77,7 @@ def encode_all_layers(enc: TPEncoder, texts: list[str], batch_size: int = 16,
     from tqdm.auto import tqdm
     bar = tqdm(total=n_rows, desc="encoding", unit="prompt")
     try:
-        for batch, got in enc._batches(tok, batch_size, max_batch_tokens, also):
+        for batch, got in enc.forward_batches(tok, batch_size, max_batch_tokens, also):
             hidden[:, batch] = got.float().cpu().numpy()
             vs = torch.stack(captured[:len(vmods)]).numpy()
             captured.clear()

@@ -508,7 +508,7 @@ def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, 
     from .encoder import TPEncoder
     from .shapes import resolve_batching
 
-    all_texts = bench_texts(corpus or _demo_corpus())
+    all_texts = bench_texts(corpus or _demo_corpus_or_fail())
     texts = all_texts[:docs]
     tp = parse_tp_layers(tp_layers) if tp_layers else "auto"
     batchings = [b.strip() for b in batching.split(",") if b.strip()] or ["auto"]
@@ -523,10 +523,11 @@ def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, 
     click.echo(json.dumps(result) if as_json else format_bench(result))
 
 
-def _demo_corpus() -> Path:
-    """The bundled demo corpus in a source checkout (not installed with the package)."""
-    path = Path(__file__).resolve().parents[1] / "data" / "demo" / "stdlib_docs.parquet"
-    if not path.is_file():
+def _demo_corpus_or_fail() -> Path:
+    from .eval.bench import demo_corpus
+
+    path = demo_corpus()
+    if path is None:
         raise click.UsageError("no demo corpus here (it ships with the source tree): give --corpus")
     return path
 

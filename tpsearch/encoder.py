@@ -179,22 +179,24 @@ class TPEncoder:
 
     @classmethod
     def load(cls, options: EncoderOptions, source: ModelSource | None = None,
-             documents: int | None = None) -> "TPEncoder":
+             documents: int | None = None, show_progress: bool = False) -> "TPEncoder":
         """An encoder as ``options`` describe it (``source``: the model, already resolved).
         ``documents``: how many a build will encode (``compile_layers="auto"`` compiles a
         large CPU build in bfloat16; see :func:`~tpsearch.compiling.resolve_compile`).
-        Loads are exclusive of every forward pass in the process (:mod:`tpsearch.torchstate`)."""
+        Loads are exclusive of every forward pass in the process (:mod:`tpsearch.torchstate`).
+        ``show_progress``: transformers' bars while it unpacks and loads the weights."""
         with TORCH_STATE.exclusive():
-            return cls._load(options, source, documents)
+            return cls._load(options, source, documents, show_progress)
 
     @classmethod
     def _load(cls, options: EncoderOptions, source: ModelSource | None,
-              documents: int | None) -> "TPEncoder":
+              documents: int | None, show_progress: bool) -> "TPEncoder":
         o = options.encoder_options()
         source = source or resolve_source(o.model)
         dev = resolve_device(o.device)
         net, tokenizer = load_model(source, dev, resolve_dtype(o.dtype, dev),
-                                    o.attn_implementation, trust_remote_code=o.trust_remote_code)
+                                    o.attn_implementation, trust_remote_code=o.trust_remote_code,
+                                    show_progress=show_progress)
         preset = find_preset(source.spec) or find_preset(source.path) or fallback_preset(num_layers(net))
         if o.quantize:
             if dev.type != "cpu":
@@ -361,7 +363,7 @@ class TPEncoder:
         # Results stay on the device until the end: no host sync per batch, so on a GPU the
         # next batch's (pinned, non-blocking) upload overlaps the current batch's compute.
         pending: list[tuple[list[int], torch.Tensor]] = []
-        for batch, got in self._batches(tokenized, batch_size, max_batch_tokens, also_layers):
+        for batch, got in self.forward_batches(tokenized, batch_size, max_batch_tokens, also_layers):
             pending.append((batch, got if also_layers else got.unsqueeze(0)))
             if bar is not None:
                 bar.update(len(batch))
@@ -375,7 +377,7 @@ class TPEncoder:
             out = out.view(out.shape[0], -1, tokenized.n_templates, out.shape[2]).mean(dim=2)
         return out
 
-    def _batches(self, tokenized: Tokenized, batch_size: int, max_batch_tokens: int | None,
+    def forward_batches(self, tokenized: Tokenized, batch_size: int, max_batch_tokens: int | None,
                  also_layers: Sequence[int]) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(row indices, their states on the device) per forward pass, as ``batching`` says.
         Fixed shapes serve last-token pooling of the output layer alone; rows longer than the

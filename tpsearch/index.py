@@ -44,7 +44,7 @@ class IndexPlan:
         return self.factory == "Flat"
 
 
-def _nlist(n: int) -> int:
+def nlist_for(n: int) -> int:
     """About 4 sqrt(n) lists, a power of two, at least 39 training points per list."""
     k = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
     return int(max(1, min(k, n // 39, 65536)))
@@ -103,16 +103,16 @@ def choose_index(spec: str, n: int, dim: int, memory_budget: int | None = None) 
             return IndexPlan("HNSW32,Flat", f"{n} vectors > {FLAT_MAX_DOCS}; "
                              f"vectors and graph need {hnsw_bytes / 2**20:.0f} MiB")
         m = _pq_m(dim, n, memory_budget)
-        return IndexPlan(f"IVF{_nlist(n)},PQ{m}", f"{n} vectors; HNSW needs "
+        return IndexPlan(f"IVF{nlist_for(n)},PQ{m}", f"{n} vectors; HNSW needs "
                          f"{hnsw_bytes / 2**20:.0f} MiB, over the budget: compressed to {m} B/vector")
     if key == "flat":
         return IndexPlan("Flat", "asked for")
     if key == "hnsw":
         return IndexPlan("HNSW32,Flat", "asked for")
     if key == "ivf":
-        return IndexPlan(f"IVF{_nlist(n)},Flat", "asked for")
+        return IndexPlan(f"IVF{nlist_for(n)},Flat", "asked for")
     if key == "ivfpq":
-        return IndexPlan(f"IVF{_nlist(n)},PQ{_pq_m(dim, n, memory_budget)}", "asked for")
+        return IndexPlan(f"IVF{nlist_for(n)},PQ{_pq_m(dim, n, memory_budget)}", "asked for")
     _factory(s, dim)
     return IndexPlan(s, "asked for")
 

@@ -108,14 +108,3 @@ class LexicalIndex:
         if not ids:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(ids), dtype=np.float32)
-
-    def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the ``k`` best passages with a positive score, best first."""
-        s = self.scores(query)
-        k = min(k, len(s))
-        if k <= 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        top = np.argpartition(-s, k - 1)[:k]
-        top = top[np.argsort(-s[top], kind="stable")]
-        top = top[s[top] > 0]
-        return s[top], top.astype(np.int64)

@@ -14,9 +14,11 @@ import os
 import shutil
 import stat
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -340,15 +342,36 @@ def gguf_cache_entry(source: ModelSource) -> Path:
     return entry
 
 
+@contextmanager
+def hub_progress(show: bool) -> Iterator[None]:
+    """transformers' own progress bars (GGUF unpacking, loading and writing weights) on or
+    off for the duration (library callers see none; ``tpsearch build`` shows them unless
+    ``--no-progress``)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
 def load_model(
     source: ModelSource, device: torch.device, dtype: torch.dtype, attn_implementation: str | None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, show_progress: bool = False,
 ):
     """Load the bare decoder (no LM head) and its tokenizer, in eval mode on ``device``.
 
     Custom modeling code a model directory ships (``auto_map``) never runs unless the caller
     passes ``trust_remote_code=True``: transformers is told ``False`` explicitly, so it neither
     runs the code nor asks on the terminal."""
+    with hub_progress(show_progress):
+        return _load_model(source, device, dtype, attn_implementation, trust_remote_code)
+
+
+def _load_model(source: ModelSource, device: torch.device, dtype: torch.dtype,
+                attn_implementation: str | None, trust_remote_code: bool):
     from transformers import AutoModel, AutoTokenizer
 
     where = source.path

@@ -1,6 +1,7 @@
 """Tiny randomly initialised decoders built from configs (no download), for tests and
 benchmarks, as sentence-transformers keeps tiny models for its own tests."""
 
+from .loading import hub_progress
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,6 +61,7 @@ def save_tiny_model(path: Path, arch: str, texts: Sequence[str], seed: int = 0,
     tokenizer = tiny_tokenizer(texts)
     torch.manual_seed(seed)
     model = AutoModel.from_config(tiny_config(arch, len(tokenizer), sliding_window))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    with hub_progress(False):
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
     return Path(path)

@@ -31,6 +31,13 @@ from ..shapes import plan_buckets
 from ..loading import cpu_features
 from ..errors import InputError
 
+
+def demo_corpus() -> Path | None:
+    """The bundled demo corpus in a source checkout (not installed with the package), or None."""
+    path = Path(__file__).resolve().parents[2] / "data" / "demo" / "stdlib_docs.parquet"
+    return path if path.is_file() else None
+
+
 def bench_texts(path: str | Path) -> list[str]:
     """The non-empty texts of a Parquet file's ``text`` column, each with its ``title`` joined
     before it where the file has one (as a build with ``--title-column title`` embeds them)."""

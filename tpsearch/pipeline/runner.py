@@ -217,12 +217,12 @@ def agreed(d: Distributor, step: Callable[[], object]):
 
 
 def load_encoder(config: BuildConfig, d: Distributor, times: StageTimes,
-                 documents: int = 0) -> TPEncoder:
+                 documents: int = 0, show_progress: bool = False) -> TPEncoder:
     """The build's encoder; with ``compile_layers="auto"``, a CPU build of many documents in
     bfloat16 compiles its decoder layers too (a GPU one always does)."""
     t0 = time.perf_counter()
     options = replace(config.model.encoder_options(), device=d.device(config.model.device))
-    encoder = TPEncoder.load(options, documents=documents)
+    encoder = TPEncoder.load(options, documents=documents, show_progress=show_progress)
     times.extra["model_load"] = time.perf_counter() - t0
     return encoder
 
@@ -235,7 +235,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
                                      config.title_column, config.metadata_list(), keep_column))
     fingerprint = reader.fingerprint(reader.check_ids())
     times.read += time.perf_counter() - began
-    encoder = encoder or load_encoder(config, d, times, reader.num_rows)
+    encoder = encoder or load_encoder(config, d, times, reader.num_rows, show_progress)
     choose_index(config.index, reader.num_rows, encoder.dim, parse_size(config.max_index_memory))
     base = open_base(out, config, encoder, rebuild)
     query_prompt = query_prompt_for(config, encoder, base)  # refused here, before any work
