@@ -1,13 +1,14 @@
 """Tiny randomly initialised decoders built from configs (no download), for tests and
 benchmarks, as sentence-transformers keeps tiny models for its own tests."""
 
-from .loading import hub_progress
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from .loading import hub_progress
 
 
 def tiny_tokenizer(texts: Sequence[str]):
