@@ -106,7 +106,7 @@ def test_a_500_is_logged_with_its_cause_counted_and_shaped(index, caplog):
     def broken(*a, **k):
         raise RuntimeError("a bug deep inside")
 
-    searcher.search_batch = broken
+    searcher.run = broken
     with TestClient(create_app(registry, config), raise_server_exceptions=False) as client:
         deadline = time.time() + 120
         while client.get("/readyz").status_code != 200:

@@ -4,8 +4,8 @@ __version__ = "0.4.0"
 
 from .encoder import EncoderSettings, TPEncoder  # noqa: E402
 from .prompts import normalize_sentence  # noqa: E402
-from .searcher import Hit, Searcher  # noqa: E402
+from .searcher import Hit, Searcher, SearchRequest  # noqa: E402
 from .updates import update  # noqa: E402
 
-__all__ = ["TPEncoder", "EncoderSettings", "Searcher", "Hit", "normalize_sentence", "update",
-           "__version__"]
+__all__ = ["TPEncoder", "EncoderSettings", "Searcher", "SearchRequest", "Hit", "normalize_sentence",
+           "update", "__version__"]

@@ -6,7 +6,12 @@ class TPSearchError(Exception):
 
 
 class InputError(TPSearchError, ValueError):
-    """Bad input data: a missing file, a wrong column, duplicate ids, ..."""
+    """Bad input data: a missing file, a wrong column, duplicate ids, ... ``param`` names the
+    request field at fault where there is one (the server answers with it)."""
+
+    def __init__(self, message: str = "", param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class UnbuildableIndex(InputError):

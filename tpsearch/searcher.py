@@ -14,7 +14,7 @@ be shared between threads.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,6 +58,21 @@ class Hit:
     def to_dict(self) -> dict:
         return {"rank": self.rank, "score": self.score, "id": self.id, "passage": self.passage,
                 "start": self.start, "end": self.end, "text": self.text}
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A search checked once against its index (:meth:`Searcher.prepare`), run by
+    :meth:`Searcher.run` without checking again: queries cleaned, mode and depths resolved,
+    search parameters range-checked, the filter evaluated to the documents it allows."""
+
+    queries: list[str]
+    k: int
+    mode: str
+    passages: bool = False
+    rerank: int = 0
+    params: dict = field(default_factory=dict)
+    allowed: np.ndarray | None = None  # None: every document
 
 
 def encoder_mismatches(manifest: Manifest, encoder: TPEncoder) -> list[str]:
@@ -338,6 +353,10 @@ class Searcher:
         end. ``params`` (nprobe / efSearch) apply to this call only; ``allowed_rows`` (sorted
         passage rows) restricts the search to them."""
         check_search_params(self.manifest.index.factory, params)
+        return self._search_vectors(vectors, k, allowed_rows, params)
+
+    def _search_vectors(self, vectors: np.ndarray, k: int, allowed_rows: np.ndarray | None,
+                        params: dict) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.query_shift is not None:
             x = x + self.query_shift
@@ -368,22 +387,48 @@ class Searcher:
     def encode_queries(self, queries: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Query vectors as dense search uses them (the query prompt, L2-normalised; the
         index's query shift is added at search time). What ``search_batch`` encodes, for a
-        caller that batches queries of several requests into one forward pass (the server)."""
-        texts = [clean_text(q) for q in query_list(queries, "queries")]
-        return self.query_encoder.encode(texts, batch_size=batch_size)
+        caller that batches queries of several requests into one forward pass (the server).
+        A query's vector does not depend on the others encoded with it."""
+        cleaned = [clean_text(q) for q in query_list(queries, "queries")]
+        return self.encode_prepared(cleaned, batch_size)
+
+    def encode_prepared(self, cleaned: list[str], batch_size: int = 32) -> np.ndarray:
+        """:meth:`encode_queries` of queries cleaned already (a :class:`SearchRequest`'s)."""
+        return self.query_encoder.encode(cleaned, batch_size=batch_size)
 
     def check_request(self, mode: str | None, k: int, params: dict) -> str:
         """Refuse a search this index cannot answer (before any encoding); returns the mode."""
         mode = mode or self.manifest.default_mode
         if mode not in MODES:
-            raise InputError(f"unknown search mode {str(mode)[:40]!r}; use {', '.join(MODES)}")
+            raise InputError(f"unknown search mode {str(mode)[:40]!r}; use {', '.join(MODES)}",
+                             param="mode")
         if mode != "dense" and self.lexical is None:
             raise InputError(f"{self.directory}: this index has no lexical index (built with "
-                             f"--no-lexical or by tpsearch < 0.2); use mode 'dense'")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive integer, got {str(k)[:40]}")
-        check_search_params(self.manifest.index.factory, params)
+                             f"--no-lexical or by tpsearch < 0.2); use mode 'dense'", param="mode")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be a positive integer, got {str(k)[:40]}", param="k")
+        try:
+            check_search_params(self.manifest.index.factory, params)
+        except InputError as exc:
+            raise InputError(str(exc), param="params") from None
         return mode
+
+    def prepare(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
+                passages: bool = False, filter: dict | str | None = None, rerank: int = 0,
+                **params) -> SearchRequest:
+        """Check a search once, before any encoding (one-line :class:`InputError` naming the
+        field in ``param``); :meth:`run` then answers it. The server checks a request here,
+        encodes its queries with other requests' and runs it."""
+        cleaned = [clean_text(q) for q in query_list(queries, "queries")]
+        mode = self.check_request(mode, k, params)
+        rerank = self.check_rerank(rerank)
+        allowed = None
+        if filter is not None:
+            try:
+                allowed = self.allowed_documents(filter)
+            except InputError as exc:
+                raise InputError(str(exc), param="filter") from None
+        return SearchRequest(cleaned, int(k), mode, bool(passages), rerank, dict(params), allowed)
 
     def search_batch(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
                      passages: bool = False, batch_size: int = 32,
@@ -398,41 +443,47 @@ class Searcher:
         the index's decoder (query likelihood given each one's passage, mixed with the first
         stage's score: :mod:`tpsearch.rerank`); hits past them keep the first stage's order.
         Opt-in: it costs one decoder pass over each re-scored passage."""
-        queries = query_list(queries, "queries")
-        mode = self.check_request(mode, k, params)
-        rerank = self.check_rerank(rerank)
-        allowed = self.allowed_documents(filter) if filter is not None else None
+        return self.run(self.prepare(queries, k, mode, passages, filter, rerank, **params),
+                        query_vectors, batch_size)
+
+    def run(self, request: SearchRequest, query_vectors: np.ndarray | None = None,
+            batch_size: int = 32) -> list[list[Hit]]:
+        """Answer a :meth:`prepare`-d request (``query_vectors``: its queries' vectors from
+        :meth:`encode_queries`, if already computed)."""
+        r = request
+        queries = r.queries
         if query_vectors is not None and np.shape(query_vectors) != (len(queries), self.manifest.dim):
             raise InputError(f"query_vectors must have shape ({len(queries)}, "
                              f"{self.manifest.dim}), got {np.shape(query_vectors)}")
         if not queries:
             return []
-        queries = [clean_text(q) for q in queries]
-        limit = len(self.idmap.ids) if passages else self.documents
-        want = k
-        k = min(max(k, rerank), limit)
-        if allowed is not None and not allowed.any():
+        limit = len(self.idmap.ids) if r.passages else self.documents
+        want = r.k
+        k = min(max(r.k, r.rerank), limit)
+        if r.allowed is not None and not r.allowed.any():
             return [[] for _ in queries]
         dense = None
-        if mode != "lexical":
-            vecs = query_vectors if query_vectors is not None else self.encode_queries(
-                queries, batch_size)
-            depth = k if passages else max(k, FUSION_DEPTH if mode == "hybrid" else k)
-            dense = self.dense_rankings(vecs, depth, passages, params, allowed)
+        if r.mode != "lexical":
+            vecs = (query_vectors if query_vectors is not None
+                    else self.encode_prepared(queries, batch_size))
+            depth = k if r.passages else max(k, FUSION_DEPTH if r.mode == "hybrid" else k)
+            dense = self._dense_rankings(vecs, depth, r.passages, r.params, r.allowed)
         fusion = self.manifest.fusion
         out = []
         for i, q in enumerate(queries):
-            if mode == "dense":
+            if r.mode == "dense":
                 ranked = dense[i]
             else:
-                lex = self.lexical_ranking(q, k if mode == "lexical" else max(k, FUSION_DEPTH),
-                                            passages, allowed)
-                ranked = lex if mode == "lexical" else fuse(
+                lex = self.lexical_ranking(q, k if r.mode == "lexical" else max(k, FUSION_DEPTH),
+                                           r.passages, r.allowed, pick_passages=False)
+                ranked = lex if r.mode == "lexical" else fuse(
                     dense[i], lex, fusion.method, fusion.lexical_weight)
-            if rerank:
-                ranked = self.reranked(q, ranked, rerank)
-            out.append([self.idmap.hit(r, s, rank)
-                        for rank, (_, r, s) in enumerate(ranked[:want], start=1)])
+            # a document's passage is chosen (by its words) for the hits shown or reranked only
+            ranked = self._with_passages(ranked[:max(want, r.rerank)], q)
+            if r.rerank:
+                ranked = self.reranked(q, ranked, r.rerank)
+            out.append([self.idmap.hit(row, s, rank)
+                        for rank, (_, row, s) in enumerate(ranked[:want], start=1)])
         return out
 
     def check_rerank(self, rerank: int) -> int:
@@ -479,6 +530,12 @@ class Searcher:
         documents (only ``allowed`` documents, if given). One FAISS call for the batch;
         queries whose documents need more passages than were fetched (many passages of one
         document on top) are searched again deeper."""
+        check_search_params(self.manifest.index.factory, params)
+        return self._dense_rankings(vecs, depth, passages, params, allowed)
+
+    def _dense_rankings(self, vecs: np.ndarray, depth: int, passages: bool, params: dict,
+                        allowed: np.ndarray | None) -> list[list[tuple[int, int, float]]]:
+        """:meth:`dense_rankings` with ``params`` checked already."""
         rows = None
         n = self.index.ntotal
         if allowed is not None:
@@ -489,7 +546,7 @@ class Searcher:
         out: list = [None] * len(vecs)
         todo = list(range(len(vecs)))
         while todo:
-            scores, found = self.search_vectors(vecs[todo], fetch, allowed_rows=rows, **params)
+            scores, found = self._search_vectors(vecs[todo], fetch, rows, params)
             again = []
             for j, i in enumerate(todo):
                 if passages:
@@ -513,10 +570,12 @@ class Searcher:
         return self.manifest.lexical.unit if self.manifest.lexical else "passage"
 
     def lexical_ranking(self, query: str, depth: int, passages: bool,
-                        allowed: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+                        allowed: np.ndarray | None = None,
+                        pick_passages: bool = True) -> list[tuple[int, int, float]]:
         """(document, passage row, score), best first, of the documents with a query word
         (only ``allowed`` ones, if given). With whole-document BM25 rows, each document's
-        passage is the one holding the most distinct query words."""
+        passage is the one holding the most distinct query words (``pick_passages=False``:
+        row -1, chosen later by :meth:`_with_passages` for the hits that are kept)."""
         scores = self.lexical.scores(query)
         if allowed is not None:
             keep = allowed if self.lexical_unit == "document" else allowed[self.idmap.doc_of_row]
@@ -529,7 +588,13 @@ class Searcher:
                         for r in order[:depth]]
             # all matching passages: the best `depth` documents may need more than `depth` rows
             return best_per_document(scores[order], order, self.idmap.doc_of_row, depth)
-        return [(int(d), self._passage_for(int(d), query), float(scores[d])) for d in order[:depth]]
+        ranked = [(int(d), -1, float(scores[d])) for d in order[:depth]]
+        return self._with_passages(ranked, query) if pick_passages else ranked
+
+    def _with_passages(self, ranked: list[tuple[int, int, float]],
+                       query: str) -> list[tuple[int, int, float]]:
+        """``ranked`` with each unchosen passage (row -1) chosen for its document."""
+        return [(d, self._passage_for(d, query) if r < 0 else r, s) for d, r, s in ranked]
 
     def _passage_for(self, doc: int, query: str) -> int:
         """The row of the document's passage sharing the most distinct words with ``query``

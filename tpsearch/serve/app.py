@@ -235,24 +235,18 @@ def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
         info = request.scope["tpsearch"]
         info.update(index=s.name, version=s.version, queries=len(queries))
         info["queries_text"] = queries
-        try:
-            mode = s.searcher.check_request(body.mode, body.k, params)
+        try:  # checked once, before encoding: mode, k, parameters, rerank, the filter
+            req = s.searcher.prepare(queries, k=body.k, mode=body.mode, passages=body.passages,
+                                     filter=body.filter, rerank=body.rerank, **params)
         except InputError as exc:
-            raise ApiError(422, str(exc), param="params" if params else "mode") from None
-        if body.filter is not None:
-            try:  # checked before encoding; search_batch evaluates it
-                s.searcher.allowed_documents(body.filter)
-            except InputError as exc:
-                raise ApiError(422, str(exc), param="filter") from None
-        vectors = await encode(s, queries) if mode != "lexical" else None
+            raise ApiError(422, str(exc), param=exc.param) from None
+        vectors = await encode(s, req.queries) if req.mode != "lexical" else None
         try:
-            hits = await run_in_threadpool(s.searcher.search_batch, queries, k=body.k, mode=mode,
-                                           passages=body.passages, query_vectors=vectors,
-                                           filter=body.filter, rerank=body.rerank, **params)
+            hits = await run_in_threadpool(s.searcher.run, req, vectors)
         except InputError as exc:
-            raise ApiError(422, str(exc)) from None
+            raise ApiError(422, str(exc), param=exc.param) from None
         results = [{"query": q, "hits": [h.to_dict() for h in hs]} for q, hs in zip(queries, hits)]
-        out = {"index": s.name, "version": s.version, "mode": mode, "results": results}
+        out = {"index": s.name, "version": s.version, "mode": req.mode, "results": results}
         if isinstance(body.query, str):
             out["hits"] = results[0]["hits"]
         return out

@@ -78,7 +78,7 @@ class Registry:
             if self.on_batch is not None:
                 self.on_batch(name, size, seconds)
 
-        return MicroBatcher(lambda texts: searcher.encode_queries(
+        return MicroBatcher(lambda texts: searcher.encode_prepared(
                                 texts, batch_size=min(ENCODE_ROWS, c.max_batch)),
                             c.max_batch, c.max_wait_ms, c.queue_size, on_batch=observed)
 
