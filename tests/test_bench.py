@@ -13,7 +13,7 @@ import pytest
 from conftest import CORPUS
 from tpsearch import TPEncoder
 from tpsearch.cli import main
-from tpsearch.encoder import plan_batches
+from tpsearch.shapes import canonical_width, plan_batches
 
 
 def test_bench_table_and_json(tmp_path, tiny_model_dir):
@@ -57,8 +57,10 @@ def test_bench_table_and_json(tmp_path, tiny_model_dir):
     assert vr["tp_exit"]["layers_run"] == 4 and vr["tp_full"]["layers_run"] == 6
     assert res["documents"] == 6 and res["corpus_documents"] == len(CORPUS)
     lengths = [len(r) for r in tp.tokenize(texts).input_ids]
-    assert res["padding_efficiency"] == pytest.approx(
-        sum(lengths) / sum(len(b) * max(lengths[j] for j in b) for b in plan_batches(lengths, 32, 2048)))
+    ladder = tp.row_ladder  # each batch is computed at its rows' canonical width
+    assert res["padding_efficiency"] == pytest.approx(sum(lengths) / sum(
+        len(b) * canonical_width(max(lengths[j] for j in b), ladder)
+        for b in plan_batches(lengths, 32, 2048, ladder)))
     r = CliRunner().invoke(main, args + ["--max-batch-tokens", "64"])
     assert r.exit_code == 0, r.output
     assert "vanilla_exit" in r.output and "padding efficiency" in r.output and "machine limit" in r.output

@@ -14,6 +14,7 @@ import torch
 from conftest import CORPUS, TINY_ARCHS
 from tpsearch import TPEncoder
 from tpsearch.prompts import PLACEHOLDER
+from tpsearch.shapes import kernels_row_invariant
 
 TOL = 1e-5
 
@@ -76,18 +77,24 @@ def test_early_exit_equals_full_forward(tiny_model_dir, arch, output_layer):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_batch_and_padding_side_independence(tiny_model_dir, arch, dtype):
-    """Bit for bit, in every dtype: a text's vector alone equals its vector in any batch, with
-    either padding side (bfloat16 differed by up to 2.9e-3 in 0.4's padded batches)."""
+def test_a_texts_vector_does_not_depend_on_its_batch(tiny_model_dir, arch, dtype):
+    """Bit for bit, in every dtype: a text's vector alone equals its vector in any batch
+    (bfloat16 differed by up to 2.9e-3 in 0.4's padded batches). Rows are padded to their own
+    canonical width, always on the left, so neither batch-mates nor a padding side enter; it
+    rests on the CPU's matrix kernels giving a row the same bits whatever the row count, which
+    is probed first (where a CPU does not, the vectors must still agree to rounding)."""
     enc = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), tp_layers=(1, 3), output_layer=-1,
                                     device="cpu", dtype=dtype)
     texts = CORPUS + [t.upper() for t in CORPUS]  # some lengths repeat, most do not
     alone = np.stack([enc.encode([t], normalize=False)[0] for t in texts])
-    for side in ("left", "right"):
-        enc.padding_side = side
-        for bs in (2, 5, len(texts)):
-            batched = enc.encode(texts[::-1], batch_size=bs, normalize=False)[::-1]
-            np.testing.assert_array_equal(batched, alone, err_msg=f"padding {side}, batch size {bs}")
+    exact = kernels_row_invariant(enc.dtype)
+    for bs in (2, 5, len(texts)):
+        batched = enc.encode(texts[::-1], batch_size=bs, normalize=False)[::-1]
+        if exact:
+            np.testing.assert_array_equal(batched, alone, err_msg=f"batch size {bs}")
+        else:
+            np.testing.assert_allclose(batched, alone, atol=TOL if dtype == "float32" else 2e-2,
+                                       rtol=0, err_msg=f"batch size {bs}")
 
 
 def test_tp_changes_embedding_and_vanilla_has_no_placeholder(tiny_model_dir):
@@ -218,7 +225,7 @@ def test_split_model_parts_are_joined_in_order(tmp_path, monkeypatch):
 
 
 def test_token_budget_batches():
-    from tpsearch.encoder import padding_efficiency, plan_batches
+    from tpsearch.shapes import padding_efficiency, plan_batches
 
     lengths = [5, 40, 7, 7, 300, 6, 39]
     batches = plan_batches(lengths, batch_size=3, max_batch_tokens=100)
@@ -226,11 +233,15 @@ def test_token_budget_batches():
     assert batches[0] == [4]  # over the budget: alone, never dropped
     for b in batches[1:]:
         assert len(b) <= 3 and len(b) * max(lengths[j] for j in b) <= 100
-    # rows of one length per batch (nothing padded: no batch-mate changes a row's vector)
+    # without a ladder: rows of one exact length per batch
     assert plan_batches(lengths, batch_size=2) == [[4], [1], [6], [2, 3], [5], [0]]
     assert all(len({lengths[j] for j in b}) == 1 for b in batches)
     assert padding_efficiency(lengths, batches) == 1.0
     assert padding_efficiency([4, 6], [[0, 1]]) == 10 / 12
+    # with one, rows of one canonical width (8-token steps here): [4] [1, 6] [2, 3, 5] [0]
+    ladder = (8, 16, 24, 32, 40, 48)
+    assert plan_batches(lengths, batch_size=3, ladder=ladder) == [[4], [1, 6], [2, 3, 5], [0]]
+    assert padding_efficiency([5, 7], [[0, 1]], ladder) == 12 / 16
 
 
 def test_token_budget_gives_same_vectors(tiny_model_dir):

@@ -38,8 +38,9 @@ from .prompts import PLACEHOLDER, PromptSpec, resolve_prompt
 from .tokenizing import PromptTokenizer, Tokenized
 from .settings import AUTO, EncoderOptions, EncoderSettings, option_defaults, parse_tp_layers
 from .compiling import compile_decoder_layers, is_compiled, resolve_compile
-from .shapes import (BATCHING, ShapeRunner, first_position, pack_batch, pad_rows, plan_buckets,
-                     resolve_batching, sliding_window, to_device, width_ladder)
+from .shapes import (BATCHING, ShapeRunner, canonical_width, first_position, pack_batch,
+                     pad_rows, plan_batches, plan_buckets, resolve_batching, sliding_window,
+                     to_device, width_ladder)
 from .tp import (
     EarlyExit,
     ForwardPlan,
@@ -117,7 +118,8 @@ class TPEncoder:
         self.prompter = PromptTokenizer(tokenizer, self.prompt, max_length, self.placeholder_id,
                                         pooling)
         self.pad_id = _pad_id(tokenizer)
-        self.padding_side = "left"
+        #: Widths rows are padded to in the length-sorted path (see shapes.plan_batches).
+        self.row_ladder = width_ladder(max_length)
         self._runner = None
         self.batching = "sorted"
         #: The model's preset (what unset options were taken from), where it was looked up.
@@ -277,10 +279,10 @@ class TPEncoder:
     # ------------------------------------------------------------------ forward
     def _batch_tensors(self, rows: Sequence[Sequence[int]],
                        spans: Sequence[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
-        """Pad rows by hand (vectorised); position ids count real tokens only."""
-        width = max(len(r) for r in rows)
-        ids_np, mask_np, offsets, lens = pad_rows(rows, width, self.pad_id,
-                                                  left=self.padding_side == "left")
+        """Pad rows by hand (vectorised) on the left to the batch's canonical width (the same
+        for every row of a planned batch); position ids count real tokens only."""
+        width = canonical_width(max(len(r) for r in rows), self.row_ladder)
+        ids_np, mask_np, offsets, lens = pad_rows(rows, width, self.pad_id, left=True)
         ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np.astype(np.int64))
         last = torch.from_numpy(offsets + lens - 1)
         pst = torch.zeros(len(rows), dtype=torch.long)
@@ -393,7 +395,8 @@ class TPEncoder:
                 with torch.inference_mode(), model_lock(self.model):
                     got = self._runner(packed)
                 yield list(b.indices), got[: len(b.indices)]
-        for batch in plan_batches([lengths[j] for j in todo], batch_size, max_batch_tokens):
+        for batch in plan_batches([lengths[j] for j in todo], batch_size, max_batch_tokens,
+                                  self.row_ladder):
             batch = [todo[j] for j in batch]
             yield batch, self._forward([rows[j] for j in batch], also_layers,
                                        [spans[j] for j in batch] if spans is not None else None)
@@ -495,38 +498,6 @@ def model_lock(model: nn.Module) -> Iterator[None]:
             lock = _LOCKS[model] = threading.Lock()
     with TORCH_STATE.shared(), lock:
         yield
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int,
-                 max_batch_tokens: int | None = None) -> list[list[int]]:
-    """Row indices grouped into batches of rows of one length, longest first: no batch is
-    padded, so a row's embedding does not depend on its batch-mates or the padding side in any
-    dtype (kernels reduce over the same sequence length whatever the batch; the row count does
-    not change a row's result, which tests/test_encoder.py checks in bfloat16).
-
-    A batch holds at most ``batch_size`` rows and, with ``max_batch_tokens``, at most that many
-    tokens; a row over the budget is batched alone. Ties keep input order.
-    """
-    if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
-        raise InputError("batch_size and max_batch_tokens must be positive")
-    order = sorted(range(len(lengths)), key=lambda j: (-lengths[j], j))
-    batches: list[list[int]] = []
-    for j in order:
-        if batches:
-            cur = batches[-1]
-            width = lengths[cur[0]]
-            fits = max_batch_tokens is None or (len(cur) + 1) * width <= max_batch_tokens
-            if lengths[j] == width and len(cur) < batch_size and fits:
-                cur.append(j)
-                continue
-        batches.append([j])
-    return batches
-
-
-def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Real tokens / computed tokens (each batch computes rows x its longest row)."""
-    computed = sum(len(b) * max(lengths[j] for j in b) for b in batches)
-    return sum(lengths) / computed if computed else 1.0
 
 
 def _pad_id(tokenizer) -> int:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .shapes import pad_rows, to_device
+from .shapes import pad_rows, plan_batches, to_device
 from .tp import text_config
 
 #: The instruction around a passage; the query's tokens follow it and are what is scored.
@@ -100,7 +100,7 @@ class QueryLikelihoodScorer:
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """Mean log-probability of ``query``'s tokens after each passage (float64, higher =
         more relevant), in ``passages`` order."""
-        from .encoder import model_lock, plan_batches
+        from .encoder import model_lock
 
         if not passages:
             return np.zeros(0)

@@ -127,6 +127,68 @@ def plan_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int 
     return batches, over
 
 
+def canonical_width(length: int, ladder: Sequence[int] | None) -> int:
+    """The width a row of ``length`` tokens is padded to in the length-sorted path: the
+    ladder's first width at or above it (the row itself where it is longer than every width,
+    or without a ladder). A function of the row alone, so its padding never depends on the
+    other rows of its batch."""
+    if not ladder:
+        return length
+    k = bisect.bisect_left(ladder, length)
+    return ladder[k] if k < len(ladder) else length
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None,
+                 ladder: Sequence[int] | None = None) -> list[list[int]]:
+    """Row indices grouped into batches of rows that share one canonical width
+    (:func:`canonical_width`), longest first, ties in input order.
+
+    Every row is padded to its own canonical width, whatever batch it is in, so a row's
+    embedding does not depend on its batch-mates: the forward pass computes each row as it
+    would alone, wherever the CPU's matrix kernels give a row the same result whatever the
+    number of rows (:func:`kernels_row_invariant`; tests/test_encoder.py checks it bit for bit
+    in float32 and bfloat16). Without a ladder, batches hold rows of one exact length.
+
+    A batch holds at most ``batch_size`` rows and, with ``max_batch_tokens``, at most that many
+    computed tokens (rows x width); a row over the budget is batched alone.
+    """
+    if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
+        raise InputError("batch_size and max_batch_tokens must be positive")
+    widths = [canonical_width(n, ladder) for n in lengths]
+    order = sorted(range(len(lengths)), key=lambda j: (-lengths[j], j))
+    batches: list[list[int]] = []
+    for j in order:
+        if batches:
+            cur = batches[-1]
+            width = widths[cur[0]]
+            fits = max_batch_tokens is None or (len(cur) + 1) * width <= max_batch_tokens
+            if widths[j] == width and len(cur) < batch_size and fits:
+                cur.append(j)
+                continue
+        batches.append([j])
+    return batches
+
+
+def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]],
+                       ladder: Sequence[int] | None = None) -> float:
+    """Real tokens / computed tokens (each batch computes rows x its canonical width)."""
+    computed = sum(len(b) * canonical_width(max(lengths[j] for j in b), ladder) for b in batches)
+    return sum(lengths) / computed if computed else 1.0
+
+
+def kernels_row_invariant(dtype: torch.dtype = torch.float32, device: str = "cpu") -> bool:
+    """Whether this machine's matrix kernels give a row the same bits alone as among other
+    rows (what batch invariance rests on): a probe of one linear layer, 24 rows of 64 against
+    one of them alone, in ``dtype``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 64, generator=g).to(device=device, dtype=dtype)
+    w = torch.randn(96, 64, generator=g).to(device=device, dtype=dtype)
+    with torch.inference_mode():
+        together = torch.nn.functional.linear(x, w)[:5]
+        alone = torch.nn.functional.linear(x[:5], w)
+    return bool(torch.equal(together, alone))
+
+
 def pad_rows(rows: Sequence[Sequence[int]], width: int, pad_id: int,
              left: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Token-id rows padded to ``width`` (vectorised): (ids, mask of real tokens, each row's

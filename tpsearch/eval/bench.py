@@ -26,8 +26,8 @@ from typing import Sequence
 
 import torch
 
-from ..encoder import TPEncoder, padding_efficiency, plan_batches, quantize_int8
-from ..shapes import plan_buckets
+from ..encoder import TPEncoder, quantize_int8
+from ..shapes import padding_efficiency, plan_batches, plan_buckets
 from ..loading import cpu_features
 from ..errors import InputError
 
@@ -127,8 +127,8 @@ def corpus_padding_efficiency(encoder: TPEncoder, texts: Sequence[str], batch_si
     for start in range(0, len(texts), window):
         lengths = [len(r) for r in encoder.tokenize(list(texts[start:start + window])).input_ids]
         real += sum(lengths)
-        computed += sum(len(b) * max(lengths[j] for j in b)
-                        for b in plan_batches(lengths, batch_size, max_batch_tokens))
+        batches = plan_batches(lengths, batch_size, max_batch_tokens, encoder.row_ladder)
+        computed += round(sum(lengths) / padding_efficiency(lengths, batches, encoder.row_ladder))
     return real / computed if computed else 1.0
 
 
@@ -269,7 +269,9 @@ def summary(encoder: TPEncoder, variants: dict, vr: dict, rates: dict, lengths: 
         "model": s.model, "device": str(dev), "documents": documents, "rounds": rounds,
         "batch_size": batch_size, "max_batch_tokens": max_batch_tokens, "window": window,
         "cpu": cpu_features() if dev.type == "cpu" else None,
-        "padding_efficiency": padding_efficiency(lengths, plan_batches(lengths, batch_size, max_batch_tokens)),
+        "padding_efficiency": padding_efficiency(
+            lengths, plan_batches(lengths, batch_size, max_batch_tokens, encoder.row_ladder),
+            encoder.row_ladder),
         "corpus_documents": len(corpus_texts) if corpus_texts is not None else None,
         "corpus_padding_efficiency": (
             corpus_padding_efficiency(variants["tp_exit"], corpus_texts, batch_size, max_batch_tokens, window)
@@ -302,8 +304,9 @@ def bucketed_padding_efficiency(encoder: TPEncoder, lengths: Sequence[int], batc
     """Real / computed tokens with fixed shapes (filler rows count as computed)."""
     batches, over = plan_buckets(lengths, batch_size, max_batch_tokens, encoder.fixed_widths())
     computed = sum(b.rows * b.width for b in batches)
-    rest = plan_batches([lengths[j] for j in over], batch_size, max_batch_tokens)
-    computed += sum(len(b) * max(lengths[over[j]] for j in b) for b in rest)
+    longer = [lengths[j] for j in over]
+    rest = plan_batches(longer, batch_size, max_batch_tokens, encoder.row_ladder)
+    computed += sum(len(b) * max(longer[j] for j in b) for b in rest)
     return sum(lengths) / computed if computed else 1.0
 
 
