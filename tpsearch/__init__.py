@@ -1,6 +1,6 @@
 """tpsearch: vector-search indexing with Token Prepending sentence embeddings from decoder LLMs."""
 
-__version__ = "0.4.0"
+from .version import __version__  # noqa: E402
 
 from .encoder import EncoderSettings, TPEncoder  # noqa: E402
 from .prompts import normalize_sentence  # noqa: E402

@@ -15,7 +15,7 @@ import click
 from dataclasses import fields as dataclass_fields
 from typing import Callable, Sequence
 
-from . import __version__
+from .version import __version__
 from .config import BuildConfig, ModelConfig
 from .errors import TPSearchError
 

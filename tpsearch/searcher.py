@@ -14,150 +14,30 @@ be shared between threads.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .encoder import TPEncoder
 from .filters import compile_filter
-from .metadata import PREFIX
 from .errors import ConfigMismatch, IndexDamaged, InputError
+from .idmap import Hit, IdMap
+from .index_encoder import check_encoder, encoder_mismatches
+from .queries import SearchRequest, clean_text, query_list
+from .transform import read_vector
 from .fusion import MODES, best_per_document, fuse
 from .index import check_search_params, search as faiss_search
 from .layout import IndexLocation, locate
 from .loading import resolve_source
-from .manifest import Manifest, inside, open_manifest, verify_files
+from .integrity import inside, verify_files
+from .manifest import Manifest, open_manifest
 from .rerank import MAX_DEPTH, QueryLikelihoodScorer, RerankSettings, rerank_order
 from .settings import EncoderOptions
 
 #: Documents each side contributes before fusion (hybrid), at least.
 FUSION_DEPTH = 100
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One result: a document (scored by its best passage) or, with ``passages=True``, a passage.
-
-    ``text`` is the passage's text (when the index stores text) and ``start``/``end`` its
-    character span in the document, so ``document_text[start:end] == text``."""
-
-    id: Any
-    score: float
-    rank: int
-    text: str | None = None
-    passage: int = 0
-    start: int | None = None
-    end: int | None = None
-
-    def to_dict(self) -> dict:
-        return {"rank": self.rank, "score": self.score, "id": self.id, "passage": self.passage,
-                "start": self.start, "end": self.end, "text": self.text}
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """A search checked once against its index (:meth:`Searcher.prepare`), run by
-    :meth:`Searcher.run` without checking again: queries cleaned, mode and depths resolved,
-    search parameters range-checked, the filter evaluated to the documents it allows."""
-
-    queries: list[str]
-    k: int
-    mode: str
-    passages: bool = False
-    rerank: int = 0
-    params: dict = field(default_factory=dict)
-    allowed: np.ndarray | None = None  # None: every document
-
-
-def encoder_mismatches(manifest: Manifest, encoder: TPEncoder) -> list[str]:
-    """How an encoder's settings, dimension or weights differ from the index's (empty: none)."""
-    diffs = [f"index vs encoder {d}" for d in manifest.encoder.differences(encoder.settings)]
-    if encoder.dim != manifest.dim:
-        diffs.append(f"dim: index {manifest.dim}, encoder {encoder.dim}")
-    recorded = manifest.model.weights_sha256
-    actual = encoder.source.weights_sha256 if encoder.source else None
-    if recorded and actual and recorded != actual:
-        diffs.append(f"weights sha256: index {recorded[:12]}..., encoder {actual[:12]}...")
-    recorded = manifest.model.definition_sha256
-    actual = encoder.source.definition_sha256 if encoder.source else None
-    if recorded and actual and recorded != actual:
-        diffs.append(f"config/tokenizer files sha256: index {recorded[:12]}..., encoder "
-                     f"{actual[:12]}... (config.json or a tokenizer file was changed)")
-    return diffs
-
-
-def check_encoder(manifest: Manifest, encoder: TPEncoder) -> None:
-    """Refuse an encoder whose settings or weights differ from the index's."""
-    diffs = encoder_mismatches(manifest, encoder)
-    if diffs:
-        raise ConfigMismatch("the encoder does not match the index: " + "; ".join(diffs))
-
-
-@dataclass
-class IdMap:
-    """Per vector: document id, passage number, span, text; and its document's ordinal."""
-
-    ids: list
-    passages: np.ndarray
-    starts: np.ndarray | None
-    ends: np.ndarray | None
-    texts: list | None
-    doc_of_row: np.ndarray
-    metadata: pa.Table | None = None  # one row per document: its meta.NAME columns
-
-    @classmethod
-    def read(cls, path: Path, with_text: bool, id_type: str = "str") -> "IdMap":
-        """Read and check an id map: typed columns, passages of a document consecutive."""
-        want = {"id": pa.types.is_integer if id_type == "int" else
-                (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
-                "passage": pa.types.is_integer, "start": pa.types.is_integer,
-                "end": pa.types.is_integer, "corpus_row": pa.types.is_integer,
-                "text": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)}
-        try:
-            schema = pq.read_schema(path)
-            cols = [c for c in ("id", "passage", "start", "end", "corpus_row") if c in schema.names]
-            cols += ["text"] if with_text and "text" in schema.names else []
-            meta = [c for c in schema.names if c.startswith(PREFIX)]
-            for c in cols:
-                if not want[c](schema.field(c).type):
-                    raise IndexDamaged(f"{path}: column {c!r} has type {schema.field(c).type}")
-            if "id" not in cols:
-                raise IndexDamaged(f"{path}: the id map has no 'id' column")
-            t = pq.read_table(path, columns=cols + meta)
-            ids = t.column("id").to_pylist()
-            texts = t.column("text").to_pylist() if "text" in cols else None
-        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-            raise IndexDamaged(f"{path}: the id map cannot be read ({str(exc)[:160]})") from None
-        n = t.num_rows
-        get = (lambda c: t.column(c).fill_null(0).to_numpy() if c in cols else None)
-        rows = get("corpus_row")
-        if rows is not None and len(rows) > 1 and (np.diff(rows) < 0).any():
-            raise IndexDamaged(f"{path}: rows are not in corpus order")
-        doc = np.unique(rows, return_inverse=True)[1] if rows is not None else np.arange(n)
-        first = np.flatnonzero(np.r_[True, np.diff(doc) != 0]) if n else np.zeros(0, np.int64)
-        return cls(ids=ids,
-                   passages=get("passage") if "passage" in cols else np.zeros(n, np.int32),
-                   starts=get("start"), ends=get("end"), texts=texts,
-                   doc_of_row=doc.astype(np.int64),
-                   metadata=t.select(meta).take(first) if meta else None)
-
-    @cached_property
-    def doc_rows(self) -> list[np.ndarray]:
-        """Passage rows of each document, by document ordinal (computed on first use)."""
-        bounds = np.flatnonzero(np.diff(self.doc_of_row)) + 1
-        return np.split(np.arange(len(self.ids)), bounds)
-
-    def hit(self, row: int, score: float, rank: int) -> Hit:
-        return Hit(self.ids[row], float(score), rank,
-                   self.texts[row] if self.texts is not None else None, int(self.passages[row]),
-                   int(self.starts[row]) if self.starts is not None else None,
-                   int(self.ends[row]) if self.ends is not None else None)
 
 
 class Searcher:
@@ -612,44 +492,6 @@ class Searcher:
         return self.documents
 
 
-def query_list(queries: Any, what: str) -> list:
-    """``queries`` as a list, refusing a lone string (which would search its characters)."""
-    if isinstance(queries, (str, bytes)):
-        raise InputError(f"{what} must be a list of strings, got one string; use "
-                         "search(query) for a single query")
-    if isinstance(queries, np.ndarray):
-        return queries.tolist()
-    try:
-        return list(queries)
-    except TypeError:
-        raise InputError(f"{what} must be a list of strings, got {type(queries).__name__}") from None
-
-
-def read_vector(path: Path, dim: int) -> np.ndarray:
-    """A float32 ``dim``-vector saved with numpy: the header is read and checked (bounded
-    size, no pickled objects, the right dtype and shape) before any data is."""
-    try:
-        with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f, max_header_size=4096)
-            if shape != (dim,) or dtype != np.dtype("<f4"):
-                raise IndexDamaged(f"{path} holds {dtype} of shape {shape}, not a float32 "
-                                   f"{dim}-vector")
-            v = np.frombuffer(f.read(4 * dim + 1), dtype="<f4")
-    except (ValueError, OSError, EOFError) as exc:
-        raise IndexDamaged(f"{path}: not a numpy vector ({' '.join(str(exc).split())[:120]})") from None
-    if v.shape != (dim,) or not np.isfinite(v).all():
-        raise IndexDamaged(f"{path} does not hold exactly {dim} finite float32 values")
-    return v.astype(np.float32)
-
-
-def clean_text(text: Any) -> str:
-    """A query as the tokenizer can take it: bytes decoded as UTF-8 (bad bytes become U+FFFD)
-    and lone surrogates replaced with '?', so one bad query never fails a batch."""
-    if isinstance(text, bytes):
-        return text.decode("utf8", errors="replace")
-    if not isinstance(text, str):
-        raise InputError(f"a query must be a string, got {type(text).__name__}")
-    return text.encode("utf8", errors="replace").decode("utf8")
+#: Re-exported from their own modules (tpsearch 0.4 kept them here).
+__all__ = ["Searcher", "SearchRequest", "Hit", "IdMap", "check_encoder", "encoder_mismatches",
+           "clean_text", "query_list", "read_vector", "FUSION_DEPTH"]

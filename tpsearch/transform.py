@@ -16,12 +16,13 @@ of the space than long prompted passages. So the two sides get their own means:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
 
 from .embedfilter import filter_transform, kept_basis
-from .errors import InputError
+from .errors import IndexDamaged, InputError
 
 KINDS = ("none", "center", "whiten")
 #: Whitening to ``dim`` needs this many fitting vectors per output dimension; fewer: centering.
@@ -150,3 +151,23 @@ def read_example_queries(path: str) -> list[str]:
     if not lines:
         raise InputError(f"{path}: no example queries (one per line)")
     return lines
+
+
+def read_vector(path: Path, dim: int) -> np.ndarray:
+    """A float32 ``dim``-vector saved with numpy: the header is read and checked (bounded
+    size, no pickled objects, the right dtype and shape) before any data is."""
+    try:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f, max_header_size=4096)
+            if shape != (dim,) or dtype != np.dtype("<f4"):
+                raise IndexDamaged(f"{path} holds {dtype} of shape {shape}, not a float32 "
+                                   f"{dim}-vector")
+            v = np.frombuffer(f.read(4 * dim + 1), dtype="<f4")
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexDamaged(f"{path}: not a numpy vector ({' '.join(str(exc).split())[:120]})") from None
+    if v.shape != (dim,) or not np.isfinite(v).all():
+        raise IndexDamaged(f"{path} does not hold exactly {dim} finite float32 values")
+    return v.astype(np.float32)

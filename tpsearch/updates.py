@@ -33,11 +33,12 @@ import pyarrow.parquet as pq
 
 from .config import BuildConfig, ModelConfig, build_config_from
 from .errors import DiskError, InputError
-from .manifest import inside, open_manifest
+from .integrity import inside
+from .manifest import open_manifest
 from .metadata import PREFIX
 from .pipeline import BuildResult, build_index
 from .pipeline.workdir import BuildLock
-from .searcher import IdMap
+from .idmap import IdMap
 
 KEEP_COLUMN = "__tpsearch_keep"
 #: How long an update waits for another build or update of the same index (seconds).

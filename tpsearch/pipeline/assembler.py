@@ -22,9 +22,10 @@ from ..errors import InputError
 from ..index import IndexPlan, choose_index, exact_topk, fit_plan, new_index, tune_search
 from ..lexical import LexicalBuilder
 from ..metadata import PREFIX
-from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo, inside
+from ..integrity import inside
+from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
 from ..passages import sentence_spans
-from ..searcher import read_vector
+from ..transform import read_vector
 from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, TransformSettings,
                          fit_transform, read_example_queries)
 from .mapper import StageTimes

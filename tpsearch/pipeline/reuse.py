@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from ..digest import sha256_file
 from ..errors import IndexDamaged
-from ..manifest import Manifest, inside
+from ..integrity import inside
+from ..manifest import Manifest
 from .reader import hash_values
 
 STORE_DIR = "store"

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .. import __version__
+from ..version import __version__
 from ..config import BuildConfig, parse_size
 from ..encoder import TPEncoder
 from ..errors import ConfigMismatch, DiskError, InputError, TPSearchError, UnbuildableIndex
@@ -30,7 +30,7 @@ from ..index import choose_index
 from ..layout import is_index_dir, new_version_name, read_pointer, restore_legacy_aside
 from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, file_digests,
                         open_manifest, write_manifest)
-from ..searcher import encoder_mismatches
+from ..index_encoder import encoder_mismatches
 from .assembler import Assembled, AssemblyOptions, assemble
 from .distributor import Distributor
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes

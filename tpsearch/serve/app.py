@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
+from ..version import __version__
 from ..errors import InputError, TPSearchError
-from ..searcher import clean_text
+from ..queries import clean_text
 from .batcher import Overloaded
 from .config import ServeConfig
 from .limits import BodyLimit
