@@ -201,8 +201,16 @@ def test_model_code_never_runs_unless_allowed(tmp_path, built):
     (evil / "config.json").write_text(json.dumps(cfg))
     d = copy_index(out, tmp_path)
     edit_manifest(d, lambda m: m["model"].update(path=str(evil)))
-    proc = subprocess.run([sys.executable, "-m", "tpsearch.cli", "search", str(d), "river", "--json"],
-                          input=b"y\ny\n", capture_output=True, timeout=300)
+    cmd = [sys.executable, "-m", "tpsearch.cli", "search", str(d), "river", "--json"]
+    # the edited config.json no longer matches the index's hash of it: refused before loading
+    proc = subprocess.run(cmd, input=b"y\ny\n", capture_output=True, timeout=300)
+    assert proc.returncode == 1 and "config.json" in proc.stderr.decode(), proc.stderr.decode()
+    assert not marker.exists()
+    # a model that shipped its auto_map when the index was built: loads, its code never runs
+    from tpsearch.loading import definition_sha256
+
+    edit_manifest(d, lambda m: m["model"].update(definition_sha256=definition_sha256(evil)))
+    proc = subprocess.run(cmd, input=b"y\ny\n", capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     assert not marker.exists()
     json.loads(proc.stdout.decode())  # only JSON on stdout: nothing asked on the terminal
