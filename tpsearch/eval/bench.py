@@ -55,35 +55,50 @@ def bench_texts(path: str | Path) -> list[str]:
     return [t for t in texts if t and t.strip()]
 
 
+def _rate(product, make, size: int, seconds: float, sync=lambda: None) -> float:
+    """Sustained OP/s of ``product(*make(n))`` (2 n^3 operations each) for the largest n up to
+    ``size`` (doubling from 256) whose one product takes under a sixteenth of ``seconds``: a
+    machine that emulates a dtype slowly (bfloat16 without matrix units: 25 s for one 2048
+    product on an AVX2 EPYC) is measured on smaller products instead of for minutes."""
+    n = min(256, size)
+    while True:
+        args = make(n)
+        product(*args)  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        product(*args)
+        sync()
+        once = time.perf_counter() - t0
+        if n >= size or once * 16 >= seconds:
+            break
+        n *= 2
+    count, t0 = 0, time.perf_counter()
+    while True:
+        product(*args)
+        count += 1
+        if count % 4 == 0 or once * 4 >= seconds:
+            sync()
+            if time.perf_counter() - t0 >= seconds:
+                break
+    return 2 * n**3 * count / (time.perf_counter() - t0)
+
+
 def int8_matmul_ops(size: int = 2048, seconds: float = 2.0) -> float:
     """Sustained int8 OP/s of a dynamically quantised linear layer (the int8 path's kernel)."""
-    lin = quantize_int8(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)))
-    x = torch.randn(size, size)
+    def make(n):
+        return quantize_int8(torch.nn.Sequential(torch.nn.Linear(n, n, bias=False))), torch.randn(n, n)
+
     with torch.inference_mode():
-        lin(x)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            lin(x)
-            n += 1
-    return 2 * size**3 * n / (time.perf_counter() - t0)
+        return _rate(lambda lin, x: lin(x), make, size, seconds)
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
     """Sustained FLOP/s of a square matrix product on ``device``."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    n, t0 = 0, time.perf_counter()
-    while True:
-        a @ b
-        n += 1
-        if n % 4 == 0:
-            _sync(device)
-            if time.perf_counter() - t0 >= seconds:
-                break
-    return 2 * size**3 * n / (time.perf_counter() - t0)
+    def make(n):
+        return (torch.randn(n, n, device=device, dtype=dtype),
+                torch.randn(n, n, device=device, dtype=dtype))
+
+    return _rate(lambda a, b: a @ b, make, size, seconds, lambda: _sync(device))
 
 
 def _sync(device: torch.device) -> None:
