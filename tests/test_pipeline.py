@@ -234,7 +234,7 @@ def test_killed_build_resumes_to_identical_index(tmp_path, llama_dir):
     shards = work_dir_for(out) / "shards"
     proc = subprocess.Popen(_build_cmd(corpus, out, llama_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a busy machine: no race against the clock
     while len(list(shards.glob("shard-*.parquet"))) < 3 and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
