@@ -1,6 +1,6 @@
 """Finding and loading models: local directories, hub ids, GGUF files and the bundled models.
 
-GGUF weights are dequantised by transformers, which is slow (about a minute for the tokenizer
+GGUF weights are dequantised by transformers, which is slow (1–2 minutes for the tokenizer
 and model of Gemma 3 270M on two CPU cores); the result is cached as a regular transformers
 directory (safetensors) under the user cache, keyed by the GGUF file's SHA-256, so later loads
 take seconds.
