@@ -270,3 +270,39 @@ def test_prefetch_keeps_order_bounds_memory_and_raises_in_order():
             assert len(made) <= len(got) + 4  # never far ahead of the consumer
             got.append(item)
     assert got == [0, 10, 20, 30, 40] and max(made) == 5
+
+
+def test_one_encoder_spec_reaches_the_cli_reproducing_and_updates():
+    """An option is declared once, as a dataclass field: every ModelConfig field is a build
+    option (0.4's hand list lacked attn_implementation), every field an encoder's settings share
+    with its options is carried back by ``reproducing`` and ``from_settings``, and an update's
+    configuration is the recorded one (unknown keys of another version dropped)."""
+    from dataclasses import fields
+
+    from click.testing import CliRunner
+
+    from tpsearch.cli import main
+    from tpsearch.config import BuildConfig, ModelConfig, build_config_recorded
+    from tpsearch.settings import EncoderOptions, EncoderSettings, shared_fields
+
+    help_text = CliRunner().invoke(main, ["build", "--help"]).output
+    for f in fields(ModelConfig):
+        assert f"--{f.name.replace('_', '-')}" in help_text or f.name == "compile_layers", f.name
+    assert "--compile" in help_text and "--attn-implementation" in help_text
+    settings = EncoderSettings(model="m", prompt="prompteol", templates=("t {sentence}",),
+                               tp_layers=(1, 3), output_layer=-2, n_layers=4, max_length=99,
+                               normalize_sentences=False, placeholder_seed=5,
+                               placeholder_init="mean", pooling="mean", quantize="int8",
+                               dtype="bfloat16")
+    options = EncoderOptions.reproducing(settings)
+    assert set(shared_fields()) >= {"prompt", "tp_layers", "output_layer", "max_length",
+                                    "normalize_sentences", "placeholder_seed",
+                                    "placeholder_init", "pooling", "quantize", "dtype"}
+    for name in shared_fields():
+        assert getattr(options, name) == getattr(settings, name), name
+    recorded = BuildConfig(corpus="c.parquet", out="o", model=ModelConfig(
+        max_length=99, attn_implementation="eager")).to_dict()
+    recorded["model"]["from_a_newer_tpsearch"] = 1
+    cfg = build_config_recorded(recorded, corpus="u.parquet", refit=True)
+    assert cfg.model.max_length == 99 and cfg.model.attn_implementation == "eager"
+    assert cfg.corpus == "u.parquet" and cfg.refit and cfg.out == "o"

@@ -84,11 +84,9 @@ def _options(cls: type, names: Sequence[str]) -> Callable:
     return decorate
 
 
-#: The encoder's options and how a build feeds it (ModelConfig's fields, in --help order).
-MODEL_KEYS = ("model", "prompt", "tp_layers", "output_layer", "placeholder_init",
-              "placeholder_seed", "pooling", "query_prompt", "max_length", "normalize_sentences",
-              "batch_size", "max_batch_tokens", "device", "dtype", "quantize", "batching",
-              "compile_layers", "trust_remote_code")
+#: The encoder's options and how a build feeds it: every field of ModelConfig, in declaration
+#: order (an option added to EncoderOptions or ModelConfig is a CLI option with no edit here).
+MODEL_KEYS = tuple(f.name for f in dataclass_fields(ModelConfig))
 
 
 def model_options(fn):

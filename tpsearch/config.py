@@ -246,3 +246,17 @@ def build_config_from(options: dict[str, Any]) -> BuildConfig:
     config = BuildConfig(model=ModelConfig(**m), **b)
     check_types(config)
     return config
+
+
+def build_config_recorded(recorded: dict[str, Any], **overrides: Any) -> BuildConfig:
+    """The BuildConfig a manifest's ``build.config`` records (``BuildConfig.to_dict()``), with
+    ``overrides``: what an update of that index builds with. Keys this tpsearch does not know
+    (a newer or older manifest's) are dropped, not refused."""
+    model_keys = {f.name for f in fields(ModelConfig)}
+    build_keys = {f.name for f in fields(BuildConfig)} - {"model"}
+    flat = {k: v for k, v in recorded.items() if k in build_keys}
+    model = recorded.get("model")
+    flat.update({k: v for k, v in (model if isinstance(model, dict) else {}).items()
+                 if k in model_keys})
+    flat.update(overrides)
+    return build_config_from(flat)

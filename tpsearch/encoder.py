@@ -36,7 +36,8 @@ from .torchstate import TORCH_STATE
 from .presets import fallback_preset, find_preset
 from .prompts import PLACEHOLDER, PromptSpec, resolve_prompt
 from .tokenizing import PromptTokenizer, Tokenized
-from .settings import AUTO, EncoderOptions, EncoderSettings, option_defaults, parse_tp_layers
+from .settings import (AUTO, EncoderOptions, EncoderSettings, option_defaults, parse_tp_layers,
+                       shared_fields)
 from .compiling import compile_decoder_layers, is_compiled, resolve_compile
 from .shapes import (BATCHING, ShapeRunner, canonical_width, first_position, pack_batch,
                      pad_rows, plan_batches, plan_buckets, resolve_batching, sliding_window,
@@ -229,13 +230,12 @@ class TPEncoder:
     @classmethod
     def from_settings(cls, settings: EncoderSettings, model: nn.Module, tokenizer,
                       source: ModelSource | None = None) -> "TPEncoder":
-        """An encoder with exactly ``settings`` on a loaded model and tokenizer."""
-        return cls(model, tokenizer, prompt=settings.prompt, tp_layers=settings.tp_layers,
-                   output_layer=settings.output_layer, max_length=settings.max_length,
-                   normalize_sentences=settings.normalize_sentences,
-                   placeholder_seed=settings.placeholder_seed,
-                   placeholder_init=settings.placeholder_init, model_name=settings.model,
-                   source=source, pooling=settings.pooling, quantize=settings.quantize)
+        """An encoder with exactly ``settings`` on a loaded model and tokenizer (every shared
+        field, :func:`~tpsearch.settings.shared_fields`, but the model's name and its dtype,
+        which are the loaded model's)."""
+        values = {name: getattr(settings, name) for name in shared_fields()
+                  if name not in ("model", "dtype")}
+        return cls(model, tokenizer, model_name=settings.model, source=source, **values)
 
     def variant(self, **changes) -> "TPEncoder":
         """Another encoder on the same loaded model and tokenizer, with some settings changed

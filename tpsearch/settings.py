@@ -83,11 +83,8 @@ class EncoderOptions:
     @classmethod
     def reproducing(cls, s: "EncoderSettings", **overrides: Any) -> "EncoderOptions":
         """Options that rebuild an encoder with exactly the recorded settings ``s``."""
-        values = dict(model=s.model, prompt=s.prompt, tp_layers=s.tp_layers,
-                      output_layer=s.output_layer, placeholder_init=s.placeholder_init,
-                      placeholder_seed=s.placeholder_seed, pooling=s.pooling,
-                      max_length=s.max_length, normalize_sentences=s.normalize_sentences,
-                      quantize=s.quantize, dtype=s.dtype or AUTO)
+        values = {name: getattr(s, name) for name in shared_fields()}
+        values["dtype"] = s.dtype or AUTO  # unrecorded (tpsearch 0.2): the machine's choice
         values.update(overrides)
         return cls(**values)
 
@@ -107,6 +104,14 @@ def parse_tp_layers(value: str | list | tuple | None) -> tuple[int, int] | None 
     except (ValueError, TypeError):
         raise InputError(f"TP layers must look like START:EXIT (e.g. 1:7), got "
                          f"{str(value)[:40]!r}") from None
+
+
+def shared_fields() -> tuple[str, ...]:
+    """The fields an encoder's recorded settings and its options share (what a manifest must
+    carry back into an encoder): every :class:`EncoderSettings` field that is also an
+    :class:`EncoderOptions` field, so one added to both travels without further edits."""
+    options = {f.name for f in fields(EncoderOptions)}
+    return tuple(f.name for f in fields(EncoderSettings) if f.name in options)
 
 
 def option_defaults(cls: type = EncoderOptions) -> dict[str, Any]:

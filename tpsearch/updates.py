@@ -23,7 +23,6 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import BuildConfig, ModelConfig, build_config_from
+from .config import build_config_recorded
 from .errors import DiskError, InputError
 from .integrity import inside
 from .manifest import open_manifest
@@ -101,13 +100,8 @@ def _update_locked(root: Path, given, gone_given: list, refit: bool, show_progre
     except OSError as exc:
         raise DiskError(f"{tmp_dir}: {exc.strerror or exc} while writing the update's rows; "
                         "nothing was changed") from None
-    options = {k: v for k, v in manifest.build.config.items() if k != "model"}
-    options.update({k: v for k, v in manifest.build.config.get("model", {}).items()
-                    if k in {f.name for f in fields(ModelConfig)}})
-    options.update(corpus=str(tmp), out=str(root), refit=refit, fresh=False)
-    config = build_config_from({k: v for k, v in options.items()
-                                if k in {f.name for f in fields(BuildConfig)} | {
-                                    f.name for f in fields(ModelConfig)}})
+    config = build_config_recorded(manifest.build.config, corpus=str(tmp), out=str(root),
+                                   refit=refit, fresh=False)
     return build_index(config, show_progress=show_progress, keep_column=KEEP_COLUMN, locked=True)
 
 
