@@ -31,7 +31,7 @@ import bisect
 import itertools
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +39,23 @@ import torch
 from .errors import InputError
 from .tp import EarlyExit, text_config, token_prepending
 
-if TYPE_CHECKING:
-    from .encoder import TPEncoder
+
+
+class PackedModel(Protocol):
+    """What fixed-shape batching needs of an encoder (a :class:`~tpsearch.encoder.TPEncoder`
+    is one; described here so this module never imports the encoder's)."""
+
+    model: torch.nn.Module
+    layers: Sequence[torch.nn.Module]
+    plan: Any
+    placeholder_id: int | None
+    pad_id: int
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
 
 BATCHING = ("sorted", "bucketed", "graphs")
 
@@ -262,7 +277,7 @@ def device_inputs(packed: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.T
     return {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
 
 
-def forward_packed(encoder: "TPEncoder", packed: torch.Tensor) -> torch.Tensor:
+def forward_packed(encoder: PackedModel, packed: torch.Tensor) -> torch.Tensor:
     """Last-token states (rows, dim) at the output layer, in the model's dtype and device.
 
     Pure device work: safe to capture in a CUDA graph (the early exit's exception is caught
@@ -284,7 +299,7 @@ def forward_packed(encoder: "TPEncoder", packed: torch.Tensor) -> torch.Tensor:
 class GraphedShape:
     """One captured CUDA graph of :func:`forward_packed` at a fixed (rows, width)."""
 
-    def __init__(self, encoder: "TPEncoder", rows: int, width: int, pool) -> None:
+    def __init__(self, encoder: PackedModel, rows: int, width: int, pool) -> None:
         dev = encoder.device
         filler = pack_batch([], rows, width, encoder.pad_id, None)
         self.static_in = filler.to(dev)
@@ -307,7 +322,7 @@ class GraphedShape:
 class ShapeRunner:
     """Runs packed batches for one encoder: eagerly, or through per-shape CUDA graphs."""
 
-    def __init__(self, encoder: "TPEncoder", graphs: bool) -> None:
+    def __init__(self, encoder: PackedModel, graphs: bool) -> None:
         if graphs and encoder.device.type != "cuda":
             raise InputError("batching 'graphs' needs a CUDA device; use 'bucketed' or 'sorted'")
         self.encoder = encoder
