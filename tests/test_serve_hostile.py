@@ -151,7 +151,7 @@ def test_a_version_whose_model_fails_to_load_stops_no_other_swap(tmp_path, tiny_
         swapped, was_refused, message = await registry.reload("a")
         assert not swapped and was_refused and "refused" in message
         watcher = asyncio.get_running_loop().create_task(registry.watch())
-        deadline = time.time() + 60
+        deadline = time.time() + 600  # generous: a busy machine must not fail it
         while registry.get("b").version == first["b"]:
             assert time.time() < deadline and not watcher.done()
             await asyncio.sleep(0.05)
