@@ -69,7 +69,7 @@ def unembedding_of(model: "torch.nn.Module", exclude: int | None = None) -> np.n
     embeddings are not tied (the filter is then skipped, and the manifest says so)."""
     import torch
 
-    from .rerank import output_head
+    from .tp import output_head
     from .tp import text_config
 
     try:

@@ -13,9 +13,6 @@ not depend on its batch-mates or on the padding side (up to fp32 rounding).
 
 from __future__ import annotations
 
-import threading
-import weakref
-from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Any, Callable, Iterator, Sequence
 
@@ -34,19 +31,24 @@ from .loading import (
 from .errors import InputError
 from .torchstate import TORCH_STATE
 from .presets import fallback_preset, find_preset
-from .prompts import PLACEHOLDER, PromptSpec, resolve_prompt
+from .prompts import PromptSpec, resolve_prompt
 from .tokenizing import PromptTokenizer, Tokenized
 from .settings import (AUTO, EncoderOptions, EncoderSettings, option_defaults, parse_tp_layers,
                        shared_fields)
 from .compiling import compile_decoder_layers, is_compiled, resolve_compile
 from .shapes import (BATCHING, ShapeRunner, canonical_width, first_position, pack_batch,
-                     pad_rows, plan_batches, plan_buckets, resolve_batching, sliding_window,
+                     padded_inputs, plan_batches, plan_buckets, resolve_batching, sliding_window,
                      to_device, width_ladder)
 from .tp import (
     EarlyExit,
     ForwardPlan,
+    _pad_id,
+    add_placeholder_token,
     find_decoder_layers,
+    is_quantized,
+    model_lock,
     num_layers,
+    quantize_int8,
     resolve_output_layer,
     token_prepending,
     validate_tp_layers,
@@ -282,21 +284,20 @@ class TPEncoder:
         """Pad rows by hand (vectorised) on the left to the batch's canonical width (the same
         for every row of a planned batch); position ids count real tokens only."""
         width = canonical_width(max(len(r) for r in rows), self.row_ladder)
-        ids_np, mask_np, offsets, lens = pad_rows(rows, width, self.pad_id, left=True)
-        ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np.astype(np.int64))
+        inputs, offsets, lens = padded_inputs(rows, width, self.pad_id)
         last = torch.from_numpy(offsets + lens - 1)
         pst = torch.zeros(len(rows), dtype=torch.long)
         if self.placeholder_id is not None:
-            pst = torch.from_numpy(first_position(ids_np, mask_np, self.placeholder_id))
+            pst = torch.from_numpy(first_position(inputs["input_ids"].numpy(),
+                                                  inputs["attention_mask"].numpy().astype(bool),
+                                                  self.placeholder_id))
         pool = None
         if spans is not None:
             pool = torch.zeros((len(rows), width), dtype=torch.float32)
             for b, (start, end) in enumerate(spans):
                 off = int(offsets[b])
                 pool[b, off + start:off + end] = 1.0 / (end - start)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
-               "last": last, "pst": pst}
+        out = {**inputs, "last": last, "pst": pst}
         if pool is not None:
             out["pool"] = pool
         return {k: to_device(v, self.device) for k, v in out.items()}
@@ -461,76 +462,6 @@ class TPEncoder:
         return vecs[0] if single else vecs
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantisation of the decoder's linear layers, in place (weights int8 per
-    channel, activations quantised per batch): torch's own ``quantize_dynamic`` (fbgemm kernels,
-    AVX2 and up). The modules TP hooks onto (the decoder layers) stay the same objects; the
-    embedding table and norms stay float. Chosen over torchao's int8 config, which ran 1.3x
-    float32 here against 2x for this path (see the README's throughput section)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        from torch.ao.quantization import quantize_dynamic
-
-        quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
-    model._tpsearch_int8 = True
-    return model
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return bool(getattr(model, "_tpsearch_int8", False))
-
-
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-@contextmanager
-def model_lock(model: nn.Module) -> Iterator[None]:
-    """Held around every forward pass of ``model``: serialises passes of the same model (TP and
-    early exit arm hooks on the model itself, so two threads or two encoders sharing it must
-    not run it at once; on a CPU a pass already uses every core, so this costs no throughput),
-    and shares :data:`~tpsearch.torchstate.TORCH_STATE` so no model loads meanwhile."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.Lock()
-    with TORCH_STATE.shared(), lock:
-        yield
-
-
-def _pad_id(tokenizer) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def add_placeholder_token(model: nn.Module, tokenizer, seed: int = 0, init: str = "randn") -> int:
-    """Add ``<PST>`` to the tokenizer and give it an embedding row; return its id.
-
-    ``randn`` (the paper's choice) draws the row from a standard normal with a fixed seed;
-    ``mean`` uses the mean of the existing rows. (The row's scale hardly matters: the first
-    layer's RMSNorm/LayerNorm removes it; its direction does.) The embedding matrix only grows when the
-    token's id is beyond it (some models carry spare rows).
-    """
-    if PLACEHOLDER not in tokenizer.get_vocab():
-        tokenizer.add_tokens([PLACEHOLDER])
-    pst = int(tokenizer.convert_tokens_to_ids(PLACEHOLDER))
-    emb = model.get_input_embeddings()
-    rows = emb.weight.shape[0]
-    if pst >= rows:
-        model.resize_token_embeddings(pst + 1, mean_resizing=False)
-        emb = model.get_input_embeddings()
-    weight = emb.weight
-    with torch.no_grad():
-        if init == "randn":
-            gen = torch.Generator().manual_seed(seed)
-            row = torch.randn(weight.shape[1], generator=gen)
-        elif init == "mean":
-            row = weight[: min(rows, pst)].float().mean(dim=0).cpu()
-        else:
-            raise InputError(f"unknown placeholder init {init!r}; use 'randn' or 'mean'")
-        weight[pst] = row.to(weight.dtype).to(weight.device)
-    return pst
+#: Model helpers live in :mod:`tpsearch.tp` (re-exported: tpsearch 0.4 kept them here).
+__all__ = ["TPEncoder", "EncoderSettings", "quantize_int8", "is_quantized", "model_lock",
+           "add_placeholder_token", "plan_batches"]

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .shapes import pad_rows, plan_batches, to_device
-from .tp import text_config
+from .shapes import padded_inputs, plan_batches, to_device
+from .tp import model_lock, output_head, text_config
 
 #: The instruction around a passage; the query's tokens follow it and are what is scored.
 DEFAULT_TEMPLATE = "Passage: {passage}\nA query that this passage answers:"
@@ -52,19 +52,6 @@ class RerankSettings:
             raise InputError("the rerank template needs a {passage} slot")
         if not 0.0 <= self.weight <= 1.0:
             raise InputError(f"rerank weight must lie in 0..1, got {self.weight}")
-
-
-def output_head(model: nn.Module) -> torch.Tensor:
-    """The decoder's unembedding matrix (vocab x dim): its output head, or the input embeddings
-    where the two are tied (every bundled model). A base model loaded without its head and with
-    untied embeddings cannot score tokens."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        return head.weight
-    if getattr(text_config(model), "tie_word_embeddings", False):
-        return model.get_input_embeddings().weight
-    raise InputError(f"{type(model).__name__} was loaded without its output head and its "
-                     "embeddings are not tied: it cannot score a query's tokens for reranking")
 
 
 class QueryLikelihoodScorer:
@@ -100,7 +87,6 @@ class QueryLikelihoodScorer:
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """Mean log-probability of ``query``'s tokens after each passage (float64, higher =
         more relevant), in ``passages`` order."""
-        from .encoder import model_lock
 
         if not passages:
             return np.zeros(0)
@@ -112,14 +98,10 @@ class QueryLikelihoodScorer:
         for batch in plan_batches(lengths, len(rows), self.settings.max_batch_tokens):
             sub = [rows[j] for j in batch]
             width = max(len(r) for r in sub)
-            ids_np, mask_np, _, _ = pad_rows(sub, width, self.pad_id, left=True)
-            ids = torch.from_numpy(ids_np)
-            mask = torch.from_numpy(mask_np.astype(np.int64))
-            pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            inputs, _, _ = padded_inputs(sub, width, self.pad_id)
             with model_lock(self.model):
-                hidden = self.model(input_ids=to_device(ids, device),
-                                    attention_mask=to_device(mask, device),
-                                    position_ids=to_device(pos, device), use_cache=False)[0]
+                hidden = self.model(**{k: to_device(v, device) for k, v in inputs.items()},
+                                    use_cache=False)[0]
             # left padding: the query's m tokens are the last m columns, each predicted by the
             # column before it
             states = hidden[:, width - m - 1: width - 1]
@@ -129,7 +111,7 @@ class QueryLikelihoodScorer:
             if self.exclude:
                 logits[..., self.exclude] = float("-inf")
             logp = torch.log_softmax(logits, dim=-1)
-            target = to_device(ids[:, width - m:], device)
+            target = to_device(inputs["input_ids"][:, width - m:], device)
             got = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)
             out[batch] = got.double().cpu().numpy()
         return out
@@ -148,3 +130,8 @@ def rerank_order(first_stage: np.ndarray, likelihood: np.ndarray, weight: float)
         weight * scaled(np.asarray(likelihood, dtype=np.float64))
     order = np.argsort(-mixed, kind="stable")
     return order, mixed[order]
+
+
+#: ``output_head`` lives in :mod:`tpsearch.tp` (re-exported here, where tpsearch 0.4 kept it).
+__all__ = ["QueryLikelihoodScorer", "RerankSettings", "output_head", "rerank_order", "scaled",
+           "MAX_DEPTH"]

@@ -225,6 +225,19 @@ def pad_rows(rows: Sequence[Sequence[int]], width: int, pad_id: int,
     return ids, mask, offsets, lens
 
 
+def padded_inputs(rows: Sequence[Sequence[int]], width: int,
+                  pad_id: int) -> tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray]:
+    """The model inputs of token-id rows left-padded by hand to ``width``: ``input_ids``,
+    ``attention_mask`` and ``position_ids`` counting real tokens only (so a row's positions do
+    not depend on its padding), on the CPU; and each row's first real column and length. The
+    encoder and the reranker both feed the decoder through this."""
+    ids_np, mask_np, offsets, lens = pad_rows(rows, width, pad_id, left=True)
+    mask = torch.from_numpy(mask_np.astype(np.int64))
+    inputs = {"input_ids": torch.from_numpy(ids_np), "attention_mask": mask,
+              "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0)}
+    return inputs, offsets, lens
+
+
 def first_position(ids: np.ndarray, mask: np.ndarray, token: int) -> np.ndarray:
     """Per row, the column of the first real ``token`` (0 where there is none)."""
     return ((ids == token) & mask).argmax(axis=1)

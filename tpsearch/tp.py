@@ -12,6 +12,8 @@ hidden states that enter it (the previous layer's output, ``output_hidden_states
 
 from __future__ import annotations
 
+import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -20,6 +22,8 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .prompts import PLACEHOLDER
+from .torchstate import TORCH_STATE
 
 
 class EarlyExit(Exception):
@@ -148,3 +152,92 @@ def token_prepending(
     finally:
         for h in handles:
             h.remove()
+
+
+# ------------------------------------------------------------------ model helpers
+def output_head(model: nn.Module) -> torch.Tensor:
+    """The decoder's unembedding matrix (vocab x dim): its output head, or the input embeddings
+    where the two are tied (every bundled model). A base model loaded without its head and with
+    untied embeddings cannot score tokens."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        return head.weight
+    if getattr(text_config(model), "tie_word_embeddings", False):
+        return model.get_input_embeddings().weight
+    raise InputError(f"{type(model).__name__} was loaded without its output head and its "
+                     "embeddings are not tied: it cannot score a query's tokens for reranking")
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantisation of the decoder's linear layers, in place (weights int8 per
+    channel, activations quantised per batch): torch's own ``quantize_dynamic`` (fbgemm kernels,
+    AVX2 and up). The modules TP hooks onto (the decoder layers) stay the same objects; the
+    embedding table and norms stay float. Chosen over torchao's int8 config, which ran 1.3x
+    float32 here against 2x for this path (see the README's throughput section)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        from torch.ao.quantization import quantize_dynamic
+
+        quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    model._tpsearch_int8 = True
+    return model
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return bool(getattr(model, "_tpsearch_int8", False))
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def model_lock(model: nn.Module) -> Iterator[None]:
+    """Held around every forward pass of ``model``: serialises passes of the same model (TP and
+    early exit arm hooks on the model itself, so two threads or two encoders sharing it must
+    not run it at once; on a CPU a pass already uses every core, so this costs no throughput),
+    and shares :data:`~tpsearch.torchstate.TORCH_STATE` so no model loads meanwhile."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+    with TORCH_STATE.shared(), lock:
+        yield
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def add_placeholder_token(model: nn.Module, tokenizer, seed: int = 0, init: str = "randn") -> int:
+    """Add ``<PST>`` to the tokenizer and give it an embedding row; return its id.
+
+    ``randn`` (the paper's choice) draws the row from a standard normal with a fixed seed;
+    ``mean`` uses the mean of the existing rows. (The row's scale hardly matters: the first
+    layer's RMSNorm/LayerNorm removes it; its direction does.) The embedding matrix only grows when the
+    token's id is beyond it (some models carry spare rows).
+    """
+    if PLACEHOLDER not in tokenizer.get_vocab():
+        tokenizer.add_tokens([PLACEHOLDER])
+    pst = int(tokenizer.convert_tokens_to_ids(PLACEHOLDER))
+    emb = model.get_input_embeddings()
+    rows = emb.weight.shape[0]
+    if pst >= rows:
+        model.resize_token_embeddings(pst + 1, mean_resizing=False)
+        emb = model.get_input_embeddings()
+    weight = emb.weight
+    with torch.no_grad():
+        if init == "randn":
+            gen = torch.Generator().manual_seed(seed)
+            row = torch.randn(weight.shape[1], generator=gen)
+        elif init == "mean":
+            row = weight[: min(rows, pst)].float().mean(dim=0).cpu()
+        else:
+            raise InputError(f"unknown placeholder init {init!r}; use 'randn' or 'mean'")
+        weight[pst] = row.to(weight.dtype).to(weight.device)
+    return pst

@@ -205,7 +205,7 @@ def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "te
     depart from (the defaults, unless changed); ``rerank``: the reranked row's depth."""
     from ..encoder import TPEncoder
 
-    from ..rerank import output_head
+    from ..tp import output_head
 
     data = load_beir(data_dir, split)  # read once; bad data is refused before the model loads
     encoder = TPEncoder.from_pretrained(**build.model.encoder_kwargs())
