@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 from .version import __version__
 from .config import BuildConfig, ModelConfig
 from .errors import TPSearchError
+from .fusion import MODES
 
 def _fail_cleanly(fn):
     """The one error boundary: a :class:`TPSearchError` (bad input, a refused index, ...)
@@ -287,7 +288,7 @@ def _report_update(res) -> None:
 @click.option("--nprobe", type=int, default=None, help="Override the IVF lists probed.")
 @click.option("--ef-search", type=int, default=None, help="Override HNSW efSearch.")
 @click.option("--device", default="auto", help="Where to run the query encoder.")
-@click.option("--mode", type=click.Choice(["dense", "lexical", "hybrid"]), default=None,
+@click.option("--mode", type=click.Choice(list(MODES)), default=None,
               help="dense (vectors), lexical (BM25) or hybrid (fused). Default: the index's.")
 @click.option("--passages", is_flag=True, help="Return the k best passages instead of documents.")
 @click.option("--filter", "filter_", default=None, metavar="JSON",

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..version import __version__
 from ..errors import InputError, TPSearchError
+from ..fusion import MODES
 from ..queries import clean_text
 from .batcher import Overloaded
 from .config import ServeConfig
@@ -67,7 +68,7 @@ class SearchBody(_Strict):
 
     query: str | list[str]
     k: StrictInt = 10  # strict: true is not 1
-    mode: Literal["dense", "lexical", "hybrid"] | None = None
+    mode: Literal[MODES] | None = None  # type: ignore[valid-type]  # fusion.MODES
     passages: StrictBool = False
     params: SearchParams | None = None
     filter: dict[str, Any] | None = None  # on metadata columns (tpsearch.filters)
