@@ -69,15 +69,21 @@ PROBE_DIM = 40320
 
 def check_index_spec(spec: str) -> str:
     """``--index`` as given, refused in one line unless it is a name or a FAISS factory
-    string (the one parser: the build's early check and :func:`choose_index` both use it)."""
+    string, before the dimension is known (the build's early check; :func:`choose_index`
+    parses the same way and checks a factory string at the real dimension)."""
+    s = _index_name(spec)
+    if s not in NAMED_INDEXES:
+        _factory(s, PROBE_DIM)
+    return s
+
+
+def _index_name(spec: str) -> str:
+    """``spec`` stripped, lower-cased where it is one of :data:`NAMED_INDEXES`."""
     if not isinstance(spec, str) or not spec.strip():
         raise UnbuildableIndex(f"--index {spec!r}: use {', '.join(NAMED_INDEXES)} or a FAISS "
                                "factory string such as 'IVF1024,PQ64'")
     s = spec.strip()
-    if s.lower() in NAMED_INDEXES:
-        return s.lower()
-    _factory(s, PROBE_DIM)
-    return s
+    return s.lower() if s.lower() in NAMED_INDEXES else s
 
 
 def _factory(s: str, dim: int) -> faiss.Index:
@@ -92,7 +98,7 @@ def _factory(s: str, dim: int) -> faiss.Index:
 
 def choose_index(spec: str, n: int, dim: int, memory_budget: int | None = None) -> IndexPlan:
     """Turn ``--index`` (auto, flat, hnsw, ivf, ivfpq or a factory string) into a plan."""
-    s = check_index_spec(spec)
+    s = _index_name(spec)  # a factory string is checked once, below, at the real dimension
     key = s.lower()
     flat_bytes = n * dim * 4
     if key == "auto":

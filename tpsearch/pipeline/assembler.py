@@ -25,9 +25,8 @@ from ..metadata import PREFIX
 from ..integrity import inside
 from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
 from ..passages import sentence_spans
-from ..transform import read_vector
 from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, TransformSettings,
-                         fit_transform, read_example_queries)
+                         fit_transform, read_example_queries, read_vector)
 from .mapper import StageTimes
 from .reader import join_title
 from .writer import iter_vectors, read_table, read_vectors, shard_meta, shard_rows

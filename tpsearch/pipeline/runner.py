@@ -41,9 +41,9 @@ from .workdir import BuildLock, WorkDir, shard_start
 from .writer import write_shard
 
 log = logging.getLogger("tpsearch")
-#: Errors of the disk, not of the data: reported in one line, the shards kept for a resume.
 #: Updates a manifest lists in ``history`` (older ones are counted in ``history_dropped``).
 MAX_HISTORY = 100
+#: Errors of the disk, not of the data: reported in one line, the shards kept for a resume.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
