@@ -314,10 +314,10 @@ def a_manifest_without_its_file_list_is_refused(env: Env):
 @case("untrusted directory")
 def a_link_in_the_lexical_folder_is_refused(env: Env):
     d = env.copy()
-    vocab = version_dir(d) / "lexical" / "vocab.index.json"
+    vocab = version_dir(d) / "lexical" / "words.parquet"
     vocab.unlink()
     vocab.symlink_to("/etc/passwd")
-    refused(lambda: Searcher.open(d), IndexDamaged, "lexical/vocab.index.json", "not a regular")
+    refused(lambda: Searcher.open(d), IndexDamaged, "lexical/words.parquet", "not a regular")
 
 
 @case("untrusted directory")
@@ -329,7 +329,7 @@ def an_unlisted_file_in_the_lexical_folder_is_refused(env: Env):
 
 @case("untrusted directory")
 def fifos_never_hang_a_reader(env: Env):
-    for name in ("lexical/extra.npy", "lexical/params.index.json", "index.faiss", "manifest.json"):
+    for name in ("lexical/extra.npy", "lexical/indptr.npy", "index.faiss", "manifest.json"):
         d = env.copy()
         target = version_dir(d) / name
         target.unlink(missing_ok=True)
@@ -686,7 +686,7 @@ def search_parameters_are_per_call_and_the_index_is_never_changed(env: Env):
 def dense_search_of_a_batch_is_one_faiss_call(env: Env):
     s = Searcher.open(env.index)
     calls = []
-    real = s.index
+    real = s.dense.indexes[0]
 
     class Counting:
         def __getattr__(self, name):
@@ -697,7 +697,7 @@ def dense_search_of_a_batch_is_one_faiss_call(env: Env):
             return real.search(*a, **kw)
 
     single = [ids_of(s.search(q, k=3, mode="dense")) for q in ("river", "stone", "guitar")]
-    s.index = Counting()
+    s.dense.indexes[0] = Counting()
     batch = s.search_batch(["river", "stone", "guitar"], k=3, mode="dense")
     assert calls == [3] and [ids_of(h) for h in batch] == single
 

@@ -272,6 +272,29 @@ def delete(index_dir, ids, ids_file, no_progress):
     _report_update(res)
 
 
+@main.command()
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@_fail_cleanly
+def compact(index_dir):
+    """Merge all segments of INDEX_DIR into one, dropping deleted documents (adds and deletes
+    write small segments and deletion marks; the writer merges them as they pile up, and this
+    folds everything, e.g. before copying the index elsewhere). Nothing is encoded; readers
+    keep their version meanwhile. Waits (up to 10 minutes) for another writer of INDEX_DIR.
+
+    \b
+    tpsearch compact idx"""
+    from .index_writer import IndexWriter
+
+    with IndexWriter(index_dir) as writer:
+        before = len(writer.segments)
+        res = writer.compact()
+    if res is None:
+        click.echo(f"{index_dir}: one segment, nothing deleted: nothing to compact", err=True)
+        return
+    click.echo(f"{res.out}: version {res.manifest.version}: {before} segment(s) merged into one, "
+               f"{res.manifest.documents} documents", err=True)
+
+
 def _report_update(res) -> None:
     u = res.manifest.update
     click.echo(f"{res.out}: version {res.manifest.version} (was {u.base}): {u.added} added, "

@@ -69,8 +69,15 @@ def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) ->
     regular file inside the directory (no link, FIFO or device) of the recorded size and (with
     ``checksums``) SHA-256. A listed folder (the lexical index) holds nothing unlisted: its
     reader opens whatever is there."""
-    opened = [n.rstrip("/") for n in manifest.named_files()]
-    for name, want in manifest.files.items():
+    verify_entries(directory, manifest.files, manifest.named_files(), checksums)
+
+
+def verify_entries(directory: Path, files: dict[str, FileEntry], names: list[str],
+                   checksums: bool = True) -> None:
+    """:func:`verify_files` of the listed ``files`` a reader opens (``names``: files or
+    folders) of one directory (a version's, or a segment's)."""
+    opened = [n.rstrip("/") for n in names]
+    for name, want in files.items():
         if not any(name == n or name.startswith(n + "/") for n in opened):
             continue  # not read by a searcher (the update store): checked where it is read
         path = inside(directory, name)
@@ -81,7 +88,7 @@ def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) ->
         if checksums and sha256_file(path) != want.sha256:
             raise IndexDamaged(f"{directory}: {name} does not match the checksum in the "
                                "manifest (changed or copied from another index)")
-    for name in manifest.named_files():
+    for name in names:
         folder = directory / name
         if folder.is_dir() and not folder.is_symlink():
             inside(directory, name.rstrip("/") + "/")
@@ -89,6 +96,6 @@ def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) ->
                 rel = entry.relative_to(directory).as_posix()
                 if entry.is_dir() and not entry.is_symlink():
                     continue
-                if rel not in manifest.files:
+                if rel not in files:
                     raise IndexDamaged(f"{directory}: {rel} is not listed in the manifest; "
                                        "refusing a folder with files nobody checked")

@@ -33,6 +33,7 @@ from .errors import IndexDamaged, InputError
 
 POINTER = "CURRENT"
 VERSIONS = "versions"
+SEGMENTS = "segments"  # immutable segments that versions refer to (tpsearch.segments)
 MANIFEST = "manifest.json"
 #: What ``CURRENT`` may name: a number (ordering) and a random tag (two builders never collide).
 VERSION_NAME = re.compile(r"^v(\d{6,9})-([0-9a-f]{8})$")
@@ -209,11 +210,38 @@ def publish(root: Path, staged: Path, name: str, staging_area: Path) -> str | No
     return previous
 
 
+def referenced_segments(root: Path, versions: tuple[str | None, ...]) -> set[str] | None:
+    """The segment paths (``versions/...``, ``segments/...``) the manifests of ``versions``
+    refer to (a version without a list: its own directory); None if one cannot be read (then
+    nothing may be removed)."""
+    out: set[str] = set()
+    for name in versions:
+        if name is None:
+            continue
+        out.add(f"{VERSIONS}/{name}")
+        try:
+            raw = json.loads((root / VERSIONS / name / MANIFEST).read_text(encoding="utf8"))
+            for seg in raw.get("segments") or []:
+                out.add(str(seg["path"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return None
+    return out
+
+
 def prune(root: Path, keep: tuple[str | None, ...]) -> None:
-    """Remove versions other than ``keep`` and the files of a replaced flat directory."""
+    """Remove versions other than ``keep`` (and those kept ones use as segments), segments no
+    kept version refers to, and the files of a replaced flat directory."""
+    used = referenced_segments(root, keep)
+    if used is None:
+        return
     for p in _version_dirs(root):
-        if p.name not in keep:
+        if p.name not in keep and f"{VERSIONS}/{p.name}" not in used:
             shutil.rmtree(p, ignore_errors=True)
+    segments = root / SEGMENTS
+    if segments.is_dir():
+        for p in segments.iterdir():  # also segments a killed writer left half-written
+            if f"{SEGMENTS}/{p.name}" not in used and (p.is_dir() and not p.is_symlink()):
+                shutil.rmtree(p, ignore_errors=True)
     for name in LEGACY_FILES:
         p = root / name
         if p.is_dir() and not p.is_symlink():

@@ -29,9 +29,10 @@ from .typed import from_dict, short
 
 FORMAT = "tpsearch-index"
 #: 3: the versioned layout (tpsearch.layout), dtype in the encoder settings, typed sections.
-FORMAT_VERSION = 3
+#: 4: BM25 as term frequencies (tpsearch.lexical), versions made of segments.
+FORMAT_VERSION = 4
 #: 2: a flat directory written by tpsearch 0.2 (read as it is; its files must be listed).
-READABLE_VERSIONS = (2, 3)
+READABLE_VERSIONS = (2, 3, 4)
 INDEX_FILE = "index.faiss"
 ID_MAP_FILE = "ids.parquet"
 #: A manifest is a few KiB; anything near this is not one.
@@ -94,7 +95,8 @@ class LexicalInfo:
     method: str = field(default="lucene", metadata={
         "choices": ("lucene", "robertson", "atire", "bm25l", "bm25+")})
     kind: str = field(default="bm25", metadata={"choices": ("bm25",)})
-    library: str = field(default="bm25s", metadata={"choices": ("bm25s",)})
+    # "tpsearch-tf": term frequencies per segment (tpsearch.lexical); "bm25s": tpsearch <= 0.4
+    library: str = field(default="bm25s", metadata={"choices": ("bm25s", "tpsearch-tf")})
     stemmer: str = "english"
     stopwords: str = "en"
 
@@ -141,6 +143,23 @@ class UpdateInfo:
 
 
 @dataclass(frozen=True)
+class SegmentInfo:
+    """One immutable segment of a version (see :mod:`tpsearch.segments`): its own FAISS index
+    (the version's fitted transform inside), id map, lexical term frequencies and store, in
+    ``path`` (relative to the index directory), and which of its documents this version has
+    deleted (a bit per document in ``deletions``, a file of the version)."""
+
+    path: str = field(metadata={"max_length": 60})
+    documents: int = field(metadata={"min": 0})  # documents it holds, deleted ones included
+    vectors: int = field(metadata={"min": 0})
+    index: IndexInfo
+    files: dict[str, FileEntry]  # relative to ``path``
+    lexical: LexicalInfo | None = None
+    deleted: int = field(default=0, metadata={"min": 0})
+    deletions: str | None = None  # this version's file of deleted documents (packed bits)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The whole manifest. ``to_dict``/``from_dict`` are the only (de)serialisers."""
 
@@ -178,6 +197,9 @@ class Manifest:
     update: UpdateInfo | None = None  # set when this version was built incrementally
     history: list[UpdateInfo] = field(default_factory=list)  # the earlier updates (the last 100)
     history_dropped: int = field(default=0, metadata={"min": 0})  # older updates not listed
+    # None: the version's own files are its one segment (every full build). Else the segments
+    # it is made of, in order; ``documents``/``vectors`` count their live documents.
+    segments: list[SegmentInfo] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": FORMAT, **asdict(self)}
@@ -214,7 +236,7 @@ class Manifest:
             check_search_params(self.index.factory, self.index.search_params)
         except InputError as exc:
             raise IndexDamaged(f"{where}: index.search_params: {exc}") from None
-        if not self.files:
+        if not self.files and self.segments is None:
             raise IndexDamaged(f"{where}: lists no files; refusing a directory it cannot verify")
         for name, kind in self.metadata.items():
             if kind not in METADATA_KINDS:
@@ -227,14 +249,23 @@ class Manifest:
             listed = name in self.files or any(f.startswith(name.rstrip("/") + "/") for f in self.files)
             if not listed:
                 raise IndexDamaged(f"{where}: {name} is not among the files it lists")
+        for n, seg in enumerate(self.segments or []):
+            from .segments import check_segment_info
+
+            check_segment_info(seg, self, f"{where}: segments[{n}]")
+        if self.segments is not None and self.format_version < 4:
+            raise IndexDamaged(f"{where}: segments in a format version {self.format_version} manifest")
 
     def named_files(self) -> list[str]:
         """Every file (or folder) this manifest makes the searcher read, relative to the index."""
-        names = [self.index.file, self.id_map]
+        if self.segments is not None:  # the segments' files are listed in each segment
+            names = [s.deletions for s in self.segments if s.deletions]
+        else:
+            names = [self.index.file, self.id_map]
+            if self.lexical:
+                names.append(self.lexical.dir)
         if self.transform.query_shift_file:
             names.append(self.transform.query_shift_file)
-        if self.lexical:
-            names.append(self.lexical.dir)
         return names
 
 

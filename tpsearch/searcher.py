@@ -24,17 +24,15 @@ from .encoder import TPEncoder
 from .filters import compile_filter
 from .errors import ConfigMismatch, IndexDamaged, InputError
 from .idmap import Hit, IdMap
-from .index_encoder import check_encoder, encoder_mismatches
+from .index_encoder import check_encoder, encoder_mismatches, load_index_encoder
 from .queries import SearchRequest, clean_text, query_list
 from .transform import read_vector
 from .fusion import MODES, best_per_document, fuse
-from .index import check_search_params, search as faiss_search
+from .segments import DenseSegments, OpenSegment, concat_idmaps, open_segment, read_deletions, segments_of
 from .layout import IndexLocation, locate
-from .loading import resolve_source
 from .integrity import inside, verify_files
 from .manifest import Manifest, open_manifest
 from .rerank import MAX_DEPTH, QueryLikelihoodScorer, RerankSettings, rerank_order
-from .settings import EncoderOptions
 
 #: Documents each side contributes before fusion (hybrid), at least.
 FUSION_DEPTH = 100
@@ -48,16 +46,24 @@ class Searcher:
     republish of the directory never changes what this searcher answers from: see
     :attr:`version`, :meth:`is_current` and :meth:`reopen`. The model loads on first use."""
 
-    def __init__(self, location: IndexLocation, manifest: Manifest, index: faiss.Index,
-                 idmap: IdMap, lexical=None, query_shift: np.ndarray | None = None,
-                 encoder: TPEncoder | None = None, device: str = "auto",
-                 model: str | None = None, trust_remote_code: bool = False):
+    def __init__(self, location: IndexLocation, manifest: Manifest, segments: list[OpenSegment],
+                 query_shift: np.ndarray | None = None, encoder: TPEncoder | None = None,
+                 device: str = "auto", model: str | None = None,
+                 trust_remote_code: bool = False):
         self.location = location
         self.directory = location.root
         self.manifest = manifest
-        self.index = index
-        self.idmap = idmap
-        self.lexical = lexical
+        self.segments = segments
+        self.dense = DenseSegments(segments)
+        #: The FAISS index of a one-segment version (None for several: see :attr:`dense`).
+        self.index = segments[0].index if len(segments) == 1 else None
+        self.idmap = concat_idmaps([s.idmap for s in segments])
+        deleted = [s.deleted if s.deleted is not None else
+                   np.zeros(s.info.documents, bool) for s in segments]
+        #: Live documents by ordinal (None: nothing deleted).
+        self.live = (None if all(s.deleted is None for s in segments)
+                     else ~np.concatenate(deleted))
+        self.lexical = self._lexical(segments)
         self.query_shift = query_shift
         self.device = device
         self.trust_remote_code = trust_remote_code
@@ -69,27 +75,44 @@ class Searcher:
         self.rerank_settings = RerankSettings()
         self._lock = threading.Lock()
         self.default_params = dict(manifest.index.search_params)
-        self.documents = int(idmap.doc_of_row.max()) + 1 if len(idmap.ids) else 0
+        ordinals = int(self.idmap.doc_of_row.max()) + 1 if len(self.idmap.ids) else 0
+        #: Live documents (searchable), and live passages.
+        self.documents = ordinals if self.live is None else int(self.live.sum())
+        self.passage_count = self.dense.ntotal
         where = location.path
-        if index.d != manifest.dim:
-            raise ConfigMismatch(f"{where}: index dimension {index.d} differs from the "
+        if self.dense.d != manifest.dim:
+            raise ConfigMismatch(f"{where}: index dimension {self.dense.d} differs from the "
                                  f"manifest's {manifest.dim}")
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise IndexDamaged(f"{where}: {manifest.index.file} does not rank by inner product "
-                               "(metric type {}); tpsearch indexes do".format(index.metric_type))
-        if index.ntotal != len(idmap.ids) or index.ntotal != manifest.vectors:
-            raise ConfigMismatch(f"{where}: index holds {index.ntotal} vectors, the id map "
-                                 f"{len(idmap.ids)} rows and the manifest {manifest.vectors}")
+        for seg in segments:
+            if seg.index.metric_type != faiss.METRIC_INNER_PRODUCT:
+                raise IndexDamaged(f"{seg.directory}: {seg.info.index.file} does not rank by "
+                                   f"inner product (metric type {seg.index.metric_type}); "
+                                   "tpsearch indexes do")
+        if self.dense.ntotal != manifest.vectors:
+            raise ConfigMismatch(f"{where}: the index holds {self.dense.ntotal} live vectors, "
+                                 f"the manifest {manifest.vectors}")
         if self.documents != manifest.documents:
             raise IndexDamaged(f"{where}: the id map holds {self.documents} documents, the "
                                f"manifest {manifest.documents}")
-        if lexical is not None:
-            want = self.documents if self.lexical_unit == "document" else len(idmap.ids)
-            if lexical.size != want:
-                raise IndexDamaged(f"{where}: the lexical index holds {lexical.size} rows, the "
-                                   f"index {want} {self.lexical_unit}s")
         if encoder is not None:
             check_encoder(manifest, encoder)
+
+    def _lexical(self, segments: list[OpenSegment]):
+        """One BM25 over the segments' live units (or an index of tpsearch <= 0.4 as it is)."""
+        if self.manifest.lexical is None:
+            return None
+        from .lexical import LexicalSegments, TermPostings
+
+        if len(segments) == 1 and not isinstance(segments[0].lexical, TermPostings):
+            return segments[0].lexical  # bm25s (tpsearch <= 0.4): one segment, no deletions
+        if not all(isinstance(s.lexical, TermPostings) for s in segments):
+            raise IndexDamaged(f"{self.location.path}: a segment holds BM25 data of tpsearch "
+                               "<= 0.4; such an index has one segment")
+        unit = self.manifest.lexical.unit
+        parts = [(s.lexical, None if s.deleted is None else
+                  (~s.deleted if unit == "document" else s.live_rows)) for s in segments]
+        info = self.manifest.lexical
+        return LexicalSegments(parts, k1=info.k1, b=info.b)
 
     @classmethod
     def open(cls, directory: str | Path, device: str = "auto", encoder: TPEncoder | None = None,
@@ -112,24 +135,21 @@ class Searcher:
 
     @classmethod
     def _open_version(cls, location: IndexLocation, manifest: Manifest, device, encoder, model,
-                      trust_remote_code, verify) -> "Searcher":
+                      trust_remote_code, verify,
+                      opened: dict[str, OpenSegment] | None = None) -> "Searcher":
+        """Open one version; ``opened``: segments an earlier version of the directory opened
+        already (immutable: reused as they are, with this version's deletions)."""
         d = location.path
         verify_files(d, manifest, checksums=verify)
-        path = inside(d, manifest.index.file)
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:
-            raise IndexDamaged(f"{d}: {manifest.index.file} cannot be read "
-                               f"({str(exc).splitlines()[0][:200]})") from None
-        idmap = IdMap.read(inside(d, manifest.id_map), manifest.store_text, manifest.id_type)
+        segments = []
+        for info in segments_of(location, manifest):
+            seg = (opened or {}).get(info.path)
+            if seg is None or seg.info.files != info.files:
+                seg = open_segment(location.root, info, manifest, checksums=verify)
+            segments.append(seg.with_deletions(info, read_deletions(d, info)))
         shift = manifest.transform.query_shift_file
         query_shift = read_vector(inside(d, shift), manifest.dim) if shift else None
-        lexical = None
-        if manifest.lexical is not None:
-            from .lexical import LexicalIndex
-
-            lexical = LexicalIndex(inside(d, manifest.lexical.dir + "/"), manifest.lexical)
-        return cls(location, manifest, index, idmap, lexical, query_shift, encoder=encoder,
+        return cls(location, manifest, segments, query_shift, encoder=encoder,
                    device=device, model=model, trust_remote_code=trust_remote_code)
 
     # ------------------------------------------------------------------ versions
@@ -157,46 +177,15 @@ class Searcher:
             except ConfigMismatch:
                 encoder = None
         return self._open_version(location, manifest, self.device, encoder,
-                                  self._model_override, self.trust_remote_code, True)
+                                  self._model_override, self.trust_remote_code, True,
+                                  {s.info.path: s for s in self.segments})
 
     # ------------------------------------------------------------------ encoders
     def _load_encoder(self) -> TPEncoder:
-        m = self.manifest.model
-        if self._model_override:
-            spec = self._model_override
-        elif m.kind in ("gguf", "directory"):
-            spec = m.path or m.spec
-        else:
-            spec = m.spec
-        if not m.weights_sha256:
-            raise ConfigMismatch(f"{self.directory}: the manifest records no weights hash for "
-                                 f"model {m.spec!r}; refusing to load a model it cannot verify")
-        try:
-            source = resolve_source(spec)
-        except InputError as exc:
-            raise InputError(f"{self.directory}: the index was built with model {m.spec!r} at "
-                             f"{spec!r}, which cannot be used here ({exc}); if the weights moved, "
-                             "pass their new place (--model / Searcher.open(model=...)): they are "
-                             "checked against the recorded hash") from None
-        if source.weights_sha256 and source.weights_sha256 != m.weights_sha256:
-            raise ConfigMismatch(
-                f"{self.directory}: the index was built with model {m.spec!r} (weights sha256 "
-                f"{m.weights_sha256[:12]}...), but {spec!r} now has weights "
-                f"{source.weights_sha256[:12]}...; rebuild the index or pass the original model")
-        if (m.definition_sha256 and source.definition_sha256
-                and source.definition_sha256 != m.definition_sha256):
-            raise ConfigMismatch(
-                f"{self.directory}: the index was built with model {m.spec!r} whose config.json "
-                f"and tokenizer files hashed {m.definition_sha256[:12]}..., but at {spec!r} they "
-                f"now hash {source.definition_sha256[:12]}... (edited?); the same weights with "
-                "another configuration encode differently: restore the files or rebuild")
         # Queries come a few at a time: no graph capture or compile latency.
-        options = EncoderOptions.reproducing(
-            self.manifest.encoder, model=spec, device=self.device, batching="sorted",
-            compile_layers=False, trust_remote_code=self.trust_remote_code)
-        enc = TPEncoder.load(options, source=source)
-        check_encoder(self.manifest, enc)
-        return enc
+        return load_index_encoder(self.directory, self.manifest, self.device,
+                                  self._model_override, self.trust_remote_code,
+                                  batching="sorted", compile_layers=False)
 
     @property
     def encoder(self) -> TPEncoder:
@@ -232,7 +221,7 @@ class Searcher:
         is applied here): (scores, passage rows), each (len(vectors), k); rows are -1 past the
         end. ``params`` (nprobe / efSearch) apply to this call only; ``allowed_rows`` (sorted
         passage rows) restricts the search to them."""
-        check_search_params(self.manifest.index.factory, params)
+        self.dense.check_params(params)
         return self._search_vectors(vectors, k, allowed_rows, params)
 
     def _search_vectors(self, vectors: np.ndarray, k: int, allowed_rows: np.ndarray | None,
@@ -240,8 +229,8 @@ class Searcher:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.query_shift is not None:
             x = x + self.query_shift
-        k = max(1, min(k, self.index.ntotal))
-        return faiss_search(self.index, x, k, {**self.default_params, **params}, allowed_rows)
+        k = max(1, min(k, self.dense.ntotal))
+        return self.dense.search(x, k, params, allowed_rows)
 
     def search(self, query: str, k: int = 10, mode: str | None = None, passages: bool = False,
                filter: dict | str | None = None, rerank: int = 0, **params) -> list[Hit]:
@@ -288,7 +277,7 @@ class Searcher:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive integer, got {str(k)[:40]}", param="k")
         try:
-            check_search_params(self.manifest.index.factory, params)
+            self.dense.check_params(params)
         except InputError as exc:
             raise InputError(str(exc), param="params") from None
         return mode
@@ -308,6 +297,8 @@ class Searcher:
                 allowed = self.allowed_documents(filter)
             except InputError as exc:
                 raise InputError(str(exc), param="filter") from None
+            if self.live is not None:
+                allowed = allowed & self.live
         return SearchRequest(cleaned, int(k), mode, bool(passages), rerank, dict(params), allowed)
 
     def search_batch(self, queries: Sequence[str], k: int = 10, mode: str | None = None,
@@ -337,7 +328,7 @@ class Searcher:
                              f"{self.manifest.dim}), got {np.shape(query_vectors)}")
         if not queries:
             return []
-        limit = len(self.idmap.ids) if r.passages else self.documents
+        limit = self.passage_count if r.passages else self.documents
         want = r.k
         k = min(max(r.k, r.rerank), limit)
         if r.allowed is not None and not r.allowed.any():
@@ -410,14 +401,14 @@ class Searcher:
         documents (only ``allowed`` documents, if given). One FAISS call for the batch;
         queries whose documents need more passages than were fetched (many passages of one
         document on top) are searched again deeper."""
-        check_search_params(self.manifest.index.factory, params)
+        self.dense.check_params(params)
         return self._dense_rankings(vecs, depth, passages, params, allowed)
 
     def _dense_rankings(self, vecs: np.ndarray, depth: int, passages: bool, params: dict,
                         allowed: np.ndarray | None) -> list[list[tuple[int, int, float]]]:
         """:meth:`dense_rankings` with ``params`` checked already."""
         rows = None
-        n = self.index.ntotal
+        n = self.dense.ntotal
         if allowed is not None:
             rows = np.flatnonzero(allowed[self.idmap.doc_of_row])
             n = len(rows)
@@ -490,6 +481,13 @@ class Searcher:
 
     def __len__(self) -> int:
         return self.documents
+
+    def document_ids(self) -> list:
+        """The ids of the documents this version holds (deleted ones left out), in index order."""
+        firsts = [int(rows[0]) for rows in self.idmap.doc_rows]
+        if self.live is not None:
+            firsts = [r for r, alive in zip(firsts, self.live) if alive]
+        return [self.idmap.ids[r] for r in firsts]
 
 
 #: Re-exported from their own modules (tpsearch 0.4 kept them here).

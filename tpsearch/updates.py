@@ -36,7 +36,6 @@ from .integrity import inside
 from .manifest import open_manifest
 from .metadata import PREFIX
 from .pipeline import BuildResult, build_index
-from .pipeline.workdir import BuildLock
 from .idmap import IdMap
 
 KEEP_COLUMN = "__tpsearch_keep"
@@ -52,21 +51,39 @@ def update(directory: str | Path, upsert: Any = None, delete: Iterable = (), ref
            show_progress: bool = False, wait: float = LOCK_WAIT) -> BuildResult:
     """Publish a new version of the index at ``directory`` with ``upsert`` (a Parquet path, a
     pyarrow Table or a list of dicts with the index's id, text, title and metadata columns)
-    added or replacing documents by id, and the ids in ``delete`` removed.
+    added or replacing documents by id, and the ids in ``delete`` removed: one commit of an
+    :class:`~tpsearch.IndexWriter` (only the upserted rows are encoded, into a new segment).
 
     Ids must have the index's id type exactly (int: Python or NumPy integers, never bool or
     float; str: strings); anything else is refused in one line naming the id. An upserted
-    document needs a non-empty text. ``wait``: seconds to wait for another writer's lock."""
+    document needs a non-empty text; an id both upserted and deleted is refused. ``refit``:
+    fit the transform anew (the whole index is rebuilt from its stored vectors). ``wait``:
+    seconds to wait for another writer's lock. Apps that change an index often should keep one
+    IndexWriter open (the model stays loaded between commits)."""
+    from .index_writer import IndexWriter
+
     root = Path(directory).resolve()
     gone_given = id_list(delete, "delete")
     given = _records(upsert)
-    with BuildLock(root, wait=wait):
-        tmp_dir = root.parent / f".{root.name}.update"
-        shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed update: nobody uses it
-        try:
-            return _update_locked(root, given, gone_given, refit, show_progress, tmp_dir)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+    with IndexWriter(root, wait=wait, show_progress=show_progress) as writer:
+        if refit or writer.legacy:
+            tmp_dir = root.parent / f".{root.name}.update"
+            try:
+                return _update_locked(root, given, gone_given, refit, show_progress, tmp_dir)
+            finally:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+        if given is not None:
+            writer.upsert(given)
+        upserted = set(writer._upserts)
+        writer.delete(gone_given)
+        clash = upserted - set(writer._upserts)
+        if clash:
+            raise InputError(f"id {sorted(clash, key=str)[0]!r} is both upserted and deleted")
+        result = writer.commit()
+        if result is None:  # nothing given: the current version, unchanged
+            location, manifest = open_manifest(root)
+            result = BuildResult(root, manifest, 0, 0)
+        return result
 
 
 def _update_locked(root: Path, given, gone_given: list, refit: bool, show_progress: bool,

@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..errors import InputError
+from ..errors import InputError, UnbuildableIndex
 from ..index import IndexPlan, choose_index, exact_topk, fit_plan, new_index, tune_search
 from ..lexical import LexicalBuilder
 from ..metadata import PREFIX
@@ -50,8 +50,31 @@ class AssemblyOptions:
     lexical: bool
     lexical_unit: str = "document"  # document | passage
     metadata: tuple[str, ...] = ()  # columns kept in the id map (as meta.NAME)
-    keep_transform: tuple | None = None  # (version dir, manifest) whose transform to keep
+    keep_transform: "KeptTransform | None" = None  # the base version's, kept
     unembedding: Any = None  # the model's output matrix, for the embed filter
+    segment: bool = False  # a segment of a version: an index too small to train is made Flat
+
+
+@dataclass(frozen=True)
+class KeptTransform:
+    """Where a version's fitted transform lies: in a FAISS index file (its transform chain)
+    and the query shift's file, as its manifest describes them."""
+
+    index_path: Path
+    shift_path: Path | None
+    info: TransformInfo
+    dim: int
+
+    @classmethod
+    def of(cls, location, manifest) -> "KeptTransform":
+        """The transform of a version (its first segment's index holds the chain)."""
+        from ..segments import segment_dir, segments_of
+
+        first = segments_of(location, manifest)[0]
+        index_path = inside(segment_dir(location.root, first.path), first.index.file)
+        shift = manifest.transform.query_shift_file
+        return cls(index_path, inside(location.path, shift) if shift else None,
+                   manifest.transform, manifest.dim)
 
 
 @dataclass
@@ -107,11 +130,11 @@ def first_sentences(shards: list[Path], limit: int) -> list[str]:
 def _kept(sample: np.ndarray, opts: AssemblyOptions):
     """The base version's fitted transform and query shift, unchanged, and how far the
     documents' mean has moved from the one it was fitted on (relative to the spread)."""
-    directory, manifest = opts.keep_transform
-    info = manifest.transform
+    kept = opts.keep_transform
+    info = kept.info
     chain = []
     if info.kind != "none":
-        raw = faiss.read_index(str(inside(directory, manifest.index.file)))  # owns the chain
+        raw = faiss.read_index(str(kept.index_path))  # owns the chain
         outer = faiss.downcast_index(raw)
         with tempfile.TemporaryDirectory() as tmp:  # a copy of each transform, through its file
             for i in range(outer.chain.size()):
@@ -119,8 +142,7 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
                 faiss.write_VectorTransform(outer.chain.at(i), path)
                 chain.append(faiss.read_VectorTransform(path))
     out_dim = chain[-1].d_out if chain else sample.shape[1]
-    shift = (read_vector(inside(directory, info.query_shift_file), manifest.dim)
-             if info.query_shift_file else None)
+    shift = read_vector(kept.shift_path, kept.dim) if kept.shift_path else None
     fitted = FittedTransform(info.kind, chain, out_dim, shift, info.note,
                              filtered=info.embed_filter is not None)
     drift = None
@@ -221,6 +243,17 @@ def _recall(index, plan: IndexPlan, shards, counts, n, fitted) -> tuple[dict, fl
     return params, recall, len(queries)
 
 
+def index_plan(opts: AssemblyOptions, n: int, dim: int) -> IndexPlan:
+    """The index for ``n`` vectors; a segment too small for the asked index type (a PQ index
+    on fewer than 256 vectors) is searched exactly instead."""
+    try:
+        return fit_plan(choose_index(opts.index, n, dim, opts.memory_budget), n)
+    except UnbuildableIndex as exc:
+        if not opts.segment:
+            raise
+        return IndexPlan("Flat", f"a segment of {n} vectors: {str(exc).split(';')[0]}")
+
+
 def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: StageTimes,
              encode_queries: QueryEncoder, corpus: str, text_column: str) -> Assembled:
     """Write index.faiss, ids.parquet, the query shift and the lexical index into ``final``."""
@@ -231,7 +264,7 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
         raise InputError(f"{corpus}: every row has a null or empty {text_column!r}")
     t0 = time.perf_counter()
     fitted, sample, tinfo, source, drift = _fit(shards, counts, n, opts, encode_queries)
-    plan = fit_plan(choose_index(opts.index, n, fitted.out_dim, opts.memory_budget), n)
+    plan = index_plan(opts, n, fitted.out_dim)
     log.info("index: %s (%s)", plan.factory, plan.reason)
     index = fitted.wrap(new_index(plan, fitted.out_dim))
     if not index.is_trained:

@@ -52,32 +52,29 @@ class Reused:
 class BaseStore:
     """The store of an index's current version, verified and held in memory."""
 
-    def __init__(self, version_dir: Path, manifest: Manifest, dim: int | None = None):
-        """``dim``: the encoder's output size, which every stored vector must have."""
-        names = sorted(n for n in manifest.files if n.startswith(STORE_DIR + "/"))
-        if not manifest.store or not names:
+    def __init__(self, version_dir: Path, manifest: Manifest, dim: int | None = None,
+                 root: Path | None = None):
+        """``dim``: the encoder's output size, which every stored vector must have; ``root``:
+        the index directory (where a segmented version's segments lie)."""
+        from ..layout import IndexLocation
+        from ..segments import read_deletions, segment_dir, segments_of
+
+        if not manifest.store:
             raise IndexDamaged(f"{version_dir}: this index keeps no passages and vectors for "
                                "updates (built before tpsearch 0.3); rebuild it with --overwrite")
+        root = root or version_dir.parent.parent
+        location = IndexLocation(root, version_dir, version_dir.name)
         tables = []
-        for name in names:
-            path = inside(version_dir, name)
-            want = manifest.files[name]
-            if path.stat().st_size != want.bytes or sha256_file(path) != want.sha256:
-                raise IndexDamaged(f"{version_dir}: {name} does not match the manifest")
-            try:
-                names = pq.read_schema(path).names
-                tables.append(pq.read_table(path, columns=[c for c in COLUMNS if c in names]))
-            except (pa.ArrowException, OSError) as exc:
-                raise IndexDamaged(f"{path}: cannot be read ({str(exc)[:120]})") from None
-            missing = [c for c in COLUMNS if c not in names and c != "text"]
-            vtype = tables[-1].schema.field("vector").type if "vector" in names else None
-            if missing or not pa.types.is_fixed_size_list(vtype) or not pa.types.is_float32(
-                    vtype.value_type) or dim is not None and vtype.list_size != dim:
-                raise IndexDamaged(
-                    f"{path}: not a store shard of this index ("
-                    + (f"no column {missing[0]!r}" if missing else
-                       f"vectors of type {vtype}, the encoder gives {dim} float32 values")
-                    + "); rebuild the index with --overwrite")
+        for info in segments_of(location, manifest):
+            where = segment_dir(root, info.path)
+            table = read_store(where, {n: e for n, e in info.files.items()
+                                       if n.startswith(STORE_DIR + "/")}, dim)
+            deleted = read_deletions(version_dir, info)
+            if deleted is not None:
+                rows = table.column("row").to_numpy()
+                doc = np.unique(rows, return_inverse=True)[1]
+                table = table.filter(pa.array(~deleted[doc]))
+            tables.append(table.drop_columns(["row"]))
         try:
             self.table = pa.concat_tables(tables, promote_options="permissive")
         except (pa.ArrowException, ValueError) as exc:
@@ -128,3 +125,36 @@ class BaseStore:
                       [self._titles[r] for r in rows],
                       self.vectors[rows], [self._truncated[r] for r in rows],
                       [self._tokens[r] for r in rows], entry[0])
+
+
+def read_store(directory: Path, files: dict, dim: int | None = None) -> pa.Table:
+    """The store shards listed in ``files`` (name -> FileEntry) of one segment, checked
+    against their sizes and SHA-256, as one table (with each passage's document ``row``)."""
+    if not files:
+        raise IndexDamaged(f"{directory}: this index keeps no passages and vectors for "
+                           "updates (built before tpsearch 0.3); rebuild it with --overwrite")
+    tables = []
+    for name in sorted(files):
+        path = inside(directory, name)
+        want = files[name]
+        if path.stat().st_size != want.bytes or sha256_file(path) != want.sha256:
+            raise IndexDamaged(f"{directory}: {name} does not match the manifest")
+        try:
+            names = pq.read_schema(path).names
+            tables.append(pq.read_table(path))  # the metadata columns too (merges keep them)
+        except (pa.ArrowException, OSError) as exc:
+            raise IndexDamaged(f"{path}: cannot be read ({str(exc)[:120]})") from None
+        missing = [c for c in ["row"] + COLUMNS if c not in names and c != "text"]
+        vtype = tables[-1].schema.field("vector").type if "vector" in names else None
+        if missing or not pa.types.is_fixed_size_list(vtype) or not pa.types.is_float32(
+                vtype.value_type) or dim is not None and vtype.list_size != dim:
+            raise IndexDamaged(
+                f"{path}: not a store shard of this index ("
+                + (f"no column {missing[0]!r}" if missing else
+                   f"vectors of type {vtype}, the encoder gives {dim} float32 values")
+                + "); rebuild the index with --overwrite")
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowException, ValueError) as exc:
+        raise IndexDamaged(f"{directory}: the store's shards do not agree "
+                           f"({str(exc)[:120]}); rebuild the index with --overwrite") from None

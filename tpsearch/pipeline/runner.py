@@ -31,7 +31,7 @@ from ..layout import is_index_dir, new_version_name, read_pointer, restore_legac
 from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, file_digests,
                         open_manifest, write_manifest)
 from ..index_encoder import encoder_mismatches
-from .assembler import Assembled, AssemblyOptions, assemble
+from .assembler import Assembled, AssemblyOptions, KeptTransform, assemble
 from .distributor import Distributor
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .reader import CorpusReader, CorpusSpec, window_digest
@@ -313,7 +313,7 @@ def open_base(out: Path, config: BuildConfig, encoder: TPEncoder, rebuild: bool)
     if diffs:
         raise ConfigMismatch(f"{out} holds an index built with other settings ("
                              + "; ".join(diffs[:4]) + "); --overwrite rebuilds it from scratch")
-    return location, manifest, BaseStore(location.path, manifest, encoder.dim)
+    return location, manifest, BaseStore(location.path, manifest, encoder.dim, location.root)
 
 
 def bounded_history(base: Manifest) -> tuple[list, int]:
@@ -369,7 +369,7 @@ def _update_info(base, part: Assembled) -> UpdateInfo:
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
               base=None, qp: str | None = None) -> Assembled:
     query_encoder = encoder.variant(prompt=qp) if qp else encoder
-    keep = (base[0].path, base[1]) if base and not config.refit else None
+    keep = KeptTransform.of(base[0], base[1]) if base and not config.refit else None
     ts = config.transform_settings()
     unembedding = None
     if ts.embed_filter is not None and keep is None:

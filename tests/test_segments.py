@@ -1,0 +1,236 @@
+"""Segmented indexes: a writer's commits cost the change, and search over segments and
+deletions equals a build of the same live documents."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import config, corpus_texts, write_corpus
+from tpsearch import IndexWriter, Searcher
+from tpsearch.errors import InputError
+from tpsearch.layout import locate, referenced_segments
+from tpsearch.merging import TieredMergePolicy
+from tpsearch.pipeline import build_index
+
+QUERIES = ("river", "Children are playing football in the park.", "brand new text", "gamma stone")
+#: Passages, BM25 over whole documents, a fitted transform kept by every segment.
+SETTINGS = dict(lexical=True, mode="hybrid", transform="center", passage_tokens=24,
+                passage_overlap=4)
+
+
+def fresh_texts(n: int, tag: str) -> list[str]:
+    return [f"{tag} {i}: a note on rivers, stones and the {['kappa', 'sigma', 'omega'][i % 3]} "
+            f"of number {i * 7 % 11}." for i in range(n)]
+
+
+@pytest.fixture()
+def built(tmp_path, tiny_model_dir):
+    model = tiny_model_dir("llama")
+    texts = corpus_texts(60)
+    corpus = write_corpus(tmp_path / "a.parquet", 60, texts=texts)
+    cfg = config(tmp_path, model, corpus, **SETTINGS)
+    build_index(cfg)
+    return tmp_path / "index", cfg, dict(zip([f"doc-{i}" for i in range(60)], texts))
+
+
+def same_hits(got, want) -> None:
+    """Equal scores rank by rank, and the same ids among each run of equal scores (FAISS
+    orders exact ties arbitrarily)."""
+    assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+    groups: dict = {}
+    for h in got:
+        groups.setdefault(round(h.score, 4), [set(), set()])[0].add((h.id, h.passage))
+    for h in want:
+        groups.setdefault(round(h.score, 4), [set(), set()])[1].add((h.id, h.passage))
+    last = round(got[-1].score, 4) if got else None
+    for score, (a, b) in groups.items():
+        if score != last:  # the last group may be cut at k differently
+            assert a == b, score
+
+
+def reference(tmp_path, index: Path, cfg, texts: dict, live: list, name: str):
+    """A one-segment build of exactly the live documents, keeping the index's transform (an
+    incremental build of a copy: what a fresh build gives with the same fitted transform)."""
+    corpus = write_corpus(tmp_path / f"{name}.parquet", len(live), ids=live,
+                          texts=[texts[i] for i in live])
+    shutil.copytree(index, tmp_path / name)
+    ref = type(cfg)(**{**cfg.__dict__, "corpus": str(corpus), "out": str(tmp_path / name)})
+    build_index(ref)
+    return Searcher.open(tmp_path / name)
+
+
+def assert_equal_search(s: Searcher, f: Searcher) -> None:
+    for q in QUERIES:
+        for mode in ("dense", "lexical", "hybrid"):
+            for passages in (False, True):
+                same_hits(s.search(q, k=8, mode=mode, passages=passages),
+                          f.search(q, k=8, mode=mode, passages=passages))
+
+
+def test_commits_merges_and_compaction_search_as_one_build_of_the_live_documents(built, tmp_path):
+    index, cfg, texts = built
+    policy = TieredMergePolicy(factor=3)
+    with IndexWriter(index, merge_policy=policy) as w:
+        for step in range(5):
+            new = {f"new-{step}-{i}": t for i, t in enumerate(fresh_texts(3, f"step {step}"))}
+            changed = {f"doc-{step * 5}": f"document {step} rewritten about gamma stones."}
+            texts.update(new)
+            texts.update(changed)
+            w.upsert([{"id": k, "text": v} for k, v in {**new, **changed}.items()])
+            w.delete([f"doc-{step * 5 + 1}", f"new-{step - 1}-0"])
+            res = w.commit()
+            assert res.encoded_documents == 4  # only the upserted documents were encoded
+        segments = len(w.segments)
+    s = Searcher.open(index)
+    assert segments <= 4  # 5 commits with factor 3: merged as they piled up
+    live = s.document_ids()
+    assert len(live) == len(set(live)) == 60 + 5 * 3 - 5 - 4
+    assert not {f"doc-{k * 5 + 1}" for k in range(5)} & set(live)
+    f = reference(tmp_path, index, cfg, texts, live, "ref")
+    assert f.manifest.segments is None and f.manifest.documents == len(s)
+    assert_equal_search(s, f)
+    # lexical scores equal those of a brand-new build (BM25 does not depend on the transform)
+    fresh_corpus = write_corpus(tmp_path / "fresh.parquet", len(live), ids=live,
+                                texts=[texts[i] for i in live])
+    fresh_cfg = type(cfg)(**{**cfg.__dict__, "corpus": str(fresh_corpus),
+                             "out": str(tmp_path / "fresh")})
+    build_index(fresh_cfg)
+    fresh = Searcher.open(tmp_path / "fresh")
+    for q in QUERIES:
+        same_hits(s.search(q, k=10, mode="lexical"), fresh.search(q, k=10, mode="lexical"))
+    with IndexWriter(index) as w:
+        w.compact()
+        assert len(w.segments) == 1 and not w.deleted[0].any()
+    c = Searcher.open(index)
+    assert c.document_ids() == live and c.manifest.segments is not None
+    assert_equal_search(c, f)
+
+
+def test_a_commit_writes_only_its_segment_and_deletions(built):
+    index, cfg, texts = built
+    before = {p: p.stat().st_mtime_ns for p in index.rglob("*") if p.is_file()}
+    with IndexWriter(index, merge_policy=False) as w:
+        w.upsert([{"id": "n1", "text": "one more document about rivers."}])
+        w.delete(["doc-2"])
+        m = w.commit().manifest
+    assert [s.path.split("/")[0] for s in m.segments] == ["versions", "segments"]
+    assert m.segments[0].deleted == 1 and m.segments[0].deletions
+    old = locate(index).root / m.segments[0].path
+    for p, t in before.items():  # the build's files are referenced, never rewritten
+        if p.is_relative_to(old):
+            assert p.stat().st_mtime_ns == t, p
+    new_version = locate(index).path
+    written = sum(p.stat().st_size for p in new_version.rglob("*") if p.is_file())
+    written += sum(p.stat().st_size for p in (index / m.segments[1].path).rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in old.rglob("*") if p.is_file())
+    assert written < total / 2
+
+
+def test_an_open_searcher_keeps_its_version_through_commits_and_merges(built):
+    index, cfg, texts = built
+    s = Searcher.open(index)
+    want = [(h.id, h.score) for h in s.search("river", k=5, mode="hybrid")]
+    with IndexWriter(index, merge_policy=TieredMergePolicy(factor=2)) as w:
+        for i in range(3):
+            w.upsert([{"id": f"x{i}", "text": f"river river river {i}."}])
+            w.delete([f"doc-{i}"])
+            w.commit()
+        w.compact()
+    assert [(h.id, h.score) for h in s.search("river", k=5, mode="hybrid")] == want
+    assert not s.is_current()
+    r = s.reopen()
+    assert {"x0", "x1", "x2"} <= set(r.document_ids()) and "doc-0" not in r.document_ids()
+    assert r.search("river river river", k=3, mode="lexical")[0].id.startswith("x")
+
+
+def test_a_second_writer_is_refused_and_nothing_is_lost(built):
+    index, cfg, texts = built
+    with IndexWriter(index, merge_policy=False) as w:
+        with pytest.raises(InputError, match="another build or update"):
+            IndexWriter(index, wait=0)
+        w.upsert([{"id": "kept", "text": "the first writer's document."}])
+        w.commit()
+    with IndexWriter(index, wait=0) as w2:
+        assert "kept" in w2
+        w2.delete(["kept"])
+        w2.commit()
+    assert "kept" not in Searcher.open(index).document_ids()
+
+
+def test_deleting_everything_is_refused_and_changes_nothing(built):
+    index, cfg, texts = built
+    version = locate(index).version
+    with IndexWriter(index) as w:
+        w.delete(list(texts))
+        with pytest.raises(InputError, match="every document"):
+            w.commit()
+    assert locate(index).version == version
+
+
+KILL = textwrap.dedent("""
+    import os, sys
+    import tpsearch.layout as layout, tpsearch.index_writer as iw, tpsearch.merging as mg
+    from tpsearch import IndexWriter
+    from tpsearch.merging import TieredMergePolicy
+    point = sys.argv[2]
+    die = lambda *a, **k: os._exit(9)
+    if point == "segment":   # the new segment renamed into place, no version yet
+        real = iw.IndexWriter.place_segment
+        def place(self, *a):
+            real(self, *a); os._exit(9)
+        iw.IndexWriter.place_segment = place
+    elif point == "pointer":  # the version staged and renamed, the pointer not swapped
+        layout.write_pointer = die
+    elif point == "merge":    # the merged segment written, its version not published
+        real_merge = mg.merge
+        def merge(writer, group):
+            writer.publish = die
+            return real_merge(writer, group)
+        mg.merge = merge
+    with IndexWriter(sys.argv[1], merge_policy=TieredMergePolicy(factor=2)) as w:
+        w.upsert([{"id": "k1", "text": "written before the kill."}])
+        w.delete(["doc-1"])
+        w.commit()
+""")
+
+
+@pytest.mark.parametrize("point", ["segment", "pointer", "merge"])
+def test_a_writer_killed_mid_commit_leaves_a_complete_version_and_the_rerun_finishes(
+        built, tmp_path, point):
+    index, cfg, texts = built
+    if point == "merge":  # one commit first, so the killed one's merge has two segments
+        with IndexWriter(index, merge_policy=False) as w:
+            w.upsert([{"id": "k0", "text": "an earlier commit."}])
+            w.commit()
+    before = Searcher.open(index).document_ids()
+    script = tmp_path / "kill.py"
+    script.write_text(KILL)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, str(script), str(index), point], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    after = Searcher.open(index)  # complete: the old version, or (merge) the committed one
+    if point == "merge":
+        assert "k1" in after.document_ids() and "doc-1" not in after.document_ids()
+    else:
+        assert after.document_ids() == before
+    with IndexWriter(index, merge_policy=TieredMergePolicy(factor=2)) as w:
+        w.upsert([{"id": "k1", "text": "written before the kill."}])
+        w.delete(["doc-1"])
+        w.commit()
+    s = Searcher.open(index)
+    assert "k1" in s.document_ids() and "doc-1" not in s.document_ids()
+    used = referenced_segments(index, (s.version, s.manifest.replaces))
+    on_disk = {f"segments/{p.name}" for p in (index / "segments").iterdir()}
+    assert on_disk <= used  # a killed writer's segment is garbage-collected
+    leftovers = [p.name for d in (index / "versions", index / "segments")
+                 for p in d.iterdir() if p.name.startswith((".tmp-", ".staging-"))]
+    assert leftovers == []

@@ -1,0 +1,145 @@
+"""Merging segments: a tiered policy (as Lucene's) and the merge itself.
+
+Each commit adds a small segment; left alone, searches would visit more and more of them.
+:class:`TieredMergePolicy` groups segments by size tier (live documents, powers of
+``factor``): when a tier holds ``factor`` segments they are merged into one of the next tier,
+so an index that had ``u`` small commits holds at most ``factor - 1`` segments per tier, about
+``(factor - 1) * log_factor(documents)`` in all. A segment more than ``max_deleted`` deleted is
+rewritten without its deleted documents.
+
+A merge reads only stored data: the segments' raw vectors (store), their id maps and their BM25
+term frequencies; no text is tokenised or encoded again, and the index's fitted transform is
+kept. It writes one new segment, then publishes a version that uses it in place of the merged
+ones; the merged ones are removed when no kept version refers to them. It runs under the
+writer's lock; readers keep their version and never wait.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .integrity import inside
+from .layout import SEGMENTS
+from .lexical import LexicalSegments, TermPostings, merge_postings
+from .manifest import SegmentInfo
+from .pipeline.mapper import StageTimes
+from .pipeline.reuse import STORE_DIR, read_store
+from .pipeline.runner import BuildResult
+from .pipeline.workdir import shard_name
+from .segments import new_segment_name, segment_dir
+
+if TYPE_CHECKING:
+    from .index_writer import IndexWriter
+
+#: Rows per shard of a merged segment's store.
+MERGE_SHARD_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class TieredMergePolicy:
+    """Which segments to merge: ``factor`` segments of one size tier, or one segment with
+    more than ``max_deleted`` of its documents deleted."""
+
+    factor: int = 10
+    max_deleted: float = 0.5
+
+    def tier(self, live: int) -> int:
+        return int(math.log(max(1, live), self.factor)) if live > 1 else 0
+
+    def plan(self, segments: list[SegmentInfo], deleted: list[np.ndarray]) -> list[list[int]]:
+        """Groups of segment positions to merge, smallest tier first (empty: none)."""
+        live = [len(m) - int(m.sum()) for m in deleted]
+        tiers: dict[int, list[int]] = {}
+        for i, n in enumerate(live):
+            tiers.setdefault(self.tier(n), []).append(i)
+        for t in sorted(tiers):
+            if len(tiers[t]) >= self.factor:
+                return [tiers[t][:self.factor]]
+        for i, (n, m) in enumerate(zip(live, deleted)):
+            if len(m) and m.sum() > self.max_deleted * len(m):
+                return [[i]]
+        return []
+
+
+def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
+    """Merge the segments at positions ``group`` of the writer's current version into one
+    (placed where the first of them was) and publish the version that uses it."""
+    began, times = time.perf_counter(), StageTimes()
+    m = writer.manifest
+    name = new_segment_name(writer.root)
+    tmp = writer.root / SEGMENTS / f".tmp-{name}"
+    final = tmp / "final"
+    store = final / STORE_DIR
+    store.mkdir(parents=True)
+    try:
+        shards: list = []
+        lexical_parts = []
+        next_doc = 0
+        for i in group:
+            info, deleted = writer.segments[i], writer.deleted[i]
+            where = segment_dir(writer.root, info.path)
+            table = read_store(where, {n: e for n, e in info.files.items()
+                                       if n.startswith(STORE_DIR + "/")}, m.dim)
+            doc = np.unique(table.column("row").to_numpy(), return_inverse=True)[1]
+            live_rows = ~deleted[doc]
+            table = table.filter(pa.array(live_rows))
+            doc = doc[live_rows]
+            renumbered = np.unique(doc, return_inverse=True)[1] + next_doc if len(doc) else doc
+            next_doc += int(len(np.unique(doc)))
+            table = table.set_column(table.schema.get_field_index("row"), "row",
+                                     pa.array(renumbered.astype(np.int64)))
+            rows = table.column("row").to_numpy()
+            start = 0
+            while start < table.num_rows:  # shards of whole documents
+                stop = min(table.num_rows, start + MERGE_SHARD_ROWS)
+                while stop < table.num_rows and rows[stop] == rows[stop - 1]:
+                    stop += 1
+                shards.append(_write_store_shard(store, len(shards),
+                                                 table.slice(start, stop - start)))
+                start = stop
+            if info.lexical is not None:
+                postings = TermPostings(inside(where, info.lexical.dir + "/"), info.lexical)
+                live = (~deleted if info.lexical.unit == "document" else live_rows)
+                lexical_parts.append((postings, live))
+        seg = writer._assemble_segment(shards, final, times, lexical_from_text=False)
+        if lexical_parts:
+            seg = replace(seg, lexical=merge_postings(final, lexical_parts, m.lexical.unit))
+        placed = writer.place_segment(final, name, seg)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    first = group[0]
+    segments, masks = [], []
+    for i, (info, mask) in enumerate(zip(writer.segments, writer.deleted)):
+        if i == first:
+            segments.append(placed)
+            masks.append(np.zeros(placed.documents, bool))
+        elif i not in group:
+            segments.append(info)
+            masks.append(mask)
+    manifest = writer.publish(segments, masks, m.update, began, times)
+    return BuildResult(writer.root, manifest, 0, 0)
+
+
+def _write_store_shard(store, number: int, table: pa.Table):
+    """One shard of a merged store, with the counts the assembler reads from a shard."""
+    rows = table.column("row").to_numpy()
+    meta = {"window_rows": int(len(np.unique(rows))), "documents": int(len(np.unique(rows))),
+            "skipped": 0, "truncated": int(pc.sum(table.column("truncated")).as_py() or 0),
+            "tokens": int(pc.sum(table.column("tokens")).as_py() or 0),
+            "dim": int(table.schema.field("vector").type.list_size), "source_sha256": ""}
+    path = store / shard_name(number)
+    pq.write_table(table.replace_schema_metadata({"tpsearch": json.dumps(meta)}), path)
+    return path
+
+
+__all__ = ["TieredMergePolicy", "merge", "LexicalSegments"]
