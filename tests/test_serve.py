@@ -324,3 +324,43 @@ def test_rerank_is_off_unless_the_server_allows_it(tmp_path, indexes, tiny_model
 def test_rerank_is_refused_by_default(server):
     r = httpx.post(server.url + "/indexes/index/search", json={"query": "x", "rerank": 3})
     assert r.status_code == 422 and "max-rerank" in r.json()["error"]["message"]
+
+
+def test_writes_need_the_flag_and_the_key_and_are_served_at_once(tmp_path, indexes):
+    import shutil
+
+    main, *_ = indexes
+    index = tmp_path / "writable"
+    shutil.copytree(main, index)
+    key = {"Authorization": "Bearer sesame"}
+    doc = {"documents": [{"id": "w1", "text": "a written document about volcanoes and lava."}]}
+    closed = Server([index], env={"TPSEARCH_API_KEY": "sesame"})  # a key, no --allow-writes
+    try:
+        closed.wait_ready(headers=key)
+        r = httpx.post(closed.url + "/indexes/writable/documents", json=doc, headers=key)
+        assert r.status_code == 403 and "allow-writes" in r.json()["error"]["message"]
+    finally:
+        assert closed.stop() == 0
+    no_key = subprocess.run([sys.executable, "-m", "tpsearch.cli", "serve", str(index),
+                             "--allow-writes"], capture_output=True, text=True, timeout=120)
+    assert no_key.returncode != 0 and "needs an API key" in no_key.stderr
+    s = Server([index], "--allow-writes", env={"TPSEARCH_API_KEY": "sesame"})
+    try:
+        s.wait_ready(headers=key)
+        assert httpx.post(s.url + "/indexes/writable/documents", json=doc).status_code == 401
+        r = httpx.post(s.url + "/indexes/writable/documents", json=doc, headers=key, timeout=120)
+        assert r.status_code == 200 and r.json()["added"] == 1, r.text
+        r = httpx.post(s.url + "/indexes/writable/documents/delete",
+                       json={"ids": ["doc-3"]}, headers=key, timeout=120)
+        assert r.status_code == 200 and r.json()["removed"] == 1
+        bad = httpx.post(s.url + "/indexes/writable/documents", headers=key, timeout=60,
+                         json={"documents": [{"id": "w2", "text": ""}]})
+        assert bad.status_code == 400 and "w2" in bad.json()["error"]["message"]
+        body = {"query": "volcanoes and lava", "k": 5, "mode": "hybrid"}
+        served = httpx.post(s.url + "/indexes/writable/search", json=body, headers=key).json()
+        local = Searcher.open(index).search("volcanoes and lava", k=5, mode="hybrid")
+        assert [h["id"] for h in served["hits"]] == [h.id for h in local]
+        assert served["hits"][0]["id"] == "w1"
+        assert served["version"] == Searcher.open(index).version
+    finally:
+        assert s.stop() == 0

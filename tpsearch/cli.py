@@ -371,7 +371,7 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passag
 # ---------------------------------------------------------------------------------- serve
 SERVE_KEYS = ("host", "port", "api_key", "device", "max_batch", "max_wait_ms", "queue_size",
               "timeout_s", "max_body_bytes", "max_queries", "max_query_chars", "max_k", "max_rerank",
-              "watch_seconds", "cors_origin", "log_queries")
+              "watch_seconds", "cors_origin", "allow_writes", "log_queries")
 
 
 def _serve_options(fn):

@@ -86,6 +86,19 @@ class EmbeddingsBody(BaseModel):
     dimensions: StrictInt | None = None
 
 
+class UpsertBody(_Strict):
+    """Documents to add or replace by id: each a mapping with the index's id, text, title and
+    metadata columns."""
+
+    documents: list[dict[str, Any]]
+
+
+class DeleteBody(_Strict):
+    """Ids of documents to delete."""
+
+    ids: list[StrictInt | str]
+
+
 def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
     """The application serving ``registry``'s indexes (opened already; their models load in
     the background after start-up, and /readyz answers 200 once they have)."""
@@ -303,6 +316,46 @@ def create_app(registry: Registry, config: ServeConfig) -> FastAPI:
             data.append({"object": "embedding", "index": i, "embedding": emb})
         return {"object": "list", "data": data, "model": s.name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    write_locks: dict[str, asyncio.Lock] = {}
+
+    async def write(name: str, change) -> dict:
+        """Commit ``change(writer)`` to the index ``name`` (one write at a time per index, the
+        served model reused), then serve the new version before answering."""
+        if not config.allow_writes:
+            raise ApiError(403, "this server does not accept writes (start it with "
+                           "--allow-writes and an API key)", "permission_error")
+        s = served(name)
+        lock = write_locks.setdefault(s.name, asyncio.Lock())
+        async with lock:
+            def commit():
+                from ..index_writer import IndexWriter
+
+                with IndexWriter(s.searcher.directory, encoder=s.searcher.encoder,
+                                 wait=config.timeout_s) as writer:
+                    change(writer)
+                    return writer.commit()
+
+            try:
+                result = await run_in_threadpool(commit)
+            except TPSearchError as exc:
+                raise ApiError(400, str(exc), param=getattr(exc, "param", None)) from None
+            if result is not None:
+                await registry.reload(s.name)
+        m = result.manifest if result is not None else registry.get(s.name).searcher.manifest
+        u = m.update if result is not None else None
+        return {"index": s.name, "version": registry.get(s.name).version,
+                "documents": m.documents,
+                "added": u.added if u else 0, "changed": u.changed if u else 0,
+                "removed": u.removed if u else 0}
+
+    @app.post("/indexes/{name}/documents")
+    async def upsert_documents(name: str, body: UpsertBody):
+        return await write(name, lambda w: w.upsert(body.documents))
+
+    @app.post("/indexes/{name}/documents/delete")
+    async def delete_documents(name: str, body: DeleteBody):
+        return await write(name, lambda w: w.delete(body.ids))
 
     @app.post("/admin/reload")
     async def reload(index: str | None = None):

@@ -43,6 +43,10 @@ class ServeConfig:
                                   "Default: {default}.", type=float)
     cors_origin: tuple[str, ...] = option((), "Allow browser requests from this origin "
                                           "(repeatable; off by default).", multiple=True)
+    allow_writes: bool = option(False, "Accept writes: POST /indexes/NAME/documents (upsert) "
+                                "and POST /indexes/NAME/documents/delete, each a commit of a "
+                                "new version that the server then serves. Needs --api-key. "
+                                "Off by default.")
     log_queries: bool = option(False, "Put the query text in the request log lines (off by "
                                "default: queries can be private).")
 
@@ -56,6 +60,9 @@ class ServeConfig:
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("the API key (--api-key or TPSEARCH_API_KEY) is set but empty: "
                              "give a key, or unset it to serve without one")
+        if self.allow_writes and not self.api_key:
+            raise InputError("--allow-writes needs an API key (--api-key or TPSEARCH_API_KEY): "
+                             "an open server would let anyone change the index")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must lie in 0..65535, got {self.port}")
         if not 0 <= self.max_rerank <= 1000:
