@@ -33,7 +33,7 @@ from tpsearch.shapes import kernels_row_invariant
 
 def _ids(d: Path) -> set:
     s = Searcher.open(d)
-    return {s.idmap.ids[int(rows[0])] for rows in s.idmap.doc_rows}
+    return set(s.document_ids())
 
 
 def _int_index(env: Env) -> Path:
@@ -100,57 +100,57 @@ def an_update_reads_its_base_under_the_lock(env: Env):
 
 @case("lost updates")
 def an_interrupted_update_is_discarded_by_the_next_or_resumed_by_itself(env: Env):
-    from tpsearch.pipeline import runner
+    """An update failing mid-commit (here: while assembling its segment) changes nothing and
+    leaves nothing; the next one works (a killed one: tests/test_segments.py)."""
+    from tpsearch import index_writer
 
     d = env.copy()
-    real = runner._assemble
+    real = index_writer.assemble
+    before = _ids(d)
 
     def crash(*a, **k):
         raise RuntimeError("killed during assembly")
 
-    runner._assemble = crash
+    index_writer.assemble = crash
     try:
         refused(lambda: tpsearch.update(d, upsert=[{"id": "x1", "text": "first river."}]),
                 RuntimeError, "killed")
     finally:
-        runner._assemble = real
-    assert WorkDir(d.resolve()).root.exists()  # its shards are left, as after kill -9
-    assert not (d.parent / f".{d.name}.update").exists()  # the temporary corpus is not
+        index_writer.assemble = real
+    assert _ids(d) == before
     res = tpsearch.update(d, upsert=[{"id": "x2", "text": "second river."}])  # another update
     assert {"x2"} <= _ids(d) and "x1" not in _ids(d) and res.encoded_documents == 1
-    assert not WorkDir(d.resolve()).root.exists()
+    assert not [p for p in (d / "segments").iterdir() if p.name.startswith(".tmp-")]
 
 
 @case("lost updates")
 def a_full_disk_during_an_update_is_one_line_and_the_next_update_works(env: Env):
-    from tpsearch.pipeline import runner
+    from tpsearch import index_writer
 
     d = env.copy()
-    real = runner.write_shard
+    real = index_writer.write_shard
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", "shard.parquet")
 
-    runner.write_shard = full
+    index_writer.write_shard = full
     try:
         refused(lambda: tpsearch.update(d, upsert=[{"id": "x1", "text": "river."}]), DiskError,
                 "No space left")
     finally:
-        runner.write_shard = real
+        index_writer.write_shard = real
     tpsearch.update(d, delete=["doc-0"])
     assert "doc-0" not in _ids(d) and "x1" not in _ids(d)
-    real_write = pq.write_table
+    real_manifest = index_writer.write_manifest
 
-    def full_corpus(table, where, *a, **k):
-        if ".update" in str(where):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(table, where, *a, **k)
+    def full_manifest(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    pq.write_table = full_corpus
+    index_writer.write_manifest = full_manifest
     try:
-        refused(lambda: tpsearch.update(d, delete=["doc-1"]), DiskError, "nothing was changed")
+        refused(lambda: tpsearch.update(d, delete=["doc-1"]), DiskError, "index is unchanged")
     finally:
-        pq.write_table = real_write
+        index_writer.write_manifest = real_manifest
     assert "doc-1" in _ids(d)
 
 
@@ -307,4 +307,11 @@ def a_store_rewritten_with_another_dimension_is_refused(env: Env):
         col = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 7)
         pq.write_table(table.set_column(table.schema.get_field_index("vector"), "vector", col), shard)
     edit(d, lambda m: None)
-    refused(lambda: tpsearch.update(d, delete=["doc-3"]), IndexDamaged, "store", "rebuild")
+    # a merge reads the store (a delete alone does not): compaction refuses it
+    tpsearch.update(d, delete=["doc-3"])
+
+    def compact():
+        with tpsearch.IndexWriter(d) as w:
+            w.compact()
+
+    refused(compact, IndexDamaged, "store", "rebuild")

@@ -234,3 +234,47 @@ def test_a_writer_killed_mid_commit_leaves_a_complete_version_and_the_rerun_fini
     leftovers = [p.name for d in (index / "versions", index / "segments")
                  for p in d.iterdir() if p.name.startswith((".tmp-", ".staging-"))]
     assert leftovers == []
+
+
+def test_an_index_of_tpsearch_0_4_is_searched_as_it_is_and_segmented_after_its_first_commit(
+        tmp_path, tiny_model_dir):
+    """0.4 stored BM25 as bm25s's score matrix (format 3): read as it is; the first commit
+    rebuilds it once (stored vectors reused) into today's format, segmented from then on."""
+    import json
+
+    import bm25s
+
+    from tpsearch.integrity import file_digests
+    from tpsearch.lexical import words
+
+    texts = corpus_texts(40)
+    corpus = write_corpus(tmp_path / "a.parquet", 40, texts=texts)
+    cfg = config(tmp_path, tiny_model_dir("llama"), corpus, lexical=True, mode="hybrid")
+    out = build_index(cfg).out
+    v = locate(out).path
+    shutil.rmtree(v / "lexical")
+    vocab: dict = {"": 0}
+    ids = [[vocab.setdefault(w, len(vocab)) for w in row] or [0] for row in words(texts)]
+    old = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+    old.index((ids, vocab), create_empty_token=False, show_progress=False)
+    old.save(v / "lexical", show_progress=False)
+    m = json.loads((v / "manifest.json").read_text())
+    m["format_version"] = 3
+    m["lexical"].update(library="bm25s", vocabulary=len(vocab), rows=40)
+    names = sorted({n.split("/")[0] for n in m["files"]})
+    m["files"] = {k: {"bytes": e.bytes, "sha256": e.sha256} for k, e in file_digests(v, names).items()}
+    (v / "manifest.json").write_text(json.dumps(m))
+    s = Searcher.open(out)
+    want = [(h.id, h.score) for h in s.search("river stone", k=10, mode="lexical")]
+    with IndexWriter(out) as w:
+        assert w.legacy
+        w.upsert([{"id": "n1", "text": "an added river note."}])
+        res = w.commit()
+        assert res.manifest.lexical.library == "tpsearch-tf" and not w.legacy
+        w.delete(["n1"])
+        w.commit()
+    after = Searcher.open(out)
+    assert after.manifest.segments is not None and "n1" not in after.document_ids()
+    got = [(h.id, h.score) for h in after.search("river stone", k=10, mode="lexical")]
+    assert [i for i, _ in got] == [i for i, _ in want]
+    assert [x for _, x in got] == pytest.approx([x for _, x in want], abs=1e-4)

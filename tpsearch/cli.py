@@ -295,6 +295,16 @@ def compact(index_dir):
                f"{res.manifest.documents} documents", err=True)
 
 
+def _segments_row(m) -> str:
+    """``info``'s segments row: how many, their sizes, deletions."""
+    if not m.segments:
+        return "one (a full build)"
+    parts = [f"{x.documents - x.deleted}" + (f" (-{x.deleted})" if x.deleted else "")
+             for x in m.segments]
+    shown = ", ".join(parts[:8]) + (f", ... ({len(parts) - 8} more)" if len(parts) > 8 else "")
+    return f"{len(m.segments)}: live documents {shown}"
+
+
 def _report_update(res) -> None:
     u = res.manifest.update
     click.echo(f"{res.out}: version {res.manifest.version} (was {u.base}): {u.added} added, "
@@ -476,10 +486,12 @@ def info(index_dir, as_json):
             if t.embed_filter else "")
          + (f", fitted on {t.fitted_on} vectors; queries centred on {t.query_samples} "
             f"{t.query_stats}" if t.kind != "none" else "") + (f" ({t.note})" if t.note else "")),
+        ("segments", _segments_row(m)),
         ("faiss index", f"{ix.factory} ({ix.reason}); search {ix.search_params or 'exact'}; "
                         f"recall@10 {ix.recall_at_10}"
                         + (f" on {ix.recall_queries} queries" if ix.recall_queries else "")),
-        ("lexical", f"BM25 (bm25s) over {m.lexical.rows} {m.lexical.unit}s"
+        ("lexical", f"BM25 ({'term frequencies' if m.lexical.library != 'bm25s' else 'bm25s'}) "
+                    f"over {m.lexical.rows} {m.lexical.unit}s"
          if m.lexical else "none"),
         ("metadata", ", ".join(f"{k} ({v})" for k, v in m.metadata.items()) or "none"),
         ("search mode", m.default_mode + (f" ({m.fusion.method}, lexical weight "
