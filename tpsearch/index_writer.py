@@ -94,6 +94,7 @@ class IndexWriter:
             raise
         self._upserts: dict[Any, dict] = {}
         self._deletes: set = set()
+        self.last_drift: float | None = None
 
     # ------------------------------------------------------------------ state
     def _clean_leftovers(self) -> None:
@@ -236,7 +237,7 @@ class IndexWriter:
             masks.append(np.zeros(new.documents, bool))
         update = UpdateInfo(base=self.location.version, added=len(self._upserts) - changed,
                             changed=changed, removed=removed, kept=self.documents - changed - removed,
-                            transform="kept")
+                            transform="kept", drift=self.last_drift if new is not None else None)
         manifest = self.publish(segments, masks, update, began, times, docs, tokens)
         log.info("committed %s: %d added, %d replaced, %d deleted", manifest.version,
                  update.added, changed, removed)
@@ -322,6 +323,8 @@ class IndexWriter:
             raise AssertionError("a segment keeps the index's transform")
 
         part = assemble(shards, final, opts, times, no_queries, str(self.root), m.corpus.text_column)
+        #: How far the segment's documents' mean lies from the one the transform was fitted on.
+        self.last_drift = part.drift
         (final / QUERY_SHIFT_FILE).unlink(missing_ok=True)  # the version holds it
         return SegmentInfo(path="", documents=part.documents, vectors=part.vectors,
                            index=part.index, files={}, lexical=part.lexical)

@@ -126,7 +126,7 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
         elif i not in group:
             segments.append(info)
             masks.append(mask)
-    manifest = writer.publish(segments, masks, m.update, began, times)
+    manifest = writer.publish(segments, masks, None, began, times)  # a merge changes no document
     return BuildResult(writer.root, manifest, 0, 0)
 
 

@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from .errors import ConfigMismatch, IndexDamaged
+from .errors import ConfigMismatch, IndexDamaged, InputError
 from .idmap import IdMap
 from .index import check_search_params, search as faiss_search
 from .integrity import inside, inside_name, verify_entries
@@ -74,7 +74,7 @@ def check_segment_info(seg: "SegmentInfo", manifest: "Manifest", where: str) -> 
         inside_name(name, where)
     try:
         check_search_params(seg.index.factory, seg.index.search_params)
-    except Exception as exc:  # InputError: a bad entry, not bad input
+    except InputError as exc:  # a bad entry, not bad input
         raise IndexDamaged(f"{where}.index.search_params: {exc}") from None
     if (seg.lexical is None) != (manifest.lexical is None):
         raise IndexDamaged(f"{where}: lexical data must be in every segment or in none")
@@ -231,7 +231,7 @@ class DenseSegments:
             try:
                 check_search_params(factory, params)
                 return
-            except Exception as exc:  # InputError
+            except InputError as exc:
                 errors.append(exc)
         if errors:
             raise errors[0]
@@ -242,7 +242,7 @@ class DenseSegments:
         for name, value in params.items():
             try:
                 check_search_params(self.factories[i], {name: value})
-            except Exception:  # a parameter of another segment's kind
+            except InputError:  # a parameter of another segment's kind
                 continue
             out[name] = value
         return out
