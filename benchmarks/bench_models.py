@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from tpsearch import TPEncoder
 from tpsearch.errors import InputError
-from tpsearch.loading import BUNDLED_MODELS, cpu_features
+from tpsearch.devices import cpu_features
+from tpsearch.loading import BUNDLED_MODELS
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "stdlib_docs.parquet"
 

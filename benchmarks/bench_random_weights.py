@@ -104,7 +104,7 @@ def main() -> None:
 
     from tpsearch.eval.bench import bench_texts, demo_corpus, format_bench, run_bench
     from tpsearch.encoder import TPEncoder
-    from tpsearch.loading import resolve_device, resolve_dtype
+    from tpsearch.devices import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

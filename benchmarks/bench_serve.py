@@ -164,7 +164,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from tpsearch import Searcher
-    from tpsearch.loading import cpu_features
+    from tpsearch.devices import cpu_features
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

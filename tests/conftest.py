@@ -43,6 +43,29 @@ def tiny_model_dir(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def built_index(tmp_path_factory, tiny_model_dir):
+    """Factory: ``built_index(arch, docs, **options)`` -> (index directory, corpus path): a
+    build of ``docs`` documents (``helpers.corpus_texts``) on the tiny ``arch`` model with
+    ``helpers.config``'s defaults and ``options``, made once per session per key and shared
+    by every module that asks for the same one. Never change it: copy it first."""
+    from helpers import config, write_corpus
+    from tpsearch.pipeline import build_index
+
+    made: dict = {}
+
+    def make(arch: str = "llama", docs: int = 40, **options):
+        key = (arch, docs, tuple(sorted(options.items())))
+        if key not in made:
+            tmp = tmp_path_factory.mktemp(f"index-{arch}-{docs}")
+            corpus = write_corpus(tmp / "c.parquet", docs)
+            made[key] = (build_index(config(tmp, tiny_model_dir(arch), corpus, **options)).out,
+                         corpus)
+        return made[key]
+
+    return make
+
+
 def sts_dir() -> Path | None:
     """SentEval-layout STS data: ``$TPSEARCH_STS_DIR`` or ``../shared/data/sts``."""
     env = os.environ.get("TPSEARCH_STS_DIR")

@@ -50,3 +50,20 @@ def tiny_model(path: Path, arch: str, window: int | None = None) -> str:
 def version_dir(out) -> Path:
     """The directory holding the files of an index directory's current version."""
     return locate(Path(out)).path
+
+
+def assert_same_hits(got, want, tolerance: float = 1e-5) -> None:
+    """Equal scores rank by rank, and the same (id, passage) among each run of equal scores:
+    FAISS orders exact ties arbitrarily, and the tiny models give some texts equal vectors.
+    The last run may be cut at k differently and is left out."""
+    import pytest
+
+    assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=tolerance)
+    groups: dict = {}
+    for which, hits in enumerate((got, want)):
+        for h in hits:
+            groups.setdefault(round(h.score, 4), (set(), set()))[which].add((h.id, h.passage))
+    last = round(got[-1].score, 4) if got else None
+    for score, (a, b) in groups.items():
+        if score != last:
+            assert a == b, (score, a, b)

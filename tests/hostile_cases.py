@@ -68,9 +68,10 @@ class Env:
     """A tiny model, a corpus and a hybrid index (passages, centring with a query shift,
     BM25), built once; each case works on copies."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, model: Path | None = None):
+        """``model``: a tiny llama made already (the test session's); else one is made."""
         self.root = root
-        self.model = save_tiny_model(root / "model", "llama", CORPUS)
+        self.model = model or save_tiny_model(root / "model", "llama", CORPUS)
         self.corpus = write_corpus(root / "corpus.parquet", 40)
         self.index = build_index(self.cfg(root / "base", self.corpus)).out
         self._n = 0

@@ -27,7 +27,7 @@ from helpers import write_corpus
 from tpsearch import Searcher
 from tpsearch.errors import ConfigMismatch, DiskError, IndexDamaged, InputError, TPSearchError
 from tpsearch.pipeline import build_index
-from tpsearch.pipeline.workdir import BuildLock, WorkDir
+from tpsearch.pipeline.workdir import BuildLock
 from tpsearch.shapes import kernels_row_invariant
 
 

@@ -22,11 +22,9 @@ from tpsearch.pipeline.workdir import BuildLock, WorkDir
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("hard")
-    corpus = write_corpus(tmp / "c.parquet", 40)
-    res = build_index(config(tmp, tiny_model_dir("llama"), corpus, lexical=True, mode="hybrid"))
-    return res.out, tiny_model_dir("llama"), corpus
+def built(built_index, tiny_model_dir):
+    out, corpus = built_index("llama", 40, lexical=True, mode="hybrid")
+    return out, tiny_model_dir("llama"), corpus
 
 
 def copy_index(src: Path, tmp_path: Path) -> Path:

@@ -9,8 +9,8 @@ from hostile_cases import CASES, Env
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return Env(tmp_path_factory.mktemp("hostile"))
+def env(tmp_path_factory, tiny_model_dir):
+    return Env(tmp_path_factory.mktemp("hostile"), model=tiny_model_dir("llama"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

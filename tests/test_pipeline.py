@@ -306,3 +306,36 @@ def test_one_encoder_spec_reaches_the_cli_reproducing_and_updates():
     cfg = build_config_recorded(recorded, corpus="u.parquet", refit=True)
     assert cfg.model.max_length == 99 and cfg.model.attn_implementation == "eager"
     assert cfg.corpus == "u.parquet" and cfg.refit and cfg.out == "o"
+
+
+def test_each_role_of_the_build_can_be_replaced(tmp_path, tiny_model_dir):
+    """Reader, mapper, writer and assembler are injected parts (clip-retrieval's roles): a
+    build with wrapped parts calls each and gives the standard build's index."""
+    from tpsearch import Searcher
+    from tpsearch.pipeline import BuildParts
+    from tpsearch.pipeline.assembler import assemble
+    from tpsearch.pipeline.mapper import ChunkEmbedder
+    from tpsearch.pipeline.writer import write_shard
+
+    corpus = write_corpus(tmp_path / "c.parquet", 40)
+    model = tiny_model_dir("llama")
+    calls: dict[str, int] = {"reader": 0, "mapper": 0, "writer": 0, "assembler": 0}
+
+    def counted(name, real):
+        def part(*args):
+            calls[name] += 1
+            return real(*args)
+        return part
+
+    parts = BuildParts(reader=counted("reader", CorpusReader),
+                       mapper=counted("mapper", ChunkEmbedder),
+                       writer=counted("writer", write_shard),
+                       assembler=counted("assembler", assemble))
+    wrapped = build_index(config(tmp_path, model, corpus), parts=parts)
+    assert calls == {"reader": 1, "mapper": 1, "writer": 2, "assembler": 1}  # 40 rows, 32 a shard
+    plain_cfg = config(tmp_path, model, corpus)
+    plain_cfg.out = str(tmp_path / "plain")
+    plain = build_index(plain_cfg)
+    a, b = Searcher.open(wrapped.out), Searcher.open(plain.out)
+    assert a.document_ids() == b.document_ids()
+    np.testing.assert_array_equal(a.index.reconstruct_n(0, 40), b.index.reconstruct_n(0, 40))

@@ -12,7 +12,7 @@ from conftest import CORPUS
 from helpers import config, write_corpus
 from tpsearch import Searcher, TPEncoder
 from tpsearch.errors import ConfigMismatch, InputError
-from tpsearch.loading import native_bf16_cpu, resolve_dtype
+from tpsearch.devices import native_bf16_cpu, resolve_dtype
 from tpsearch.pipeline import build_index
 
 # Bounds: bf16 keeps 8 mantissa bits (relative error ~0.4% per rounding), int8 dynamic
@@ -76,21 +76,21 @@ def test_queries_follow_the_dtype_the_documents_were_encoded_in(tmp_path, tiny_m
 def test_auto_dtype_follows_the_cpu(monkeypatch):
     """Both branches, on any machine: the CPU's features are stubbed (AMX with AVX-512 BF16, or
     not), and the TPSEARCH_NATIVE_BF16 override wins over them."""
-    from tpsearch import loading
+    from tpsearch import devices
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("TPSEARCH_NATIVE_BF16", raising=False)
     for amx, bf16, want in ((True, True, torch.bfloat16), (True, False, torch.float32),
                             (False, True, torch.float32), (False, False, torch.float32)):
-        monkeypatch.setattr(loading, "cpu_features", lambda a=amx, b=bf16: {"amx": a, "avx512_bf16": b})
+        monkeypatch.setattr(devices, "cpu_features", lambda a=amx, b=bf16: {"amx": a, "avx512_bf16": b})
         assert native_bf16_cpu() == (want == torch.bfloat16)
         assert resolve_dtype("auto", cpu) == want, (amx, bf16)
         assert resolve_dtype(None, cpu) == torch.float32  # unset: exact float32 on any CPU
     monkeypatch.setenv("TPSEARCH_NATIVE_BF16", "0")  # the override, against an AMX CPU
-    monkeypatch.setattr(loading, "cpu_features", lambda: {"amx": True, "avx512_bf16": True})
+    monkeypatch.setattr(devices, "cpu_features", lambda: {"amx": True, "avx512_bf16": True})
     assert resolve_dtype("auto", cpu) == torch.float32
     monkeypatch.setenv("TPSEARCH_NATIVE_BF16", "1")
-    monkeypatch.setattr(loading, "cpu_features", lambda: {"amx": False, "avx512_bf16": False})
+    monkeypatch.setattr(devices, "cpu_features", lambda: {"amx": False, "avx512_bf16": False})
     assert resolve_dtype("auto", cpu) == torch.bfloat16
     assert resolve_dtype("auto", torch.device("meta")) == torch.bfloat16  # accelerators: bf16
     with pytest.raises(InputError):

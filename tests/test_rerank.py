@@ -97,12 +97,9 @@ def test_bad_template_and_weight_are_refused():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("rerank")
-    texts = corpus_texts(40)
-    corpus = write_corpus(tmp / "c.parquet", 40, texts=texts)
-    res = build_index(config(tmp, tiny_model_dir("gpt2"), corpus))
-    return res.out, texts
+def built(built_index):
+    out, _ = built_index("gpt2", 40)
+    return out, corpus_texts(40)
 
 
 def test_searcher_reranks_the_top_n_by_the_mixed_score(built):

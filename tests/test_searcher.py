@@ -8,20 +8,16 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from helpers import version_dir, config, corpus_texts, write_corpus
+from helpers import version_dir, corpus_texts
 from tpsearch import Hit, Searcher, TPEncoder
 from tpsearch.cli import main
 from tpsearch.errors import ConfigMismatch, IndexDamaged, InputError
-from tpsearch.pipeline import build_index
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("searcher")
-    texts = corpus_texts(60)
-    corpus = write_corpus(tmp / "c.parquet", 60, texts=texts)
-    res = build_index(config(tmp, tiny_model_dir("qwen2"), corpus))
-    return res.out, texts
+def built(built_index):
+    out, _ = built_index("qwen2", 60)
+    return out, corpus_texts(60)
 
 
 def test_each_document_finds_itself_first(built):

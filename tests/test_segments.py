@@ -10,10 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from helpers import config, corpus_texts, write_corpus
+from helpers import assert_same_hits, config, corpus_texts, write_corpus
 from tpsearch import IndexWriter, Searcher
 from tpsearch.errors import InputError
 from tpsearch.layout import locate, referenced_segments
@@ -42,18 +41,7 @@ def built(tmp_path, tiny_model_dir):
 
 
 def same_hits(got, want) -> None:
-    """Equal scores rank by rank, and the same ids among each run of equal scores (FAISS
-    orders exact ties arbitrarily)."""
-    assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
-    groups: dict = {}
-    for h in got:
-        groups.setdefault(round(h.score, 4), [set(), set()])[0].add((h.id, h.passage))
-    for h in want:
-        groups.setdefault(round(h.score, 4), [set(), set()])[1].add((h.id, h.passage))
-    last = round(got[-1].score, 4) if got else None
-    for score, (a, b) in groups.items():
-        if score != last:  # the last group may be cut at k differently
-            assert a == b, score
+    assert_same_hits(got, want)
 
 
 def reference(tmp_path, index: Path, cfg, texts: dict, live: list, name: str):

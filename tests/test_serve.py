@@ -68,12 +68,11 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def indexes(tmp_path_factory, tiny_model_dir):
+def indexes(tmp_path_factory, tiny_model_dir, built_index):
     tmp = tmp_path_factory.mktemp("serve")
     model = tiny_model_dir("llama")
     texts = corpus_texts(40)
-    corpus = write_corpus(tmp / "c.parquet", 40, texts=texts)
-    main = build_index(config(tmp, model, corpus, lexical=True, mode="hybrid")).out
+    main, corpus = built_index("llama", 40, lexical=True, mode="hybrid")
     (tmp / "docs").mkdir()
     docs = tmp / "docs" / "other"
     other = write_corpus(tmp / "o.parquet", 10, ids=[f"o{i}" for i in range(10)],

@@ -26,11 +26,8 @@ SHAPE = {"message", "type", "param", "code"}
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("serve-hostile")
-    corpus = write_corpus(tmp / "c.parquet", 20)
-    cfg = config(tmp, tiny_model_dir("llama"), corpus, lexical=True, mode="hybrid")
-    return build_index(cfg).out
+def index(built_index):
+    return built_index("llama", 20, lexical=True, mode="hybrid")[0]
 
 
 @pytest.fixture(scope="module")

@@ -2,117 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from dataclasses import fields as dataclass_fields
-from typing import Callable, Sequence
-
 from .version import __version__
+from .cli_info import format_table, info_rows
+from .cli_options import (BUILD_KEYS, RETRIEVAL_KEYS, fail_cleanly, model_options,
+                          model_settings, options_of, retrieval_options, serve_options)
+from .cli_runtime import json_logs, setup_logging, use_all_cores
 from .config import BuildConfig, ModelConfig
-from .errors import TPSearchError
 from .fusion import MODES
-
-def _fail_cleanly(fn):
-    """The one error boundary: a :class:`TPSearchError` (bad input, a refused index, ...)
-    becomes one 'Error: ...' line and exit status 1. Anything else is a bug and keeps its
-    traceback; ``-v`` shows the traceback of everything."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TPSearchError as exc:
-            if click.get_current_context().find_root().params.get("verbose"):
-                raise
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
-
-
-def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tpsearch: %(message)s"))
-    log = logging.getLogger("tpsearch")
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("transformers", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
-def _field_option(cls: type, name: str) -> Callable:
-    """A click option generated from a dataclass field: its help (with the default filled in)
-    and click settings live beside the default, in the field's metadata."""
-    f = next(f for f in dataclass_fields(cls) if f.name == name)
-    meta = f.metadata
-    cli = dict(meta.get("cli", {}))
-    flag = name.replace("_", "-")
-    kwargs: dict = {"default": None, "help": meta["help"].format(default=f.default)}
-    if "choices" in cli:
-        kwargs["type"] = click.Choice(list(cli.pop("choices")))
-    if cli.pop("path", False):
-        kwargs["type"] = click.Path(dir_okay=False)
-    kwargs.update(cli)
-    if name == "compile_layers":
-        return click.option("--compile/--no-compile", "compile_layers", **kwargs)
-    if isinstance(f.default, bool):
-        if f.default is False and name in ("strict", "fresh", "trust_remote_code"):
-            return click.option(f"--{flag}", name, is_flag=True, **kwargs)
-        return click.option(f"--{flag}/--no-{flag}", name, **kwargs)
-    return click.option(f"--{flag}", name, **kwargs)
-
-
-def _options(cls: type, names: Sequence[str]) -> Callable:
-    def decorate(fn):
-        for name in reversed(names):
-            fn = _field_option(cls, name)(fn)
-        return fn
-
-    return decorate
-
-
-#: The encoder's options and how a build feeds it: every field of ModelConfig, in declaration
-#: order (an option added to EncoderOptions or ModelConfig is a CLI option with no edit here).
-MODEL_KEYS = tuple(f.name for f in dataclass_fields(ModelConfig))
-
-
-def model_options(fn):
-    """The encoder options shared by build and eval (generated from ModelConfig)."""
-    fn = _options(ModelConfig, MODEL_KEYS)(fn)
-    return click.option("--no-tp", is_flag=True, default=False,
-                        help="Vanilla embeddings: the same prompt without <PST> or replacement.")(fn)
-
-
-#: Passages, transform, lexical index and search mode: shared by build and eval retrieval.
-RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_dim", "embed_filter",
-                  "query_examples", "lexical", "lexical_unit", "mode", "fusion", "lexical_weight")
-retrieval_options = _options(BuildConfig, RETRIEVAL_KEYS)
-#: The rest of the build's own options.
-BUILD_KEYS = ("text_column", "id_column", "title_column", "store_text", "strict", "index",
-              "max_index_memory", "shard_rows", "fresh", "refit", "metadata_columns")
-
-
-def _model_settings(no_tp: bool = False, **given) -> dict:
-    """Only the options given on the command line (so config files and presets fill the rest)."""
-    if no_tp and given.get("tp_layers"):
-        raise click.UsageError("--no-tp and --tp-layers contradict each other")
-    if no_tp:
-        given["tp_layers"] = "none"
-    return {k: v for k, v in given.items() if v is not None and k in MODEL_KEYS}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -129,25 +33,8 @@ def main(verbose: bool) -> None:
     Measure embedding quality on STS (SentEval layout):
       tpsearch eval sts --data-dir ../shared/data/sts --tasks STSBenchmark-dev
     """
-    _setup_logging(verbose)
-    _use_all_cores()
-
-
-def _use_all_cores() -> None:
-    """Intra-op threads = the cores this process may use (shared among torchrun's local ranks)."""
-    import os
-
-    import torch
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    cores = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if os.environ.get("LOCAL_WORLD_SIZE"):
-        torch.set_num_threads(cores)
-    elif torch.get_num_threads() < cores:
-        torch.set_num_threads(cores)
+    setup_logging(verbose)
+    use_all_cores()
 
 
 # ---------------------------------------------------------------------------------- build
@@ -155,7 +42,7 @@ def _use_all_cores() -> None:
 @click.argument("corpus", required=False)
 @click.option("--out", "out", default=None, help="Index directory to create (appears only when "
               "complete), or an index to publish a new version of (with --overwrite).")
-@_options(BuildConfig, BUILD_KEYS)
+@options_of(BuildConfig, BUILD_KEYS)
 @click.option("--overwrite", is_flag=True, default=False,
               help="OUT is an index already: rebuild it from scratch (without this, a build into "
               "an index encodes only new and changed documents). Either way the result is "
@@ -165,7 +52,7 @@ def _use_all_cores() -> None:
               help="YAML or TOML file with the same options (command-line options win).")
 @model_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_fail_cleanly
+@fail_cleanly
 def build(corpus, out, overwrite, config_file, no_progress, **kw):
     """Embed a Parquet CORPUS (file, directory or glob) into a FAISS index directory.
 
@@ -186,7 +73,7 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
     options = read_config_file(config_file) if config_file else {}
     cli = {"corpus": corpus, "out": out, **{k: kw.pop(k) for k in BUILD_KEYS + RETRIEVAL_KEYS}}
     options.update({k: v for k, v in cli.items() if v is not None})
-    options.update(_model_settings(**kw))
+    options.update(model_settings(**kw))
     if not options.get("corpus"):
         raise click.UsageError("give a CORPUS (or 'corpus' in --config)")
     if not options.get("out"):
@@ -211,25 +98,13 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
         + f"{' + BM25' if m.lexical else ''} ({size:.1f} MiB on disk)", err=True)
 
 
-def _updates_row(m) -> str:
-    """``info``'s updates row: how many since the full build, the last three in full."""
-    updates = [*m.history, *([m.update] if m.update else [])]
-    if not updates:
-        return "none (a full build)"
-    total = len(updates) + m.history_dropped
-    shown = "; ".join(f"from {u.base}: +{u.added} ~{u.changed} -{u.removed} ={u.kept}, "
-                      f"transform {u.transform}" + (f", drift {u.drift}" if u.drift is not None else "")
-                      for u in updates[-3:])
-    return shown if total <= 3 else f"{total} since the full build; the last 3: {shown}"
-
-
 # ---------------------------------------------------------------------------------- add / delete
 @main.command()
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("corpus", type=click.Path(dir_okay=False))
 @click.option("--refit", is_flag=True, help="Fit the transform and query shift anew.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_fail_cleanly
+@fail_cleanly
 def add(index_dir, corpus, refit, no_progress):
     """Add documents to INDEX_DIR from a Parquet CORPUS with the index's columns, or replace
     those whose id it holds (upsert). Only these rows are encoded; the result is the index's
@@ -250,7 +125,7 @@ def add(index_dir, corpus, refit, no_progress):
 @click.option("--ids-file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A text file of ids, one a line.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_fail_cleanly
+@fail_cleanly
 def delete(index_dir, ids, ids_file, no_progress):
     """Delete documents from INDEX_DIR by id (IDs on the command line and/or --ids-file);
     nothing is encoded; the result is the index's next version. Ids it does not hold are
@@ -274,7 +149,7 @@ def delete(index_dir, ids, ids_file, no_progress):
 
 @main.command()
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@_fail_cleanly
+@fail_cleanly
 def compact(index_dir):
     """Merge all segments of INDEX_DIR into one, dropping deleted documents (adds and deletes
     write small segments and deletion marks; the writer merges them as they pile up, and this
@@ -293,16 +168,6 @@ def compact(index_dir):
         return
     click.echo(f"{res.out}: version {res.manifest.version}: {before} segment(s) merged into one, "
                f"{res.manifest.documents} documents", err=True)
-
-
-def _segments_row(m) -> str:
-    """``info``'s segments row: how many, their sizes, deletions."""
-    if not m.segments:
-        return "one (a full build)"
-    parts = [f"{x.documents - x.deleted}" + (f" (-{x.deleted})" if x.deleted else "")
-             for x in m.segments]
-    shown = ", ".join(parts[:8]) + (f", ... ({len(parts) - 8} more)" if len(parts) > 8 else "")
-    return f"{len(m.segments)}: live documents {shown}"
 
 
 def _report_update(res) -> None:
@@ -338,7 +203,7 @@ def _report_update(res) -> None:
               "likelihood given each one's passage, mixed with the first stage's score). "
               "Slower: one decoder pass per passage; see the README for the gain. Default: off.")
 @click.option("--width", type=int, default=100, show_default=True, help="Characters of text shown per hit.")
-@_fail_cleanly
+@fail_cleanly
 def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passages, filter_,
            trust_remote_code, model, rerank, width):
     """Search INDEX_DIR for QUERY; without QUERY, answer one query per line of standard input.
@@ -379,21 +244,10 @@ def search(index_dir, query, k, as_json, nprobe, ef_search, device, mode, passag
 
 
 # ---------------------------------------------------------------------------------- serve
-SERVE_KEYS = ("host", "port", "api_key", "device", "max_batch", "max_wait_ms", "queue_size",
-              "timeout_s", "max_body_bytes", "max_queries", "max_query_chars", "max_k", "max_rerank",
-              "watch_seconds", "cors_origin", "allow_writes", "log_queries")
-
-
-def _serve_options(fn):
-    from .serve.config import ServeConfig
-
-    return _options(ServeConfig, SERVE_KEYS)(fn)
-
-
 @main.command()
 @click.argument("index_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@_serve_options
-@_fail_cleanly
+@serve_options
+@fail_cleanly
 def serve(index_dirs, **kw):
     """Serve INDEX_DIRS over HTTP (needs: pip install 'tpsearch[serve]').
 
@@ -417,37 +271,17 @@ def serve(index_dirs, **kw):
         kw["api_key"] = os.environ["TPSEARCH_API_KEY"]  # click reads a set but empty one as unset
     config = ServeConfig(**{k: v for k, v in kw.items() if v is not None})
     config.check()
-    _json_logs(config)
+    json_logs(config)
     click.echo(f"tpsearch: serving {', '.join(index_dirs)} on http://{config.host}:{config.port}"
                + (" (API key required)" if config.api_key else ""), err=True)
     run(list(index_dirs), config)
-
-
-def _json_logs(config) -> None:
-    """One JSON object a line on stderr: request lines as they are, other messages wrapped."""
-
-    class JsonLines(logging.Formatter):
-        def format(self, record):
-            if record.name == "tpsearch.serve.access":
-                return record.getMessage()
-            return json.dumps({"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-                               "level": record.levelname.lower(), "logger": record.name,
-                               "message": record.getMessage()}, ensure_ascii=False)
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
-    for name in ("tpsearch", "uvicorn", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
 
 
 # ---------------------------------------------------------------------------------- info
 @main.command()
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-@_fail_cleanly
+@fail_cleanly
 def info(index_dir, as_json):
     """Show what the current version of an index holds and how its queries are encoded;
     exit 1 if it is damaged (a file missing, unlisted, of the wrong size or checksum, or
@@ -459,53 +293,8 @@ def info(index_dir, as_json):
     if as_json:
         click.echo(json.dumps(m.to_dict(), indent=2))
         return
-    e, ix, c, t = m.encoder, m.index, m.corpus, m.transform
-    tp = f"{e.tp_layers[0]}:{e.tp_layers[1]}" if e.tp_layers else "off (vanilla)"
-    ps = m.passages
-    rows = [
-        ("index", f"{index_dir} (format version {m.format_version}"
-                  + (f", version {m.version}" if m.version else ", flat tpsearch 0.2 layout")
-                  + (f", replaced {m.replaces}" if m.replaces else "") + ")"),
-        ("documents", f"{m.documents} in {m.vectors} passages ({m.skipped_rows} rows skipped, "
-                      f"{m.truncated_texts} texts truncated)"),
-        ("passages", f"at most {ps.max_tokens} tokens, {ps.overlap} overlapping"
-         if ps and ps.max_tokens else "whole documents"),
-        ("model", f"{m.model.spec} [{m.model.kind}] sha256 {str(m.model.weights_sha256)[:16]}"),
-        ("prompt", f"{e.prompt}: {e.templates[0]}"
-                   + (f" (+{len(e.templates) - 1} more)" if len(e.templates) > 1 else "")),
-        ("query prompt", f"{m.query_prompt}: {m.query_templates[0]}" if m.query_prompt and
-         m.query_templates else "the documents' own"),
-        ("token prepending", tp),
-        ("output layer", f"{e.output_layer} of {e.n_layers} layers, {e.pooling} token pooling, "
-                         f"{e.dtype or 'dtype not recorded'}"),
-        ("max length", f"{e.max_length} tokens; sentence normalisation "
-                       f"{'on' if e.normalize_sentences else 'off'}"),
-        ("vectors", f"{m.dim} dims, L2-normalised, {m.metric}"),
-        ("transform", t.kind + (f" to {t.dim} dims" if t.dim else "")
-         + (f", embed filter {t.embed_filter[0]}:{t.embed_filter[1]} (to {t.out_dim} dims)"
-            if t.embed_filter else "")
-         + (f", fitted on {t.fitted_on} vectors; queries centred on {t.query_samples} "
-            f"{t.query_stats}" if t.kind != "none" else "") + (f" ({t.note})" if t.note else "")),
-        ("segments", _segments_row(m)),
-        ("faiss index", f"{ix.factory} ({ix.reason}); search {ix.search_params or 'exact'}; "
-                        f"recall@10 {ix.recall_at_10}"
-                        + (f" on {ix.recall_queries} queries" if ix.recall_queries else "")),
-        ("lexical", f"BM25 ({'term frequencies' if m.lexical.library != 'bm25s' else 'bm25s'}) "
-                    f"over {m.lexical.rows} {m.lexical.unit}s"
-         if m.lexical else "none"),
-        ("metadata", ", ".join(f"{k} ({v})" for k, v in m.metadata.items()) or "none"),
-        ("search mode", m.default_mode + (f" ({m.fusion.method}, lexical weight "
-                                          f"{m.fusion.lexical_weight})" if m.default_mode == "hybrid" else "")),
-        ("corpus", f"{c.path} ({c.rows} rows, text={c.text_column!r}, id={c.id_column!r}"
-                   + (f", title={c.title_column!r}" if c.title_column else "") + ")"),
-        ("updates", _updates_row(m)),
-        ("built", f"{m.build.started_at} in {m.build.seconds} s with tpsearch "
-                  f"{m.tpsearch_version} ({m.build.device}, {m.build.batching})"),
-        ("files", f"{len(m.files)} checked against the manifest's sizes and SHA-256"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
+    rows = info_rows(index_dir, m)
+    click.echo(format_table(rows))
 
 
 # ---------------------------------------------------------------------------------- bench
@@ -531,7 +320,7 @@ def info(index_dir, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--output", type=click.Path(dir_okay=False), default="tpsearch-bench.json", show_default=True,
               help="Where the JSON figures are written.")
-@_fail_cleanly
+@fail_cleanly
 def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, output_layer,
           device, dtype, batching, compile_pass, as_json, output):
     """Encoder throughput: vanilla vs TP, with and without early exit, against the machine's
@@ -589,7 +378,7 @@ def eval():  # noqa: A001 - the command is called "eval"
               help="Also project out the unembedding's edge directions (EmbedFilter) in the "
               "transform --fit-transform fits.")
 @model_options
-@_fail_cleanly
+@fail_cleanly
 def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed_filter, **model_kw):
     """Spearman x 100 of cosine similarity on STS tasks, as in the paper's tables.
 
@@ -603,7 +392,7 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed
     unknown = [t for t in chosen if t not in ALL_TASKS]
     if unknown:
         raise click.UsageError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(ALL_TASKS)}")
-    cfg = ModelConfig(**_model_settings(**model_kw))
+    cfg = ModelConfig(**model_settings(**model_kw))
     enc = TPEncoder.load(cfg)
     t0 = time.perf_counter()
 
@@ -659,7 +448,7 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @retrieval_options
 @model_options
-@_fail_cleanly
+@fail_cleanly
 def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, rerank, as_json, **kw):
     """nDCG@10, MRR@10 and Recall@1/10/100 on a BEIR-format data set, built with the real
     pipeline and searched with the real Searcher.
@@ -672,7 +461,7 @@ def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, rer
     from .eval.retrieval import compare_retrieval, evaluate_retrieval
 
     options = {k: v for k, v in ((k, kw.pop(k)) for k in RETRIEVAL_KEYS) if v is not None}
-    options.update(_model_settings(**kw))
+    options.update(model_settings(**kw))
     build = build_config_from({**options, "index": index, "title_column": "title",
                                "store_text": False})
     if compare:

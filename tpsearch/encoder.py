@@ -20,14 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .loading import (
-    DEFAULT_MODEL,
-    ModelSource,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-    resolve_source,
-)
+from .devices import resolve_device, resolve_dtype
+from .loading import DEFAULT_MODEL, ModelSource, load_model, resolve_source
 from .errors import InputError
 from .torchstate import TORCH_STATE
 from .presets import fallback_preset, find_preset
@@ -40,7 +34,6 @@ from .shapes import (BATCHING, ShapeRunner, canonical_width, first_position, pac
                      padded_inputs, plan_batches, plan_buckets, resolve_batching, sliding_window,
                      to_device, width_ladder)
 from .tp import (
-    EarlyExit,
     ForwardPlan,
     _pad_id,
     add_placeholder_token,
@@ -49,8 +42,8 @@ from .tp import (
     model_lock,
     num_layers,
     quantize_int8,
+    forward_with_tp,
     resolve_output_layer,
-    token_prepending,
     validate_tp_layers,
 )
 
@@ -326,16 +319,11 @@ class TPEncoder:
         record = {i: None for i in also_layers}
         if any(not 0 <= i < self.plan.output_index for i in record):
             raise ValueError(f"also_layers must lie in 0..{self.plan.output_index - 1}")
-        with model_lock(self.model), token_prepending(self.layers, self.plan, pst, t["last"],
-                                                      record or None):
-            try:
-                out = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                                 position_ids=t["position_ids"], use_cache=False)
-                hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-                if self.plan.output_index != self.plan.n_layers:
-                    raise RuntimeError("the output layer's hook did not fire")
-            except EarlyExit as stop:
-                hidden = stop.hidden
+        with model_lock(self.model):
+            hidden = forward_with_tp(self.model, self.layers, self.plan, pst, t["last"],
+                                     record or None, input_ids=t["input_ids"],
+                                     attention_mask=t["attention_mask"],
+                                     position_ids=t["position_ids"])
         if "pool" in t:  # mean over the sentence's own tokens
             final = torch.einsum("bt,btd->bd", t["pool"].to(hidden.dtype), hidden)
         else:

@@ -185,7 +185,11 @@ class CallParameters:
     an ``IDSelector``); a selective one may move the search to ``target`` (HNSW's exact flat
     storage, queries through :meth:`prepare`)."""
 
-    def __init__(self, index: faiss.Index, params: dict, allowed: np.ndarray | None = None):
+    def __init__(self, index: faiss.Index, params: dict, allowed: np.ndarray | None = None,
+                 allowed_bits: tuple[np.ndarray, int] | None = None):
+        """``allowed_bits``: the allowed rows as a packed bitmap (little bit order) made
+        beforehand and how many rows it allows (a segment's live rows, reused by every
+        search), instead of ``allowed``."""
         self.parts: list = []
         self.params = None
         self.target: faiss.Index | None = None
@@ -195,15 +199,19 @@ class CallParameters:
         inner = faiss.downcast_index(outer.index) if wrapped else outer
         sel = None
         selective = False
+        n_allowed = None  # rows the search may return (None: all)
         if allowed is not None:
             # A bitmap (one bit per row) answers "is this row allowed?" with one load, where
             # IDSelectorBatch's hash set cost 11x the unfiltered time at 50% allowed on IVF.
             mask = np.zeros(index.ntotal, dtype=bool)
             mask[allowed] = True
-            bits = np.packbits(mask, bitorder="little")
+            allowed_bits = (np.packbits(mask, bitorder="little"), len(allowed))
+        if allowed_bits is not None:
+            bits, count = allowed_bits
             sel = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(bits))
             self.parts += [bits, sel]
-            selective = len(allowed) < SELECTIVE_SHARE * max(1, index.ntotal)
+            selective = count < SELECTIVE_SHARE * max(1, index.ntotal)
+            n_allowed = count
         if sel is None and not params:
             return
         if isinstance(inner, faiss.IndexHNSW) and selective:
@@ -218,7 +226,7 @@ class CallParameters:
             return
         # A filter allowing a share s of the rows scales the search's breadth by 1/s, so about
         # as many allowed rows are visited as an unfiltered search visits rows.
-        share = len(allowed) / max(1, index.ntotal) if allowed is not None else 1.0
+        share = n_allowed / max(1, index.ntotal) if n_allowed is not None else 1.0
         if isinstance(inner, faiss.IndexHNSW):
             p = faiss.SearchParametersHNSW()
             ef = int(params.get("efSearch", inner.hnsw.efSearch))
@@ -246,31 +254,45 @@ class CallParameters:
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict | None = None,
-           allowed: np.ndarray | None = None):
-    """``index.search`` with per-call parameters and, with ``allowed``, only over those rows:
-    (scores, rows), each (len(queries), k); rows are -1 past the last match."""
-    call = CallParameters(index, params or {}, allowed)
+           allowed: np.ndarray | None = None, allowed_bits: tuple[np.ndarray, int] | None = None):
+    """``index.search`` with per-call parameters and, with ``allowed`` (sorted rows) or
+    ``allowed_bits`` (a packed bitmap and its count), only over those rows: (scores, rows),
+    each (len(queries), k); rows are -1 past the last match."""
+    call = CallParameters(index, params or {}, allowed, allowed_bits)
     x = np.ascontiguousarray(queries, dtype=np.float32)
     if call.target is not None:
         return call.target.search(np.ascontiguousarray(call.prepare(x)), k, params=call.params)
     return index.search(x, k, params=call.params)
 
 
+class ExactTopK:
+    """Exact top-k row numbers of ``queries`` over vectors added batch by batch (never all in
+    memory): the truth ANN recall is measured against."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries, self.k, self.offset = queries, k, 0
+        self.best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.best_i = np.full((len(queries), k), -1, dtype=np.int64)
+
+    def add(self, vecs: np.ndarray) -> None:
+        k = self.k
+        if len(vecs):
+            scores = self.queries @ vecs.T
+            top = min(k, scores.shape[1])
+            part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+            s = np.concatenate([self.best_s, np.take_along_axis(scores, part, 1)], axis=1)
+            i = np.concatenate([self.best_i, part + self.offset], axis=1)
+            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            self.best_s, self.best_i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+        self.offset += len(vecs)
+
+
 def exact_topk(queries: np.ndarray, batches: Iterable[np.ndarray], k: int) -> np.ndarray:
     """Exact top-k row numbers over vectors streamed in batches (never all in memory)."""
-    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(queries), k), -1, dtype=np.int64)
-    offset = 0
+    top = ExactTopK(queries, k)
     for vecs in batches:
-        scores = queries @ vecs.T
-        top = min(k, scores.shape[1])
-        part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
-        s = np.concatenate([best_s, np.take_along_axis(scores, part, 1)], axis=1)
-        i = np.concatenate([best_i, part + offset], axis=1)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-        offset += len(vecs)
-    return best_i
+        top.add(vecs)
+    return top.best_i
 
 
 def ann_recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:

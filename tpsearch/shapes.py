@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .tp import EarlyExit, text_config, token_prepending
+from .tp import forward_with_tp, text_config
 
 
 
@@ -300,12 +300,7 @@ def forward_packed(encoder: PackedModel, packed: torch.Tensor) -> torch.Tensor:
     inputs = device_inputs(packed, encoder.dtype)
     last = torch.full((packed.shape[0],), width - 1, dtype=torch.long, device=packed.device)
     pst = packed[:, width + 1] if encoder.placeholder_id is not None else None
-    with token_prepending(encoder.layers, encoder.plan, pst, last):
-        try:
-            out = encoder.model(**inputs, use_cache=False)
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        except EarlyExit as stop:
-            hidden = stop.hidden
+    hidden = forward_with_tp(encoder.model, encoder.layers, encoder.plan, pst, last, **inputs)
     return hidden[:, width - 1]
 
 

@@ -154,6 +154,23 @@ def token_prepending(
             h.remove()
 
 
+def forward_with_tp(model: nn.Module, layers: nn.ModuleList, plan: ForwardPlan,
+                    pst_index: torch.Tensor | None, last_index: torch.Tensor,
+                    record: dict[int, torch.Tensor] | None = None, **inputs) -> torch.Tensor:
+    """One forward pass with the hooks armed (:func:`token_prepending`): the hidden states at
+    the plan's output layer, every position (the pass stops there; later layers never run).
+    The one place a forward pass of the encoder runs, for every batching path."""
+    with token_prepending(layers, plan, pst_index, last_index, record):
+        try:
+            out = model(**inputs, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            if plan.output_index != plan.n_layers:
+                raise RuntimeError("the output layer's hook did not fire")
+        except EarlyExit as stop:
+            hidden = stop.hidden
+    return hidden
+
+
 # ------------------------------------------------------------------ model helpers
 def output_head(model: nn.Module) -> torch.Tensor:
     """The decoder's unembedding matrix (vocab x dim): its output head, or the input embeddings

@@ -28,7 +28,7 @@ import torch
 
 from ..encoder import TPEncoder, quantize_int8
 from ..shapes import padding_efficiency, plan_batches, plan_buckets
-from ..loading import cpu_features
+from ..devices import cpu_features
 from ..errors import InputError
 
 

@@ -1,5 +1,6 @@
-"""The build job, one module per role: reader, mapper, writer, runner."""
+"""The build job, one module per role: reader, mapper, writer, assembler, distributor, and the
+runner that ties them (:class:`BuildParts` replaces any of them)."""
 
-from .runner import BuildResult, build_index
+from .runner import BuildParts, BuildResult, build_index
 
-__all__ = ["BuildResult", "build_index"]
+__all__ = ["BuildParts", "BuildResult", "build_index"]

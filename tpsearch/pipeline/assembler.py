@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UnbuildableIndex
-from ..index import IndexPlan, choose_index, exact_topk, fit_plan, new_index, tune_search
+from ..index import ExactTopK, IndexPlan, choose_index, fit_plan, new_index, tune_search
 from ..lexical import LexicalBuilder
 from ..metadata import PREFIX
 from ..integrity import inside
@@ -29,7 +29,7 @@ from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, TransformSet
                          fit_transform, read_example_queries, read_vector)
 from .mapper import StageTimes
 from .reader import join_title
-from .writer import iter_vectors, read_table, read_vectors, shard_meta, shard_rows
+from .writer import read_table, read_vectors, shard_meta, shard_rows
 
 log = logging.getLogger("tpsearch")
 
@@ -103,13 +103,24 @@ def sample_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
 
 def gather(shards: list[Path], counts: list[int], rows: np.ndarray) -> np.ndarray:
     """Vectors at global positions ``rows`` (sorted), reading one shard at a time."""
-    out, offset = [], 0
+    return gather_many(shards, counts, [rows])[0]
+
+
+def gather_many(shards: list[Path], counts: list[int], row_sets: list[np.ndarray]) -> list[np.ndarray]:
+    """The vectors at each set of global positions (each sorted), reading each shard that
+    holds any of them once."""
+    out: list[list[np.ndarray]] = [[] for _ in row_sets]
+    offset = 0
     for path, n in zip(shards, counts):
-        sel = rows[(rows >= offset) & (rows < offset + n)] - offset
-        if len(sel):
-            out.append(read_vectors(path)[sel])
+        picks = [rows[(rows >= offset) & (rows < offset + n)] - offset for rows in row_sets]
+        if any(len(p) for p in picks):
+            vecs = read_vectors(path)
+            for o, p in zip(out, picks):
+                if len(p):
+                    o.append(vecs[p])
         offset += n
-    return np.concatenate(out)
+    dim = shard_meta(shards[0])["dim"] if shards else 0
+    return [np.concatenate(o) if o else np.zeros((0, dim), np.float32) for o in out]
 
 
 def first_sentences(shards: list[Path], limit: int) -> list[str]:
@@ -153,9 +164,8 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
     return fitted, info, drift
 
 
-def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder):
+def _fit(shards, sample: np.ndarray, opts: AssemblyOptions, encode_queries: QueryEncoder):
     ts = opts.transform
-    sample = gather(shards, counts, sample_rows(n, FIT_SAMPLE))
     if opts.keep_transform is not None:
         fitted, info, drift = _kept(sample, opts)
         log.info("transform: kept from the base version (documents' mean moved %.3f of their "
@@ -182,8 +192,10 @@ def _fit(shards, counts, n, opts: AssemblyOptions, encode_queries: QueryEncoder)
     return fitted, sample, info, "fitted", None
 
 
-def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> LexicalInfo | None:
-    """Add every shard's vectors; write the id map and the lexical index beside."""
+def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
+          truth: ExactTopK | None = None, fitted=None) -> LexicalInfo | None:
+    """Add every shard's vectors; write the id map and the lexical index beside; with
+    ``truth``, the exact top-k of the recall queries is found in the same pass."""
     lexical = LexicalBuilder() if opts.lexical else None
     cols = ["id", "passage", "start", "end", "row", "doc_sha256"] + (["text"] if opts.store_text else [])
     cols += [PREFIX + c for c in opts.metadata]
@@ -191,7 +203,10 @@ def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions) -> Lexi
     writer = None
     try:
         for path in shards:
-            index.add(read_vectors(path))
+            vecs = read_vectors(path)
+            index.add(vecs)
+            if truth is not None:
+                truth.add(fitted.apply(vecs))
             shard = read_table(path, read)
             table = shard.select(cols).rename_columns(
                 [("corpus_row" if c == "row" else c) for c in cols])
@@ -232,12 +247,10 @@ def document_texts(t: dict) -> list[str]:
     return docs
 
 
-def _recall(index, plan: IndexPlan, shards, counts, n, fitted) -> tuple[dict, float, int]:
-    if plan.is_exact:
+def _recall(index, plan: IndexPlan, queries: np.ndarray, truth: ExactTopK | None) -> tuple[dict, float, int]:
+    if plan.is_exact or truth is None:
         return {}, 1.0, 0
-    queries = gather(shards, counts, sample_rows(n, RECALL_QUERIES, seed=1))
-    truth = exact_topk(fitted.apply(queries), (fitted.apply(v) for v in iter_vectors(shards)), 10)
-    params, recall = tune_search(index, plan, queries, truth)
+    params, recall = tune_search(index, plan, queries, truth.best_i)
     log.info("recall@10 against exact search on %d sampled passages: %.3f (%s)",
              len(queries), recall, params or "default parameters")
     return params, recall, len(queries)
@@ -263,7 +276,11 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     if n == 0:
         raise InputError(f"{corpus}: every row has a null or empty {text_column!r}")
     t0 = time.perf_counter()
-    fitted, sample, tinfo, source, drift = _fit(shards, counts, n, opts, encode_queries)
+    # The shards' vectors are read twice: once for the samples (transform fit, recall queries),
+    # once to fill the index (the recall queries' exact neighbours found on the way).
+    sample, queries = gather_many(shards, counts, [sample_rows(n, FIT_SAMPLE),
+                                                   sample_rows(n, RECALL_QUERIES, seed=1)])
+    fitted, sample, tinfo, source, drift = _fit(shards, sample, opts, encode_queries)
     plan = index_plan(opts, n, fitted.out_dim)
     log.info("index: %s (%s)", plan.factory, plan.reason)
     index = fitted.wrap(new_index(plan, fitted.out_dim))
@@ -273,8 +290,9 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
             shards, counts, sample_rows(n, max(nlist * TRAIN_SAMPLE_PER_LIST, 10_000)))
         log.info("training on %d vectors", len(train))
         index.train(train)
-    lexical = _fill(index, shards, final, opts)
-    params, recall, n_queries = _recall(index, plan, shards, counts, n, fitted)
+    truth = None if plan.is_exact else ExactTopK(fitted.apply(queries), 10)
+    lexical = _fill(index, shards, final, opts, truth, fitted)
+    params, recall, n_queries = _recall(index, plan, queries, truth)
     faiss.write_index(index, str(final / INDEX_FILE))
     if fitted.query_shift is not None:
         np.save(final / QUERY_SHIFT_FILE, fitted.query_shift)

@@ -47,6 +47,33 @@ MAX_HISTORY = 100
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
+@dataclass(frozen=True)
+class BuildParts:
+    """The build's roles, as clip-retrieval's inference job has them: the reader (corpus
+    windows), the mapper (passages, tokens, vectors), the writer (one shard per window), the
+    assembler (shards to index files) and the distributor (which process does what). Each may
+    be replaced by a part with the same call; None takes the standard one (looked up when the
+    build runs)."""
+
+    reader: Callable[[CorpusSpec], CorpusReader] | None = None
+    mapper: Callable[..., ChunkEmbedder] | None = None  # (encoder, MapperOptions, base store)
+    writer: Callable[..., Path] | None = None  # (path, shard, id kind, metadata types)
+    assembler: Callable[..., Assembled] | None = None  # tpsearch.pipeline.assembler.assemble
+    distributor: Distributor | None = None
+
+    def read(self, spec: CorpusSpec) -> CorpusReader:
+        return (self.reader or CorpusReader)(spec)
+
+    def map(self, encoder, options, base) -> ChunkEmbedder:
+        return (self.mapper or ChunkEmbedder)(encoder, options, base)
+
+    def write(self, path: Path, shard, id_kind: str, metadata_types) -> Path:
+        return (self.writer or write_shard)(path, shard, id_kind, metadata_types)
+
+    def assemble(self, *args) -> Assembled:
+        return (self.assembler or assemble)(*args)
+
+
 @dataclass
 class BuildResult:
     """What a finished build produced (``manifest`` is None on ranks other than 0)."""
@@ -76,7 +103,7 @@ def work_settings(config: BuildConfig, encoder: TPEncoder, fingerprint: str) -> 
 def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder, work: WorkDir,
                   times: StageTimes, show_progress: bool = False,
                   select: Callable[[list[tuple[int, int]]], list[tuple[int, int]]] | None = None,
-                  base: BaseStore | None = None) -> tuple[int, int]:
+                  base: BaseStore | None = None, parts: BuildParts = BuildParts()) -> tuple[int, int]:
     """Embed every window without a shard (documents unchanged since ``base`` take their
     stored vectors); returns (documents, tokens) encoded now."""
     runs = work.missing_windows(reader.num_rows, config.shard_rows)
@@ -85,7 +112,7 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
     if done:
         log.info("resuming: %d shard(s) done, %d corpus rows left", done,
                  sum(b - a for a, b in runs))
-    embed = ChunkEmbedder(encoder, MapperOptions(
+    embed = parts.map(encoder, MapperOptions(
         config.model.batch_size, config.model.max_batch_tokens, config.strict, config.id_column,
         config.text_column, config.passage_settings()), base)
     bar = None
@@ -100,7 +127,7 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
         for prepared in prefetch(chunks, embed.prepare, times):
             shard = embed.encode(prepared, times, bar.update if bar is not None else None)
             t_write = time.perf_counter()
-            write_shard(work.shard_path(shard.start), shard, reader.id_kind,
+            parts.write(work.shard_path(shard.start), shard, reader.id_kind,
                         reader.metadata_types)
             times.write += time.perf_counter() - t_write
             docs, tokens = docs + shard.encoded_documents, tokens + shard.encoded_tokens
@@ -159,7 +186,7 @@ def prefetch(chunks: Iterator, prepare: Callable, times: StageTimes, depth: int 
 def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_progress: bool = False,
                 overwrite: bool = False, distributor: Distributor | None = None,
                 keep_shards: bool = False, keep_column: str | None = None,
-                locked: bool = False) -> BuildResult:
+                locked: bool = False, parts: BuildParts | None = None) -> BuildResult:
     """Run the whole build: validate, embed into shards, assemble, publish atomically.
 
     Into an existing index at ``config.out`` the build is incremental: documents whose id and
@@ -173,19 +200,21 @@ def build_index(config: BuildConfig, encoder: TPEncoder | None = None, show_prog
     build of the same output with another index, transform or lexical setting (everything
     made at assembly) reuses them without encoding (the evaluation's comparisons do this).
     ``locked``: the caller holds the output's :class:`BuildLock` already (updates take it before
-    they read the version they start from)."""
-    d = distributor or Distributor.from_env()
+    they read the version they start from). ``parts``: replacements for the build's roles
+    (:class:`BuildParts`; ``distributor`` is its distributor)."""
+    parts = parts or BuildParts()
+    d = distributor or parts.distributor or Distributor.from_env()
     d.start()
     try:
         out = validate_build(config, overwrite)
         try:
             if not d.is_main or locked:
                 result = _build(config, encoder, show_progress and d.is_main, d, out,
-                                keep_shards, overwrite, keep_column)
+                                keep_shards, overwrite, keep_column, parts)
             else:
                 with BuildLock(out):
                     result = _build(config, encoder, show_progress, d, out, keep_shards, overwrite,
-                                    keep_column)
+                                    keep_column, parts)
             # Every rank finishes before any tears the process group down (a rank that left
             # early while rank 0 still published could abort in gloo's teardown).
             d.barrier()
@@ -229,9 +258,9 @@ def load_encoder(config: BuildConfig, d: Distributor, times: StageTimes,
 
 def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, d: Distributor,
            out: Path, keep_shards: bool = False, rebuild: bool = False,
-           keep_column: str | None = None) -> BuildResult:
+           keep_column: str | None = None, parts: BuildParts = BuildParts()) -> BuildResult:
     began, times = time.perf_counter(), StageTimes()
-    reader = CorpusReader(CorpusSpec(config.corpus, config.text_column, config.id_column,
+    reader = parts.read(CorpusSpec(config.corpus, config.text_column, config.id_column,
                                      config.title_column, config.metadata_list(), keep_column))
     fingerprint = reader.fingerprint(reader.check_ids())
     times.read += time.perf_counter() - began
@@ -251,12 +280,13 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     try:
         select = (lambda runs: d.select(runs, config.shard_rows)) if d.active else None
         docs, tokens = encode_shards(config, reader, encoder, work, times, show_progress, select,
-                                     base[2] if base else None)
+                                     base[2] if base else None, parts)
         agreed(d, lambda: None)  # every rank has written its shards
         if not d.is_main:
             agreed(d, lambda: None)  # wait for rank 0's assembly
             return BuildResult(out, None, docs, tokens)
-        part = agreed(d, lambda: _assemble(config, encoder, work, times, base, query_prompt))
+        part = agreed(d, lambda: _assemble(config, encoder, work, times, base, query_prompt,
+                                           parts))
     except UnbuildableIndex:
         raise  # the shards serve a rerun with another --index
     except InputError:
@@ -367,7 +397,7 @@ def _update_info(base, part: Assembled) -> UpdateInfo:
 
 
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
-              base=None, qp: str | None = None) -> Assembled:
+              base=None, qp: str | None = None, parts: BuildParts = BuildParts()) -> Assembled:
     query_encoder = encoder.variant(prompt=qp) if qp else encoder
     keep = KeptTransform.of(base[0], base[1]) if base and not config.refit else None
     ts = config.transform_settings()
@@ -379,9 +409,9 @@ def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: Sta
     opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
                            ts, config.lexical, config.lexical_unit, config.metadata_list(),
                            keep_transform=keep, unembedding=unembedding)
-    return assemble(work.complete_shards(), work.fresh_final(), opts, times,
-                    lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),
-                    config.corpus, config.text_column)
+    return parts.assemble(work.complete_shards(), work.fresh_final(), opts, times,
+                          lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),
+                          config.corpus, config.text_column)
 
 
 def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fingerprint: str,

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..fusion import FUSIONS, MODES
 from ..index import check_index_spec
 from ..layout import is_index_dir
-from ..loading import check_device, resolve_dtype
+from ..devices import check_device, resolve_dtype
 from ..prompts import resolve_prompt
 from ..shapes import BATCHING
 from .reader import resolve_files

@@ -44,12 +44,8 @@ class Served:
         return self.searcher.version
 
     def summary(self) -> dict:
-        m = self.searcher.manifest
         return {"name": self.name, "directory": str(self.searcher.directory),
-                "version": self.version, "model": m.model.spec, "dim": m.dim,
-                "documents": m.documents, "passages": m.vectors, "index": m.index.factory,
-                "default_mode": m.default_mode, "lexical": m.lexical is not None,
-                "built_at": m.build.started_at, "tpsearch_version": m.tpsearch_version}
+                **self.searcher.manifest.summary()}
 
 
 def index_name(directory: str | Path) -> str:
