@@ -11,12 +11,9 @@ import time
 import uuid
 from pathlib import Path
 
-import faiss
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from helpers import version_dir, write_corpus
+from helpers import assert_same_hits, write_corpus
 from tpsearch.pipeline.workdir import WorkDir
 
 
@@ -41,9 +38,17 @@ def _torchrun(args, tag: str) -> subprocess.Popen:
 
 
 def _same_index(a: Path, b: Path) -> None:
-    ia, ib = faiss.read_index(str(version_dir(a) / "index.faiss")), faiss.read_index(str(version_dir(b) / "index.faiss"))
-    np.testing.assert_allclose(ia.reconstruct_n(0, ia.ntotal), ib.reconstruct_n(0, ib.ntotal), atol=1e-5)
-    assert pq.read_table(version_dir(a) / "ids.parquet").equals(pq.read_table(version_dir(b) / "ids.parquet"))
+    """The same documents, and for every query in every mode the same hits with the same
+    scores: the torchrun build is a version of one segment per rank, the one-process build one
+    segment, and search over segments answers as one index."""
+    from tpsearch import Searcher
+
+    sa, sb = Searcher.open(a), Searcher.open(b)
+    assert sorted(sa.document_ids()) == sorted(sb.document_ids())
+    assert sa.manifest.transform == sb.manifest.transform
+    for q in ["river stone", "A man is playing a guitar. alpha 7", "the kitchen onion", "3"]:
+        for mode in ("dense", "lexical", "hybrid"):
+            assert_same_hits(sa.search(q, k=10, mode=mode), sb.search(q, k=10, mode=mode))
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +69,10 @@ def test_two_process_build_equals_one_process(setup):
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     _same_index(single, out)
+    from tpsearch import Searcher
+
+    segments = Searcher.open(out).manifest.segments
+    assert len(segments) == 2 and all(s.path.startswith("segments/") for s in segments)
     assert not work_dir_for(out).exists()
 
 
@@ -100,3 +109,37 @@ def test_killed_rank_rerun_completes_with_same_result(setup):
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     _same_index(single, out)
+
+
+DIE_IN_ASSEMBLY = """
+import os, sys
+import tpsearch.pipeline.assembler as assembler
+real = assembler.assemble
+def dying(*args, **kwargs):
+    if os.environ.get("RANK") == "1":  # rank 1 dies in the middle of its segment
+        os._exit(9)
+    return real(*args, **kwargs)
+assembler.assemble = dying
+sys.argv[0] = "tpsearch"
+from tpsearch.cli import main
+main(["build", *sys.argv[1:]])
+"""
+
+
+def test_a_rank_killed_mid_assembly_and_the_rerun_publishes_a_complete_version(setup):
+    tmp, corpus, model, single = setup
+    out = tmp / "killed-assembly"
+    script = tmp / "die_in_assembly.py"
+    script.write_text(DIE_IN_ASSEMBLY)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(script),
+                           *_args(corpus, out, model)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0, "torchrun must report the dead rank"
+    assert not out.exists()  # nothing published
+    assert len(list((work_dir_for(out) / "shards").glob("shard-*.parquet"))) == 13  # all kept
+    proc = _torchrun(_args(corpus, out, model), uuid.uuid4().hex)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    _same_index(single, out)
+    assert not [p for p in (out / "segments").iterdir() if p.name.startswith(".")]

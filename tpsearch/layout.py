@@ -37,6 +37,7 @@ SEGMENTS = "segments"  # immutable segments that versions refer to (tpsearch.seg
 MANIFEST = "manifest.json"
 #: What ``CURRENT`` may name: a number (ordering) and a random tag (two builders never collide).
 VERSION_NAME = re.compile(r"^v(\d{6,9})-([0-9a-f]{8})$")
+SEGMENT_DIR = re.compile(r"^s(\d{6,9})-([0-9a-f]{8})$")  # as tpsearch.segments.SEGMENT_NAME
 #: The old (tpsearch 0.2) publish moved OUT aside under this name before renaming the new one in.
 LEGACY_ASIDE = re.compile(r"^\.(?P<name>.+)\.old-\d+$")
 #: Files of a tpsearch 0.2 (flat) index directory, removed once a versioned one replaces it.
@@ -184,18 +185,32 @@ def write_pointer(root: Path, name: str) -> None:
     _fsync_dir(root)
 
 
-def publish(root: Path, staged: Path, name: str, staging_area: Path) -> str | None:
+def _move_segments(segments: Path | None, target: Path) -> None:
+    """Move the finished segments in ``segments`` (folders named like one) into ``target``."""
+    if segments is None:
+        return
+    target.mkdir(exist_ok=True)
+    for p in sorted(segments.iterdir()):
+        if p.is_dir() and not p.is_symlink() and SEGMENT_DIR.match(p.name):
+            os.replace(p, target / p.name)
+    _fsync_dir(target)
+
+
+def publish(root: Path, staged: Path, name: str, staging_area: Path,
+            segments: Path | None = None) -> str | None:
     """Make the complete version directory ``staged`` the current version of ``root`` as
     ``name``; returns the version it replaced (None for a new or flat directory).
 
     A new ``root`` appears whole: it is assembled inside ``staging_area`` and renamed into
-    place. An existing one gets the version beside its others, then the pointer swap."""
+    place. An existing one gets the version beside its others, then the pointer swap. The
+    finished segments in ``segments`` (a sharded build's) are moved in first."""
     _fsync_tree(staged)
     if not root.exists():
         tree = staging_area / "publish"
         if tree.exists():
             shutil.rmtree(tree)
         (tree / VERSIONS).mkdir(parents=True)
+        _move_segments(segments, tree / SEGMENTS)
         os.replace(staged, tree / VERSIONS / name)
         write_pointer(tree, name)
         os.replace(tree, root)
@@ -203,6 +218,7 @@ def publish(root: Path, staged: Path, name: str, staging_area: Path) -> str | No
         return None
     previous = read_pointer(root)
     (root / VERSIONS).mkdir(exist_ok=True)
+    _move_segments(segments, root / SEGMENTS)
     os.replace(staged, root / VERSIONS / name)
     _fsync_dir(root / VERSIONS)
     write_pointer(root, name)  # the one step readers see

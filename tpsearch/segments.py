@@ -37,13 +37,13 @@ from .errors import ConfigMismatch, IndexDamaged, InputError
 from .idmap import IdMap
 from .index import check_search_params, search as faiss_search
 from .integrity import inside, inside_name, verify_entries
-from .layout import SEGMENTS, VERSIONS, IndexLocation
+from .layout import SEGMENT_DIR, SEGMENTS, VERSIONS, IndexLocation
 from .typed import short
 
 if TYPE_CHECKING:
     from .manifest import Manifest, SegmentInfo
 
-SEGMENT_NAME = re.compile(r"^s(\d{6,9})-([0-9a-f]{8})$")
+SEGMENT_NAME = SEGMENT_DIR
 #: What a version may name as a segment: a build's version directory, or a segment.
 SEGMENT_PATH = re.compile(r"^(versions/v\d{6,9}-[0-9a-f]{8}|segments/s\d{6,9}-[0-9a-f]{8})$")
 DELETIONS = re.compile(r"^deleted-\d{1,6}\.npy$")

@@ -282,9 +282,10 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
         docs, tokens = encode_shards(config, reader, encoder, work, times, show_progress, select,
                                      base[2] if base else None, parts)
         agreed(d, lambda: None)  # every rank has written its shards
-        if not d.is_main:
-            agreed(d, lambda: None)  # wait for rank 0's assembly
-            return BuildResult(out, None, docs, tokens)
+        if d.active:  # every rank assembles a segment of its own
+            manifest = _assemble_on_ranks(config, encoder, work, times, base, query_prompt, d,
+                                          reader, fingerprint, began, docs, tokens, keep_shards)
+            return BuildResult(out, manifest, docs, tokens)
         part = agreed(d, lambda: _assemble(config, encoder, work, times, base, query_prompt,
                                            parts))
     except UnbuildableIndex:
@@ -396,9 +397,7 @@ def _update_info(base, part: Assembled) -> UpdateInfo:
                       transform=part.transform_source, drift=part.drift)
 
 
-def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
-              base=None, qp: str | None = None, parts: BuildParts = BuildParts()) -> Assembled:
-    query_encoder = encoder.variant(prompt=qp) if qp else encoder
+def _assembly_options(config: BuildConfig, encoder: TPEncoder, base) -> AssemblyOptions:
     keep = KeptTransform.of(base[0], base[1]) if base and not config.refit else None
     ts = config.transform_settings()
     unembedding = None
@@ -406,12 +405,69 @@ def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: Sta
         from ..embedfilter import unembedding_of
 
         unembedding = unembedding_of(encoder.model, encoder.placeholder_id)
-    opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
+    return AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
                            ts, config.lexical, config.lexical_unit, config.metadata_list(),
                            keep_transform=keep, unembedding=unembedding)
-    return parts.assemble(work.complete_shards(), work.fresh_final(), opts, times,
-                          lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size),
-                          config.corpus, config.text_column)
+
+
+def _query_encoder(config: BuildConfig, encoder: TPEncoder, qp: str | None):
+    query_encoder = encoder.variant(prompt=qp) if qp else encoder
+    return lambda texts: query_encoder.encode(texts, batch_size=config.model.batch_size)
+
+
+def _assemble_on_ranks(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
+                       base, qp: str | None, d: Distributor, reader: CorpusReader,
+                       fingerprint: str, began: float, docs: int, tokens: int,
+                       keep_shards: bool) -> Manifest | None:
+    """Each rank assembles its own segment (:mod:`tpsearch.pipeline.rank_assembly`); rank 0
+    fits the transform first and publishes the version listing them last."""
+    from .rank_assembly import (assemble_own_segment, collect, fit_shared_transform, owned,
+                                shared_transform)
+
+    shards = work.complete_shards()
+    opts = _assembly_options(config, encoder, base)
+    encode_queries = _query_encoder(config, encoder, qp)
+    fitted_here = opts.keep_transform is None
+    if fitted_here:
+        agreed(d, lambda: fit_shared_transform(work, shards, opts, encode_queries)
+               if d.is_main else None)
+    kept = shared_transform(work) if fitted_here else opts.keep_transform
+    agreed(d, lambda: assemble_own_segment(work, owned(shards, d), replace(
+        opts, keep_transform=kept), times, encode_queries, config.corpus, config.text_column,
+        d.rank))
+    if not d.is_main:
+        agreed(d, lambda: None)  # wait for rank 0's publish
+        return None
+
+    def publish() -> Manifest:
+        segments, part = collect(work, d.world_size, kept, fitted_here)
+        out = work.out
+        version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
+        final = work.fresh_final()
+        own = []
+        if kept.shift_path is not None and part.transform.query_shift_file:
+            shutil.copy2(kept.shift_path, final / part.transform.query_shift_file)
+            own.append(part.transform.query_shift_file)
+        manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs,
+                             tokens, qp)
+        history, dropped = bounded_history(base[1]) if base else ([], 0)
+        manifest = replace(manifest, files=file_digests(final, own), segments=segments,
+                           version=version, replaces=replaces, store=STORE_DIR,
+                           update=_update_info(base, part) if base else None, history=history,
+                           history_dropped=dropped, format_version=4)
+        manifest.check(str(final))
+        write_manifest(final, manifest)
+        work.publish(version, keep_shards)
+        return manifest
+
+    return agreed(d, publish)
+
+
+def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
+              base=None, qp: str | None = None, parts: BuildParts = BuildParts()) -> Assembled:
+    return parts.assemble(work.complete_shards(), work.fresh_final(),
+                          _assembly_options(config, encoder, base), times,
+                          _query_encoder(config, encoder, qp), config.corpus, config.text_column)
 
 
 def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fingerprint: str,

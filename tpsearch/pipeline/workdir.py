@@ -146,7 +146,9 @@ class WorkDir:
         """Make ``final`` the current version of OUT (one atomic step: see
         :func:`tpsearch.layout.publish`), then drop the work dir (or, with ``keep_shards``,
         all of it but the shards and their settings). Returns the version it replaced."""
-        previous = layout.publish(self.out, self.final, version, self.root)
+        segments = self.root / "segments"  # a sharded build's segments (rank_assembly)
+        previous = layout.publish(self.out, self.final, version, self.root,
+                                  segments if segments.is_dir() else None)
         if not keep_shards:
             shutil.rmtree(self.root)
         return previous
