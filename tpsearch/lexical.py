@@ -23,6 +23,7 @@ Texts are lower-cased, split into words, English stop words dropped and words st
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -168,6 +169,10 @@ class LexicalSegments:
                     for p, m in parts)
         self.live_units = live
         self.mean_length = total / live if live else 1.0
+        # each unit's length normalisation, k1 * (1 - b + b * length / mean length), once
+        self.norms = [(k1 * ((1 - b) + b * np.asarray(p.lengths, np.float32)
+                             / np.float32(self.mean_length))).astype(np.float32)
+                      for p, _ in parts]
 
     def query_ids(self, queries: Iterable[str]) -> list[list[str]]:
         """The words of each query that some segment knows (repeats kept: BM25 sums them)."""
@@ -182,24 +187,23 @@ class LexicalSegments:
         if not row or not self.live_units:
             return out.astype(np.float32)
         n = self.live_units
-        for word in sorted(set(row)):
+        for word, count in sorted(Counter(row).items()):
             found = []
             df = 0
-            for (p, live), offset in zip(self.parts, self.offsets):
+            for i, (p, live) in enumerate(self.parts):
                 units, tf = p.postings(word)
                 if live is not None and len(units):
                     keep = live[units]
                     units, tf = units[keep], tf[keep]
                 if len(units):
-                    found.append((p, units, tf, offset))
+                    found.append((i, units, tf))
                     df += len(units)
             if not df:
                 continue
             idf = np.float32(math.log(1 + (n - df + 0.5) / (df + 0.5)))
-            for p, units, tf, offset in found:
+            for i, units, tf in found:
                 tf = tf.astype(np.float32)
-                norm = self.k1 * ((1 - self.b) + self.b * p.lengths[units] / self.mean_length)
-                out[offset + units] += row.count(word) * (idf * (tf / (norm + tf))).astype(np.float32)
+                out[self.offsets[i] + units] += count * (idf * (tf / (self.norms[i][units] + tf)))
         return out.astype(np.float32)
 
 
