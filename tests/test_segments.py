@@ -266,3 +266,23 @@ def test_an_index_of_tpsearch_0_4_is_searched_as_it_is_and_segmented_after_its_f
     got = [(h.id, h.score) for h in after.search("river stone", k=10, mode="lexical")]
     assert [i for i, _ in got] == [i for i, _ in want]
     assert [x for _, x in got] == pytest.approx([x for _, x in want], abs=1e-4)
+
+
+def test_info_shows_the_segments_and_compact_folds_them(built):
+    from click.testing import CliRunner
+
+    from tpsearch.cli import main
+
+    index, cfg, texts = built
+    with IndexWriter(index, merge_policy=False) as w:
+        w.upsert([{"id": "c1", "text": "a compacted note."}])
+        w.delete(["doc-4"])
+        w.commit()
+    r = CliRunner().invoke(main, ["info", str(index)])
+    assert r.exit_code == 0, r.output
+    assert "2: live documents 59 (-1), 1" in r.output and "term frequencies" in r.output
+    r = CliRunner().invoke(main, ["compact", str(index)])
+    assert r.exit_code == 0 and "2 segment(s) merged into one, 60 documents" in r.output, r.output
+    r = CliRunner().invoke(main, ["compact", str(index)])
+    assert r.exit_code == 0 and "nothing to compact" in r.output
+    assert "1: live documents 60" in CliRunner().invoke(main, ["info", str(index)]).output
