@@ -27,9 +27,13 @@ def test_auto_choice_fits_the_budget_and_builds(n, dim, budget):
     assert new_index(plan, dim).d == dim  # a valid factory string for this dimension
 
 
-def test_a_budget_nothing_fits_is_refused():
-    with pytest.raises(InputError, match="fits a memory budget"):
-        choose_index("auto", 10_000_000, 640, 1 * 2**20)
+def test_a_budget_no_codes_fit_puts_the_lists_on_disk():
+    plan = choose_index("auto", 10_000_000, 640, 1 * 2**20)
+    assert plan.ondisk and plan.factory.startswith("IVF") and plan.factory.endswith(",PQ64")
+    assert "on disk" in plan.reason
+    assert fit_plan(plan, 10_000_000).ondisk  # kept through the fit
+    with pytest.raises(InputError, match="fits a memory budget"):  # an explicit ivfpq: refused
+        choose_index("ivfpq", 10_000_000, 640, 1 * 2**20)
 
 
 @pytest.mark.parametrize("spec, factory", [("flat", "Flat"), ("hnsw", "HNSW32,Flat"),
@@ -80,3 +84,59 @@ def test_one_parser_for_index_strings_before_and_after_the_model_loads(tmp_path)
         with pytest.raises(InputError, match="--index") as err:
             check_index_spec(spec)
         assert "\n" not in str(err.value)
+
+
+def test_an_index_with_its_lists_on_disk_searches_as_the_one_in_memory(tmp_path, tiny_model_dir):
+    """ivf-disk: the same coarse quantizer and codes as ivf, its inverted lists in a file
+    beside the index (spilled in parts while building, merged, memory-mapped when read)."""
+    from helpers import assert_same_hits, config, write_corpus
+    from tpsearch import Searcher
+    from tpsearch.index import ONDISK_FILE
+    from tpsearch.pipeline import build_index
+    from tpsearch.pipeline import assembler
+
+    corpus = write_corpus(tmp_path / "c.parquet", 400)
+    model = tiny_model_dir("llama")
+    built = {}
+    for spec in ("ivf", "ivf-disk"):
+        cfg = config(tmp_path, model, corpus, index=spec)
+        cfg.out = str(tmp_path / spec)
+        if spec == "ivf-disk":  # spill the lists every ~100 vectors: several parts to merge
+            old, assembler.ONDISK_BATCH_BYTES = assembler.ONDISK_BATCH_BYTES, 100 * (64 * 4 + 8)
+            spilled = []
+            real_spill = assembler.ListSpill._spill
+
+            def spill(self):
+                spilled.append(self.index.ntotal)
+                real_spill(self)
+
+            assembler.ListSpill._spill = spill
+            try:
+                built[spec] = build_index(cfg).out
+            finally:
+                assembler.ONDISK_BATCH_BYTES = old
+                assembler.ListSpill._spill = real_spill
+            assert len([n for n in spilled if n]) >= 3 and sum(spilled) == 400
+        else:
+            built[spec] = build_index(cfg).out
+    mem, disk = Searcher.open(built["ivf"]), Searcher.open(built["ivf-disk"])
+    assert disk.manifest.index.data_file == ONDISK_FILE and mem.manifest.index.data_file is None
+    assert disk.manifest.index.factory == mem.manifest.index.factory
+    lists = faiss.extract_index_ivf(disk.index).invlists
+    assert isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists)
+    assert (disk.location.path / ONDISK_FILE).stat().st_size > 0
+    nlist = faiss.extract_index_ivf(mem.index).nlist
+    for q in ("river stone", "A man is playing a guitar.", "kitchen 17"):
+        a = mem.search(q, k=10, mode="dense", nprobe=nlist)
+        b = disk.search(q, k=10, mode="dense", nprobe=nlist)
+        assert_same_hits(a, b)
+    # FAISS prints the path it maps when it reads such an index: never onto --json output
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tpsearch.cli", "search", str(built["ivf-disk"]),
+                           "river", "-k", "2", "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["hits"]) == 2

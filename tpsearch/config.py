@@ -64,8 +64,9 @@ class BuildConfig:
     title_column: str | None = option(None, "Optional column joined before the text.")
     store_text: bool = option(True, "Keep the texts in the id map for RAG answers. Default: on.")
     strict: bool = option(False, "Fail on a null or empty text instead of skipping it.")
-    index: str = option(AUTO, "auto, flat, hnsw, ivf, ivfpq, or a FAISS factory string such "
-                        "as 'IVF1024,PQ64'. Default: {default}.")
+    index: str = option(AUTO, "auto, flat, hnsw, ivf, ivfpq, ivf-disk, ivfpq-disk (inverted "
+                        "lists in a file, memory-mapped: for indexes larger than memory), or a "
+                        "FAISS factory string such as 'IVF1024,PQ64'. Default: {default}.")
     max_index_memory: str | None = option(None, "Memory budget for the index, e.g. 2GB; "
                                           "guides 'auto'.")
     shard_rows: int = option(2048, "Corpus rows per resumable shard. Default: {default}.", type=int)

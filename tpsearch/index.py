@@ -17,9 +17,12 @@ exact search.
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -34,10 +37,13 @@ EF_LADDER = (16, 32, 64, 128, 256, 512)
 
 @dataclass
 class IndexPlan:
-    """The chosen index: a FAISS factory string and why."""
+    """The chosen index: a FAISS factory string and why; ``ondisk``: an IVF index whose
+    inverted lists live in a file beside it, memory-mapped at search time (for indexes larger
+    than memory: only the coarse centroids, the transform and the id map stay in RAM)."""
 
     factory: str
     reason: str
+    ondisk: bool = False
 
     @property
     def is_exact(self) -> bool:
@@ -50,9 +56,11 @@ def nlist_for(n: int) -> int:
     return int(max(1, min(k, n // 39, 65536)))
 
 
-def _pq_m(dim: int, n: int, budget: int | None) -> int:
-    """Largest PQ code size (bytes per vector) dividing ``dim`` that fits ``budget``."""
-    choices = [m for m in (128, 96, 64, 48, 32, 24, 16, 8, 4) if dim % m == 0 and m <= dim]
+def _pq_m(dim: int, n: int, budget: int | None, largest: int = 128) -> int:
+    """Largest PQ code size (bytes per vector, at most ``largest``) dividing ``dim`` that fits
+    ``budget``."""
+    choices = [m for m in (128, 96, 64, 48, 32, 24, 16, 8, 4)
+               if dim % m == 0 and m <= dim and m <= largest]
     for m in choices:
         if budget is None or n * (m + 8) * 1.1 <= budget:
             return m
@@ -60,7 +68,12 @@ def _pq_m(dim: int, n: int, budget: int | None) -> int:
 
 
 #: The ``--index`` names; anything else must be a FAISS factory string.
-NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+NAMED_INDEXES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "ivf-disk", "ivfpq-disk")
+#: The inverted lists' file of an on-disk IVF index: beside its index file, where FAISS
+#: looks for it when reading with IO_FLAG_ONDISK_SAME_DIR (memory-mapped).
+ONDISK_FILE = "index.ivfdata"
+#: Largest PQ code (bytes per vector) of an index whose codes live on disk.
+DISK_PQ_MAX = 64
 #: A dimension FAISS can build most factory strings for (8! = 2^7 * 3^2 * 5 * 7: divisible by
 #: every PQ code size up to 10 and by 12, 16, 32, 64, 128, ...): ``--index`` is checked with it
 #: before the model (and so the real dimension) is known; the real one is checked again.
@@ -108,7 +121,13 @@ def choose_index(spec: str, n: int, dim: int, memory_budget: int | None = None) 
         if memory_budget is None or hnsw_bytes <= memory_budget:
             return IndexPlan("HNSW32,Flat", f"{n} vectors > {FLAT_MAX_DOCS}; "
                              f"vectors and graph need {hnsw_bytes / 2**20:.0f} MiB")
-        m = _pq_m(dim, n, memory_budget)
+        try:
+            m = _pq_m(dim, n, memory_budget)
+        except InputError:  # not even the smallest codes fit: the lists go to disk
+            m = _pq_m(dim, n, None, DISK_PQ_MAX)
+            return IndexPlan(f"IVF{nlist_for(n)},PQ{m}", f"{n} vectors; even 4-byte codes exceed "
+                             f"the memory budget: {m} B/vector in inverted lists on disk, "
+                             "memory-mapped", ondisk=True)
         return IndexPlan(f"IVF{nlist_for(n)},PQ{m}", f"{n} vectors; HNSW needs "
                          f"{hnsw_bytes / 2**20:.0f} MiB, over the budget: compressed to {m} B/vector")
     if key == "flat":
@@ -119,6 +138,11 @@ def choose_index(spec: str, n: int, dim: int, memory_budget: int | None = None) 
         return IndexPlan(f"IVF{nlist_for(n)},Flat", "asked for")
     if key == "ivfpq":
         return IndexPlan(f"IVF{nlist_for(n)},PQ{_pq_m(dim, n, memory_budget)}", "asked for")
+    if key == "ivf-disk":
+        return IndexPlan(f"IVF{nlist_for(n)},Flat", "asked for: inverted lists on disk", True)
+    if key == "ivfpq-disk":
+        return IndexPlan(f"IVF{nlist_for(n)},PQ{_pq_m(dim, n, None, DISK_PQ_MAX)}",
+                         "asked for: inverted lists on disk", True)
     _factory(s, dim)
     return IndexPlan(s, "asked for")
 
@@ -141,7 +165,7 @@ def fit_plan(plan: IndexPlan, n: int) -> IndexPlan:
             f"--index {plan.factory!r}: product quantisation trains {PQ_CENTROIDS} centroids per "
             f"code and the corpus has only {n} vectors; use --index flat (or auto). The encoded "
             "shards are kept: the same command with another --index resumes without encoding")
-    return IndexPlan(factory, reason)
+    return IndexPlan(factory, reason, plan.ondisk)
 
 
 def new_index(plan: IndexPlan, dim: int) -> faiss.Index:
@@ -327,3 +351,23 @@ def tune_search(index: faiss.Index, plan: IndexPlan, queries: np.ndarray, truth:
 def _nlist_of(index: faiss.Index) -> int:
     ivf = faiss.extract_index_ivf(index)
     return int(ivf.nlist)
+
+
+@contextmanager
+def c_stdout_silenced() -> Iterator[None]:
+    """Send what C code writes to standard output meanwhile to /dev/null (file descriptor 1,
+    with C's buffers flushed before it is restored), so ``--json`` output stays JSON."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)

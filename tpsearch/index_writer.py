@@ -332,6 +332,7 @@ class IndexWriter:
     def place_segment(self, final: Path, name: str, info: SegmentInfo) -> SegmentInfo:
         """List, flush and rename a finished segment into ``segments/``."""
         names = [INDEX_FILE, ID_MAP_FILE, STORE_DIR] + (["lexical"] if info.lexical else [])
+        names += [info.index.data_file] if info.index.data_file else []
         files = file_digests(final, names)
         layout._fsync_tree(final)
         os.replace(final, self.root / SEGMENTS / name)

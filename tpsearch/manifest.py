@@ -63,6 +63,8 @@ class IndexInfo:
     search_params: dict[str, int] = field(default_factory=dict)
     recall_at_10: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
     recall_queries: int = 0
+    # the inverted lists' file beside ``file`` (an on-disk IVF index), memory-mapped; None: in RAM
+    data_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,8 @@ class Manifest:
             names = [s.deletions for s in self.segments if s.deletions]
         else:
             names = [self.index.file, self.id_map]
+            if self.index.data_file:
+                names.append(self.index.data_file)
             if self.lexical:
                 names.append(self.lexical.dir)
         if self.transform.query_shift_file:

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from .errors import ConfigMismatch, IndexDamaged, InputError
 from .idmap import IdMap
-from .index import check_search_params, search as faiss_search
+from .index import ONDISK_FILE, c_stdout_silenced, check_search_params, search as faiss_search
 from .integrity import inside, inside_name, verify_entries
 from .layout import SEGMENT_DIR, SEGMENTS, VERSIONS, IndexLocation
 from .typed import short
@@ -102,6 +102,8 @@ def segment_dir(root: Path, path: str) -> Path:
 def segment_files(info: "SegmentInfo", manifest: "Manifest") -> list[str]:
     """The files and folders a reader opens in a segment."""
     names = [info.index.file, manifest.id_map]
+    if info.index.data_file:
+        names.append(info.index.data_file)
     if info.lexical is not None:
         names.append(info.lexical.dir)
     return names
@@ -160,7 +162,15 @@ def open_segment(root: Path, info: "SegmentInfo", manifest: "Manifest",
     verify_entries(d, info.files, segment_files(info, manifest), checksums)
     path = inside(d, info.index.file)
     try:
-        index = faiss.read_index(str(path))
+        if info.index.data_file:  # inverted lists on disk, memory-mapped from beside the index
+            if info.index.data_file != ONDISK_FILE:
+                raise IndexDamaged(f"{d}: index.data_file {info.index.data_file!r} is not "
+                                   f"{ONDISK_FILE!r}")
+            inside(d, info.index.data_file)
+            with c_stdout_silenced():  # FAISS printf()s the path it maps (library code never prints)
+                index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        else:
+            index = faiss.read_index(str(path))
     except RuntimeError as exc:
         raise IndexDamaged(f"{d}: {info.index.file} cannot be read "
                            f"({str(exc).splitlines()[0][:200]})") from None

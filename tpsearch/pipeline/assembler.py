@@ -8,6 +8,7 @@ index, and tunes ANN search parameters for recall against exact search.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UnbuildableIndex
-from ..index import ExactTopK, IndexPlan, choose_index, fit_plan, new_index, tune_search
+from ..index import (ONDISK_FILE, ExactTopK, IndexPlan, c_stdout_silenced, choose_index, fit_plan, new_index,
+                     tune_search)
 from ..lexical import LexicalBuilder
 from ..metadata import PREFIX
 from ..integrity import inside
@@ -34,6 +36,9 @@ from .writer import read_table, read_vectors, shard_meta, shard_rows
 log = logging.getLogger("tpsearch")
 
 RECALL_QUERIES = 200
+#: Codes an on-disk index build holds in RAM at most, without a memory budget.
+ONDISK_BATCH_BYTES = 1 << 30
+
 TRAIN_SAMPLE_PER_LIST = 64
 QUERY_SHIFT_FILE = "query_shift.npy"
 
@@ -192,8 +197,46 @@ def _fit(shards, sample: np.ndarray, opts: AssemblyOptions, encode_queries: Quer
     return fitted, sample, info, "fitted", None
 
 
+class ListSpill:
+    """For an index whose inverted lists live on disk: the lists filled so far are written to
+    a partial index file whenever they pass ``limit`` bytes in RAM, and all partials are merged
+    into one memory-mapped file at the end (FAISS's on-disk merge), so the build never holds
+    more than ``limit`` bytes of codes."""
+
+    def __init__(self, index, work: Path, limit: int):
+        self.index, self.work, self.limit = index, work, max(1, limit)
+        self.ivf = faiss.extract_index_ivf(index)
+        self.parts: list[str] = []
+        self.next_id = 0
+        work.mkdir(parents=True, exist_ok=True)
+
+    def add(self, vecs: np.ndarray) -> None:
+        """Add with their global row numbers as ids (each partial index counts from 0)."""
+        ids = np.arange(self.next_id, self.next_id + len(vecs), dtype=np.int64)
+        self.index.add_with_ids(vecs, ids)
+        self.next_id += len(vecs)
+        if self.index.ntotal * (self.ivf.code_size + 8) >= self.limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.index.ntotal:
+            path = self.work / f"part-{len(self.parts):05d}.faiss"
+            faiss.write_index(self.index, str(path))
+            self.parts.append(str(path))
+            self.index.reset()  # the lists only: the quantizer stays trained
+
+    def finish(self, data_file: Path) -> None:
+        from faiss.contrib.ondisk import merge_ondisk
+
+        self._spill()
+        with c_stdout_silenced():  # FAISS printf()s as it sizes the file
+            merge_ondisk(self.index, self.parts, str(data_file), shift_ids=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
-          truth: ExactTopK | None = None, fitted=None) -> LexicalInfo | None:
+          truth: ExactTopK | None = None, fitted=None,
+          spill: ListSpill | None = None) -> LexicalInfo | None:
     """Add every shard's vectors; write the id map and the lexical index beside; with
     ``truth``, the exact top-k of the recall queries is found in the same pass."""
     lexical = LexicalBuilder() if opts.lexical else None
@@ -204,7 +247,10 @@ def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
     try:
         for path in shards:
             vecs = read_vectors(path)
-            index.add(vecs)
+            if spill is not None:
+                spill.add(vecs)
+            else:
+                index.add(vecs)
             if truth is not None:
                 truth.add(fitted.apply(vecs))
             shard = read_table(path, read)
@@ -291,14 +337,21 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
         log.info("training on %d vectors", len(train))
         index.train(train)
     truth = None if plan.is_exact else ExactTopK(fitted.apply(queries), 10)
-    lexical = _fill(index, shards, final, opts, truth, fitted)
+    spill = None
+    if plan.ondisk:
+        limit = opts.memory_budget // 2 if opts.memory_budget else ONDISK_BATCH_BYTES
+        spill = ListSpill(index, final / ".lists", limit)
+    lexical = _fill(index, shards, final, opts, truth, fitted, spill)
+    if spill is not None:
+        spill.finish(final / ONDISK_FILE)
     params, recall, n_queries = _recall(index, plan, queries, truth)
     faiss.write_index(index, str(final / INDEX_FILE))
     if fitted.query_shift is not None:
         np.save(final / QUERY_SHIFT_FILE, fitted.query_shift)
     times.index += time.perf_counter() - t0
     info = IndexInfo(factory=plan.factory, reason=plan.reason, file=INDEX_FILE,
-                     search_params=params, recall_at_10=round(recall, 4), recall_queries=n_queries)
+                     search_params=params, recall_at_10=round(recall, 4), recall_queries=n_queries,
+                     data_file=ONDISK_FILE if plan.ondisk else None)
     return Assembled(index=info, transform=tinfo, lexical=lexical, dim=dim,
                      transform_source=source, drift=drift,
                      documents=sum(m["documents"] for m in metas), vectors=n,

@@ -107,6 +107,7 @@ def assemble_own_segment(work: WorkDir, shards: list[Path], opts: AssemblyOption
             except OSError:
                 shutil.copy2(shard, store / shard.name)
     names = [INDEX_FILE, ID_MAP_FILE, STORE_DIR] + (["lexical"] if part.lexical else [])
+    names += [part.index.data_file] if part.index.data_file else []
     info = SegmentInfo(path=f"segments/{name}", documents=part.documents, vectors=part.vectors,
                        index=part.index, files=file_digests(tmp, names), lexical=part.lexical)
     _fsync_tree(tmp)
