@@ -295,7 +295,7 @@ class IndexWriter:
             finally:
                 if bar is not None:
                     bar.close()
-            info = self._assemble_segment(shards, final, times, lexical_from_text=True)
+            info = self.assemble_segment(shards, final, times, lexical_from_text=True)
             store = final / STORE_DIR
             store.mkdir()
             for shard in shards:
@@ -307,7 +307,7 @@ class IndexWriter:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _assemble_segment(self, shards: list[Path], final: Path, times: StageTimes,
+    def assemble_segment(self, shards: list[Path], final: Path, times: StageTimes,
                           lexical_from_text: bool) -> SegmentInfo:
         """FAISS index, id map (and BM25 from the texts) of a segment's shards, with the
         index's kept transform; returns its entry without files (see :meth:`place_segment`)."""

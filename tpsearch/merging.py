@@ -111,7 +111,7 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
                 postings = TermPostings(inside(where, info.lexical.dir + "/"), info.lexical)
                 live = (~deleted if info.lexical.unit == "document" else live_rows)
                 lexical_parts.append((postings, live))
-        seg = writer._assemble_segment(shards, final, times, lexical_from_text=False)
+        seg = writer.assemble_segment(shards, final, times, lexical_from_text=False)
         if lexical_parts:
             seg = replace(seg, lexical=merge_postings(final, lexical_parts, m.lexical.unit))
         placed = writer.place_segment(final, name, seg)
