@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import assert_same_hits, write_corpus
@@ -143,3 +144,35 @@ def test_a_rank_killed_mid_assembly_and_the_rerun_publishes_a_complete_version(s
     assert proc.returncode == 0, output
     _same_index(single, out)
     assert not [p for p in (out / "segments").iterdir() if p.name.startswith(".")]
+
+
+def test_ivf_segments_of_the_ranks_share_one_coarse_quantizer(setup):
+    """An IVF index on 2 ranks: rank 0 trains the quantizer once (on the whole corpus's sample,
+    as one process does), both segments start from it; all lists probed, the hits equal the
+    one-process build's."""
+    import faiss
+
+    from tpsearch import Searcher
+
+    tmp, corpus, model, _ = setup
+    single = tmp / "single-ivf"
+    subprocess.run([sys.executable, str(ROOT / "pipelines" / "build_index.py"),
+                    *_args(corpus, single, model), "--index", "ivf"], check=True,
+                   capture_output=True)
+    out = tmp / "two-ivf"
+    proc = _torchrun([*_args(corpus, out, model), "--index", "ivf"], uuid.uuid4().hex)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    one, two = Searcher.open(single), Searcher.open(out)
+    centroids = []
+    for index in [one.index] + [s.index for s in two.segments]:
+        ivf = faiss.extract_index_ivf(index)
+        centroids.append(faiss.rev_swig_ptr(faiss.downcast_index(ivf.quantizer).get_xb(),
+                                            ivf.nlist * ivf.d).copy())
+    assert len(centroids) == 3
+    np.testing.assert_array_equal(centroids[1], centroids[2])  # one quantizer for both
+    np.testing.assert_allclose(centroids[0], centroids[1], atol=1e-6)  # = one process's
+    nlist = faiss.extract_index_ivf(one.index).nlist
+    for q in ["river stone", "A man is playing a guitar. alpha 7"]:
+        assert_same_hits(two.search(q, k=10, mode="dense", nprobe=nlist),
+                         one.search(q, k=10, mode="dense", nprobe=nlist))

@@ -58,6 +58,9 @@ class AssemblyOptions:
     keep_transform: "KeptTransform | None" = None  # the base version's, kept
     unembedding: Any = None  # the model's output matrix, for the embed filter
     segment: bool = False  # a segment of a version: an index too small to train is made Flat
+    # (an empty index file trained once, its plan): every segment of a sharded build starts
+    # from it, so IVF segments share one coarse quantizer
+    trained: "tuple[Path, IndexPlan] | None" = None
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,19 @@ def _recall(index, plan: IndexPlan, queries: np.ndarray, truth: ExactTopK | None
     return params, recall, len(queries)
 
 
+def train_index(index, plan: IndexPlan, sample: np.ndarray,
+                gather_rows: Callable[[np.ndarray], np.ndarray], n: int) -> None:
+    """Train an index that needs it (IVF's coarse quantizer, PQ's codebooks) on ``sample``, or
+    on a larger sample of the ``n`` vectors where IVF's lists need more."""
+    if index.is_trained:
+        return
+    nlist = faiss.extract_index_ivf(index).nlist if "IVF" in plan.factory else 256
+    train = sample if len(sample) >= nlist * TRAIN_SAMPLE_PER_LIST else gather_rows(
+        sample_rows(n, max(nlist * TRAIN_SAMPLE_PER_LIST, 10_000)))
+    log.info("training on %d vectors", len(train))
+    index.train(train)
+
+
 def index_plan(opts: AssemblyOptions, n: int, dim: int) -> IndexPlan:
     """The index for ``n`` vectors; a segment too small for the asked index type (a PQ index
     on fewer than 256 vectors) is searched exactly instead."""
@@ -327,15 +343,14 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     sample, queries = gather_many(shards, counts, [sample_rows(n, FIT_SAMPLE),
                                                    sample_rows(n, RECALL_QUERIES, seed=1)])
     fitted, sample, tinfo, source, drift = _fit(shards, sample, opts, encode_queries)
-    plan = index_plan(opts, n, fitted.out_dim)
+    if opts.trained is not None:  # an index trained once for all segments (rank assembly)
+        path, plan = opts.trained
+        index = faiss.read_index(str(path))
+    else:
+        plan = index_plan(opts, n, fitted.out_dim)
+        index = fitted.wrap(new_index(plan, fitted.out_dim))
+        train_index(index, plan, sample, lambda rows: gather(shards, counts, rows), n)
     log.info("index: %s (%s)", plan.factory, plan.reason)
-    index = fitted.wrap(new_index(plan, fitted.out_dim))
-    if not index.is_trained:
-        nlist = faiss.extract_index_ivf(index).nlist if "IVF" in plan.factory else 256
-        train = sample if len(sample) >= nlist * TRAIN_SAMPLE_PER_LIST else gather(
-            shards, counts, sample_rows(n, max(nlist * TRAIN_SAMPLE_PER_LIST, 10_000)))
-        log.info("training on %d vectors", len(train))
-        index.train(train)
     truth = None if plan.is_exact else ExactTopK(fitted.apply(queries), 10)
     spill = None
     if plan.ondisk:

@@ -3,7 +3,9 @@ the version, in parallel, instead of rank 0 assembling everything.
 
 1. Rank 0 fits the transform once, on a sample of every rank's shards (they lie in the shared
    work directory), and writes it there as a kept transform (a FAISS index holding the chain,
-   the query shift, its description); an incremental build keeps its base's instead.
+   the query shift, its description); an incremental build keeps its base's instead. For an
+   IVF index it also trains one coarse quantizer (by the whole corpus's size) that every
+   segment starts from.
 2. Every rank assembles the shards it owns (every ``world_size``-th complete shard, whoever
    encoded it, so a rerun after a kill divides them the same way) into a segment with that
    transform: FAISS index (its own type by its size, trained and recall-tuned on its own
@@ -33,8 +35,9 @@ from ..layout import _fsync_tree
 from ..manifest import ID_MAP_FILE, INDEX_FILE, SegmentInfo, TransformInfo
 from ..segments import new_segment_name
 from ..typed import from_dict
+from ..index import IndexPlan, new_index
 from .assembler import (QUERY_SHIFT_FILE, Assembled, AssemblyOptions, KeptTransform, QueryEncoder,
-                        _fit, gather_many, sample_rows)
+                        _fit, gather_many, index_plan, sample_rows, train_index)
 from .distributor import Distributor
 from .mapper import StageTimes
 from .reuse import STORE_DIR
@@ -43,6 +46,7 @@ from ..transform import FIT_SAMPLE
 from .writer import shard_rows
 
 TRANSFORM_DIR = "transform"
+TRAINED_FILE = "trained.faiss"
 SEGMENTS_DIR = "segments"
 
 
@@ -51,26 +55,42 @@ def owned(shards: list[Path], d: Distributor) -> list[Path]:
     return shards[d.rank::d.world_size]
 
 
-def fit_shared_transform(work: WorkDir, shards: list[Path], opts: AssemblyOptions,
-                         encode_queries: QueryEncoder) -> None:
-    """Rank 0: fit the transform on a sample of all shards and write it to the work dir."""
+def prepare_shared(work: WorkDir, shards: list[Path], opts: AssemblyOptions,
+                   encode_queries: QueryEncoder) -> None:
+    """Rank 0: what every rank's segment shares, from a sample of all shards: the transform
+    (fitted here unless ``opts`` keeps the base's) and, for an IVF index, one coarse quantizer
+    trained once (so the segments' lists could later be merged list by list)."""
     counts = [shard_rows(p) for p in shards]
     n = sum(counts)
     sample = gather_many(shards, counts, [sample_rows(n, FIT_SAMPLE)])[0]
-    fitted, _, info, _, _ = _fit(shards, sample, replace(opts, keep_transform=None),
-                                 encode_queries)
+    fitted, _, info, _, _ = _fit(shards, sample, opts, encode_queries)
     out = work.root / TRANSFORM_DIR
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    faiss.write_index(fitted.wrap(faiss.IndexFlatIP(fitted.out_dim)), str(out / INDEX_FILE))
-    if fitted.query_shift is not None:
-        np.save(out / QUERY_SHIFT_FILE, fitted.query_shift)
-    (out / "transform.json").write_text(json.dumps({"info": asdict(info),
-                                                    "dim": int(sample.shape[1])}))
+    if opts.keep_transform is None:
+        faiss.write_index(fitted.wrap(faiss.IndexFlatIP(fitted.out_dim)), str(out / INDEX_FILE))
+        if fitted.query_shift is not None:
+            np.save(out / QUERY_SHIFT_FILE, fitted.query_shift)
+        (out / "transform.json").write_text(json.dumps({"info": asdict(info),
+                                                        "dim": int(sample.shape[1])}))
+    plan = index_plan(opts, n, fitted.out_dim)
+    if "IVF" in plan.factory:
+        trained = fitted.wrap(new_index(plan, fitted.out_dim))
+        train_index(trained, plan, sample, lambda rows: gather_many(shards, counts, [rows])[0], n)
+        faiss.write_index(trained, str(out / TRAINED_FILE))
+        (out / "trained.json").write_text(json.dumps(asdict(plan)))
+
+
+def shared_index(work: WorkDir) -> tuple[Path, IndexPlan] | None:
+    """The index trained once for every rank's segment, and its plan (None: none needed)."""
+    out = work.root / TRANSFORM_DIR
+    if not (out / TRAINED_FILE).exists():
+        return None
+    return out / TRAINED_FILE, IndexPlan(**json.loads((out / "trained.json").read_text()))
 
 
 def shared_transform(work: WorkDir) -> KeptTransform:
-    """The transform rank 0 fitted for this build (see :func:`fit_shared_transform`)."""
+    """The transform rank 0 fitted for this build (see :func:`prepare_shared`)."""
     out = work.root / TRANSFORM_DIR
     raw = json.loads((out / "transform.json").read_text())
     shift = out / QUERY_SHIFT_FILE
@@ -150,5 +170,5 @@ def collect(work: WorkDir, world: int, transform: KeptTransform, fitted_here: bo
     return segments, part
 
 
-__all__ = ["owned", "fit_shared_transform", "shared_transform", "assemble_own_segment",
-           "collect"]
+__all__ = ["owned", "prepare_shared", "shared_transform", "shared_index",
+           "assemble_own_segment", "collect"]

@@ -421,20 +421,18 @@ def _assemble_on_ranks(config: BuildConfig, encoder: TPEncoder, work: WorkDir, t
                        keep_shards: bool) -> Manifest | None:
     """Each rank assembles its own segment (:mod:`tpsearch.pipeline.rank_assembly`); rank 0
     fits the transform first and publishes the version listing them last."""
-    from .rank_assembly import (assemble_own_segment, collect, fit_shared_transform, owned,
-                                shared_transform)
+    from .rank_assembly import (assemble_own_segment, collect, owned, prepare_shared,
+                                shared_index, shared_transform)
 
     shards = work.complete_shards()
     opts = _assembly_options(config, encoder, base)
     encode_queries = _query_encoder(config, encoder, qp)
     fitted_here = opts.keep_transform is None
-    if fitted_here:
-        agreed(d, lambda: fit_shared_transform(work, shards, opts, encode_queries)
-               if d.is_main else None)
+    agreed(d, lambda: prepare_shared(work, shards, opts, encode_queries) if d.is_main else None)
     kept = shared_transform(work) if fitted_here else opts.keep_transform
     agreed(d, lambda: assemble_own_segment(work, owned(shards, d), replace(
-        opts, keep_transform=kept), times, encode_queries, config.corpus, config.text_column,
-        d.rank))
+        opts, keep_transform=kept, trained=shared_index(work)), times, encode_queries,
+        config.corpus, config.text_column, d.rank))
     if not d.is_main:
         agreed(d, lambda: None)  # wait for rank 0's publish
         return None
