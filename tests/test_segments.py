@@ -171,10 +171,10 @@ KILL = textwrap.dedent("""
     point = sys.argv[2]
     die = lambda *a, **k: os._exit(9)
     if point == "segment":   # the new segment renamed into place, no version yet
-        real = iw.IndexWriter.place_segment
-        def place(self, *a):
-            real(self, *a); os._exit(9)
-        iw.IndexWriter.place_segment = place
+        real = iw.seal_segment
+        def seal(*a):
+            real(*a); os._exit(9)
+        iw.seal_segment = seal
     elif point == "pointer":  # the version staged and renamed, the pointer not swapped
         layout.write_pointer = die
     elif point == "merge":    # the merged segment written, its version not published

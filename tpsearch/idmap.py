@@ -17,6 +17,14 @@ from .errors import IndexDamaged
 from .metadata import PREFIX
 
 
+def first_rows(doc_of_row: np.ndarray) -> np.ndarray:
+    """Where each document's passages start, given each passage's document ordinal (its
+    passages consecutive)."""
+    if not len(doc_of_row):
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.r_[True, np.diff(doc_of_row) != 0])
+
+
 @dataclass(frozen=True)
 class Hit:
     """One result: a document (scored by its best passage) or, with ``passages=True``, a passage.
@@ -78,12 +86,21 @@ class IdMap:
         if rows is not None and len(rows) > 1 and (np.diff(rows) < 0).any():
             raise IndexDamaged(f"{path}: rows are not in corpus order")
         doc = np.unique(rows, return_inverse=True)[1] if rows is not None else np.arange(n)
-        first = np.flatnonzero(np.r_[True, np.diff(doc) != 0]) if n else np.zeros(0, np.int64)
+        first = first_rows(doc)
         return cls(ids=ids,
                    passages=get("passage") if "passage" in cols else np.zeros(n, np.int32),
                    starts=get("start"), ends=get("end"), texts=texts,
                    doc_of_row=doc.astype(np.int64),
                    metadata=t.select(meta).take(first) if meta else None)
+
+    @cached_property
+    def first_rows(self) -> np.ndarray:
+        """The first passage row of each document, by document ordinal."""
+        return first_rows(self.doc_of_row)
+
+    def document_ids(self) -> list:
+        """Each document's id, by document ordinal."""
+        return [self.ids[r] for r in self.first_rows]
 
     @cached_property
     def doc_rows(self) -> list[np.ndarray]:

@@ -26,7 +26,6 @@ commit (the incremental build: stored vectors reused) and is segmented from then
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import replace
@@ -36,7 +35,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import layout
 from .config import BuildConfig, build_config_recorded, parse_size
@@ -46,18 +44,17 @@ from .idmap import IdMap
 from .integrity import file_digests, inside
 from .layout import SEGMENTS, VERSIONS, new_version_name, read_pointer
 from .lexical import TF_LIBRARY
-from .manifest import (ID_MAP_FILE, INDEX_FILE, Manifest, SegmentInfo, UpdateInfo,
-                       open_manifest, write_manifest)
+from .manifest import Manifest, SegmentInfo, UpdateInfo, open_manifest, write_manifest
 from .metadata import PREFIX
 from .pipeline.assembler import QUERY_SHIFT_FILE, AssemblyOptions, KeptTransform, assemble
 from .pipeline.mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .pipeline.reader import Chunk
-from .pipeline.reuse import STORE_DIR
+from .pipeline.reuse import STORE_DIR, fill_store
 from .pipeline.runner import DISK_ERRORS, BuildResult, bounded_history
 from .pipeline.workdir import BuildLock, shard_name
 from .pipeline.writer import write_shard
-from .segments import (new_segment_name, read_deletions, segment_dir, segments_of,
-                       write_deletions)
+from .segments import (new_segment_name, read_deletions, seal_segment, segment_dir,
+                       segments_of, write_deletions)
 from .updates import LOCK_WAIT, _rows, _upsert_ids, _update_locked, id_list, typed_id
 from .version import __version__
 
@@ -120,15 +117,14 @@ class IndexWriter:
         for n, info in enumerate(self.segments):
             idmap = IdMap.read(inside(segment_dir(self.root, info.path), m.id_map), False,
                                m.id_type)
-            firsts = np.flatnonzero(np.r_[True, np.diff(idmap.doc_of_row) != 0]) if len(
-                idmap.ids) else np.zeros(0, np.int64)
+            ids = idmap.document_ids()
             mask = read_deletions(self.location.path, info)
-            mask = np.zeros(len(firsts), bool) if mask is None else mask
+            mask = np.zeros(len(ids), bool) if mask is None else mask
             self.deleted.append(mask)
-            self.rows_per_doc.append(np.bincount(idmap.doc_of_row, minlength=len(firsts)))
-            for d, r in enumerate(firsts):
+            self.rows_per_doc.append(np.bincount(idmap.doc_of_row, minlength=len(ids)))
+            for d, doc_id in enumerate(ids):
                 if not mask[d]:
-                    self.where[idmap.ids[r]] = (n, d)
+                    self.where[doc_id] = (n, d)
             if idmap.metadata is not None and not self.metadata_types:
                 self.metadata_types = {f.name[len(PREFIX):]: f.type for f in idmap.metadata.schema}
 
@@ -167,6 +163,11 @@ class IndexWriter:
             self._upserts.pop(doc_id, None)
             self._deletes.add(doc_id)
         return sum(1 for i in given if i in self.where)
+
+    @property
+    def upserted(self) -> frozenset:
+        """The ids upserted and not committed yet."""
+        return frozenset(self._upserts)
 
     @property
     def pending(self) -> int:
@@ -296,21 +297,15 @@ class IndexWriter:
                 if bar is not None:
                     bar.close()
             info = self.assemble_segment(shards, final, times, lexical_from_text=True)
-            store = final / STORE_DIR
-            store.mkdir()
-            for shard in shards:
-                if m.store_text:
-                    os.replace(shard, store / shard.name)
-                else:
-                    pq.write_table(pq.read_table(shard).drop_columns(["text"]), store / shard.name)
-            return self.place_segment(final, name, info), docs, tokens
+            fill_store(shards, final / STORE_DIR, m.store_text, keep=False)
+            return seal_segment(final, self.root / SEGMENTS, name, info), docs, tokens
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def assemble_segment(self, shards: list[Path], final: Path, times: StageTimes,
                           lexical_from_text: bool) -> SegmentInfo:
         """FAISS index, id map (and BM25 from the texts) of a segment's shards, with the
-        index's kept transform; returns its entry without files (see :meth:`place_segment`)."""
+        index's kept transform; returns its entry without files (see :func:`~tpsearch.segments.seal_segment`)."""
         m, config = self.manifest, self.build_config()
         opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), m.store_text,
                                config.transform_settings(),
@@ -328,16 +323,6 @@ class IndexWriter:
         (final / QUERY_SHIFT_FILE).unlink(missing_ok=True)  # the version holds it
         return SegmentInfo(path="", documents=part.documents, vectors=part.vectors,
                            index=part.index, files={}, lexical=part.lexical)
-
-    def place_segment(self, final: Path, name: str, info: SegmentInfo) -> SegmentInfo:
-        """List, flush and rename a finished segment into ``segments/``."""
-        names = [INDEX_FILE, ID_MAP_FILE, STORE_DIR] + (["lexical"] if info.lexical else [])
-        names += [info.index.data_file] if info.index.data_file else []
-        files = file_digests(final, names)
-        layout._fsync_tree(final)
-        os.replace(final, self.root / SEGMENTS / name)
-        layout._fsync_dir(self.root / SEGMENTS)
-        return replace(info, path=f"{SEGMENTS}/{name}", files=files)
 
     def publish(self, segments: list[SegmentInfo], masks: list[np.ndarray],
                 update: UpdateInfo | None, began: float, times: StageTimes, docs: int = 0,

@@ -58,10 +58,17 @@ def version_number(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def next_name(folder: Path, pattern: re.Pattern, prefix: str) -> str:
+    """``prefix`` + one more than the largest number of the names in ``folder`` matching
+    ``pattern`` (its first group), and a random tag (two writers never collide)."""
+    numbers = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else [])
+               if (m := pattern.match(p.name))]
+    return f"{prefix}{max(numbers, default=0) + 1:06d}-{secrets.token_hex(4)}"
+
+
 def new_version_name(root: Path) -> str:
     """The name of the next version of ``root`` (one more than any version there)."""
-    existing = [version_number(p.name) for p in _version_dirs(root)]
-    return f"v{max(existing, default=0) + 1:06d}-{secrets.token_hex(4)}"
+    return next_name(root / VERSIONS, VERSION_NAME, "v")
 
 
 def _version_dirs(root: Path) -> list[Path]:
@@ -150,7 +157,7 @@ def is_index_dir(path: Path) -> bool:
     return False
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -163,15 +170,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
     """Flush every file and folder of a version to disk before it is published."""
     for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
         if p.is_file() and not p.is_symlink():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         elif p.is_dir():
-            _fsync_dir(p)
-    _fsync_dir(path)
+            fsync_dir(p)
+    fsync_dir(path)
 
 
 def write_pointer(root: Path, name: str) -> None:
@@ -182,7 +189,7 @@ def write_pointer(root: Path, name: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / POINTER)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def _move_segments(segments: Path | None, target: Path) -> None:
@@ -193,7 +200,7 @@ def _move_segments(segments: Path | None, target: Path) -> None:
     for p in sorted(segments.iterdir()):
         if p.is_dir() and not p.is_symlink() and SEGMENT_DIR.match(p.name):
             os.replace(p, target / p.name)
-    _fsync_dir(target)
+    fsync_dir(target)
 
 
 def publish(root: Path, staged: Path, name: str, staging_area: Path,
@@ -204,7 +211,7 @@ def publish(root: Path, staged: Path, name: str, staging_area: Path,
     A new ``root`` appears whole: it is assembled inside ``staging_area`` and renamed into
     place. An existing one gets the version beside its others, then the pointer swap. The
     finished segments in ``segments`` (a sharded build's) are moved in first."""
-    _fsync_tree(staged)
+    fsync_tree(staged)
     if not root.exists():
         tree = staging_area / "publish"
         if tree.exists():
@@ -214,13 +221,13 @@ def publish(root: Path, staged: Path, name: str, staging_area: Path,
         os.replace(staged, tree / VERSIONS / name)
         write_pointer(tree, name)
         os.replace(tree, root)
-        _fsync_dir(root.parent)
+        fsync_dir(root.parent)
         return None
     previous = read_pointer(root)
     (root / VERSIONS).mkdir(exist_ok=True)
     _move_segments(segments, root / SEGMENTS)
     os.replace(staged, root / VERSIONS / name)
-    _fsync_dir(root / VERSIONS)
+    fsync_dir(root / VERSIONS)
     write_pointer(root, name)  # the one step readers see
     prune(root, keep=(name, previous))
     return previous

@@ -35,6 +35,7 @@ FORMAT_VERSION = 4
 READABLE_VERSIONS = (2, 3, 4)
 INDEX_FILE = "index.faiss"
 ID_MAP_FILE = "ids.parquet"
+STORE_DIR = "store"  # per segment: passages and raw vectors (tpsearch.pipeline.reuse)
 #: A manifest is a few KiB; anything near this is not one.
 MAX_MANIFEST_BYTES = 16 << 20
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

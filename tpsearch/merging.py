@@ -33,10 +33,10 @@ from .layout import SEGMENTS
 from .lexical import LexicalSegments, TermPostings, merge_postings
 from .manifest import SegmentInfo
 from .pipeline.mapper import StageTimes
-from .pipeline.reuse import STORE_DIR, read_store
+from .pipeline.reuse import STORE_DIR, live_store
 from .pipeline.runner import BuildResult
 from .pipeline.workdir import shard_name
-from .segments import new_segment_name, segment_dir
+from .segments import new_segment_name, seal_segment, segment_dir
 
 if TYPE_CHECKING:
     from .index_writer import IndexWriter
@@ -88,16 +88,12 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
         for i in group:
             info, deleted = writer.segments[i], writer.deleted[i]
             where = segment_dir(writer.root, info.path)
-            table = read_store(where, {n: e for n, e in info.files.items()
-                                       if n.startswith(STORE_DIR + "/")}, m.dim)
+            table, live_rows = live_store(where, info, deleted, m.dim)
+            # the kept documents numbered on from the previous segment's
             doc = np.unique(table.column("row").to_numpy(), return_inverse=True)[1]
-            live_rows = ~deleted[doc]
-            table = table.filter(pa.array(live_rows))
-            doc = doc[live_rows]
-            renumbered = np.unique(doc, return_inverse=True)[1] + next_doc if len(doc) else doc
-            next_doc += int(len(np.unique(doc)))
             table = table.set_column(table.schema.get_field_index("row"), "row",
-                                     pa.array(renumbered.astype(np.int64)))
+                                     pa.array((doc + next_doc).astype(np.int64)))
+            next_doc += int(doc.max()) + 1 if len(doc) else 0
             rows = table.column("row").to_numpy()
             start = 0
             while start < table.num_rows:  # shards of whole documents
@@ -114,7 +110,7 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
         seg = writer.assemble_segment(shards, final, times, lexical_from_text=False)
         if lexical_parts:
             seg = replace(seg, lexical=merge_postings(final, lexical_parts, m.lexical.unit))
-        placed = writer.place_segment(final, name, seg)
+        placed = seal_segment(final, writer.root / SEGMENTS, name, seg)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     first = group[0]

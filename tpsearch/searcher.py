@@ -74,11 +74,9 @@ class Searcher:
         #: How ``rerank=N`` re-scores (template, the reranker's share); see :mod:`tpsearch.rerank`.
         self.rerank_settings = RerankSettings()
         self._lock = threading.Lock()
-        self.default_params = dict(manifest.index.search_params)
         ordinals = int(self.idmap.doc_of_row.max()) + 1 if len(self.idmap.ids) else 0
-        #: Live documents (searchable), and live passages.
+        #: Live documents (searchable); the live passages are ``self.dense.ntotal``.
         self.documents = ordinals if self.live is None else int(self.live.sum())
-        self.passage_count = self.dense.ntotal
         where = location.path
         if self.dense.d != manifest.dim:
             raise ConfigMismatch(f"{where}: index dimension {self.dense.d} differs from the "
@@ -110,7 +108,8 @@ class Searcher:
                                "<= 0.4; such an index has one segment")
         unit = self.manifest.lexical.unit
         parts = [(s.lexical, None if s.deleted is None else
-                  (~s.deleted if unit == "document" else s.live_rows)) for s in segments]
+                  (~s.deleted if unit == "document" else live)) for s, live in
+                 zip(segments, self.dense.live)]  # live passage rows, computed once
         info = self.manifest.lexical
         return LexicalSegments(parts, k1=info.k1, b=info.b)
 
@@ -328,7 +327,7 @@ class Searcher:
                              f"{self.manifest.dim}), got {np.shape(query_vectors)}")
         if not queries:
             return []
-        limit = self.passage_count if r.passages else self.documents
+        limit = self.dense.ntotal if r.passages else self.documents
         want = r.k
         k = min(max(r.k, r.rerank), limit)
         if r.allowed is not None and not r.allowed.any():
@@ -484,10 +483,8 @@ class Searcher:
 
     def document_ids(self) -> list:
         """The ids of the documents this version holds (deleted ones left out), in index order."""
-        firsts = [int(rows[0]) for rows in self.idmap.doc_rows]
-        if self.live is not None:
-            firsts = [r for r, alive in zip(firsts, self.live) if alive]
-        return [self.idmap.ids[r] for r in firsts]
+        ids = self.idmap.document_ids()
+        return ids if self.live is None else [i for i, alive in zip(ids, self.live) if alive]
 
 
 #: Re-exported from their own modules (tpsearch 0.4 kept them here).

@@ -22,9 +22,8 @@ Flat index's answer); BM25 scores with the statistics of all live documents toge
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,15 +34,15 @@ import pyarrow as pa
 
 from .errors import ConfigMismatch, IndexDamaged, InputError
 from .idmap import IdMap
-from .index import ONDISK_FILE, c_stdout_silenced, check_search_params, search as faiss_search
-from .integrity import inside, inside_name, verify_entries
-from .layout import SEGMENT_DIR, SEGMENTS, VERSIONS, IndexLocation
+from .index import (ONDISK_FILE, SEARCH_PARAMS, c_stdout_silenced, check_search_params,
+                    search as faiss_search)
+from .integrity import file_digests, inside, inside_name, verify_entries
+from .layout import SEGMENT_DIR, SEGMENTS, IndexLocation, fsync_dir, fsync_tree, next_name
 from .typed import short
 
 if TYPE_CHECKING:
     from .manifest import Manifest, SegmentInfo
 
-SEGMENT_NAME = SEGMENT_DIR
 #: What a version may name as a segment: a build's version directory, or a segment.
 SEGMENT_PATH = re.compile(r"^(versions/v\d{6,9}-[0-9a-f]{8}|segments/s\d{6,9}-[0-9a-f]{8})$")
 DELETIONS = re.compile(r"^deleted-\d{1,6}\.npy$")
@@ -51,10 +50,7 @@ DELETIONS = re.compile(r"^deleted-\d{1,6}\.npy$")
 
 def new_segment_name(root: Path) -> str:
     """A fresh segment name: one more than any segment there, and a random tag."""
-    seg = root / SEGMENTS
-    numbers = [int(m.group(1)) for p in (seg.iterdir() if seg.is_dir() else [])
-               if (m := SEGMENT_NAME.match(p.name))]
-    return f"s{max(numbers, default=0) + 1:06d}-{secrets.token_hex(4)}"
+    return next_name(root / SEGMENTS, SEGMENT_DIR, "s")
 
 
 def check_segment_info(seg: "SegmentInfo", manifest: "Manifest", where: str) -> None:
@@ -90,6 +86,21 @@ def segments_of(location: IndexLocation, manifest: "Manifest") -> list["SegmentI
     return [SegmentInfo(path=own, documents=manifest.documents, vectors=manifest.vectors,
                         index=manifest.index, lexical=manifest.lexical,
                         files={n: e for n, e in manifest.files.items()})]
+
+
+def seal_segment(tmp: Path, folder: Path, name: str, info: "SegmentInfo") -> "SegmentInfo":
+    """A finished segment written in ``tmp``: its files listed in its entry (sizes, SHA-256),
+    flushed, and renamed to ``folder/name`` in one step (a segment that exists is complete)."""
+    from .manifest import ID_MAP_FILE, STORE_DIR
+
+    names = [info.index.file, ID_MAP_FILE, STORE_DIR]
+    names += [info.lexical.dir] if info.lexical is not None else []
+    names += [info.index.data_file] if info.index.data_file else []
+    files = file_digests(tmp, names)
+    fsync_tree(tmp)
+    os.replace(tmp, folder / name)
+    fsync_dir(folder)
+    return replace(info, path=f"{SEGMENTS}/{name}", files=files)
 
 
 def segment_dir(root: Path, path: str) -> Path:
@@ -249,15 +260,11 @@ class DenseSegments:
             raise errors[0]
 
     def _params_for(self, i: int, params: dict) -> dict:
-        """The segment's tuned parameters with those of the call that apply to it."""
-        out = dict(self.params[i])
-        for name, value in params.items():
-            try:
-                check_search_params(self.factories[i], {name: value})
-            except InputError:  # a parameter of another segment's kind
-                continue
-            out[name] = value
-        return out
+        """The segment's tuned parameters with those of the call (checked already, by
+        :meth:`check_params`) that apply to its kind of index."""
+        kind = self.factories[i]
+        return {**self.params[i],
+                **{k: v for k, v in params.items() if SEARCH_PARAMS.get(k, "\0") in kind}}
 
     def search(self, x: np.ndarray, k: int, params: dict,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -295,15 +302,3 @@ class DenseSegments:
             s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
             r = np.pad(r, ((0, 0), (0, pad)), constant_values=-1)
         return s.astype(np.float32), r
-
-
-def version_dir_segment(name: str) -> str:
-    """The segment path of a build's version directory."""
-    return f"{VERSIONS}/{name}"
-
-
-def is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(path.lstat().st_mode)
-    except FileNotFoundError:
-        return False

@@ -74,9 +74,9 @@ def update(directory: str | Path, upsert: Any = None, delete: Iterable = (), ref
                 shutil.rmtree(tmp_dir, ignore_errors=True)
         if given is not None:
             writer.upsert(given)
-        upserted = set(writer._upserts)
+        upserted = writer.upserted
         writer.delete(gone_given)
-        clash = upserted - set(writer._upserts)
+        clash = upserted - writer.upserted
         if clash:
             raise InputError(f"id {sorted(clash, key=str)[0]!r} is both upserted and deleted")
         result = writer.commit()
@@ -92,8 +92,8 @@ def _update_locked(root: Path, given, gone_given: list, refit: bool, show_progre
     location, manifest = open_manifest(root)
     c = manifest.corpus
     idmap = IdMap.read(inside(location.path, manifest.id_map), False, manifest.id_type)
-    firsts = [int(rows[0]) for rows in idmap.doc_rows]
-    base_ids = [idmap.ids[r] for r in firsts]
+    firsts = [int(r) for r in idmap.first_rows]
+    base_ids = idmap.document_ids()
     columns = [c.id_column, c.text_column] + ([c.title_column] if c.title_column else []) + list(
         manifest.metadata)
     rows = _rows(given, columns, root)

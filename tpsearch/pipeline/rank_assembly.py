@@ -28,19 +28,16 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 
-from ..integrity import file_digests
-from ..layout import _fsync_tree
-from ..manifest import ID_MAP_FILE, INDEX_FILE, SegmentInfo, TransformInfo
-from ..segments import new_segment_name
+from ..manifest import INDEX_FILE, SegmentInfo, TransformInfo
+from ..segments import new_segment_name, seal_segment
 from ..typed import from_dict
 from ..index import IndexPlan, new_index
 from .assembler import (QUERY_SHIFT_FILE, Assembled, AssemblyOptions, KeptTransform, QueryEncoder,
                         _fit, gather_many, index_plan, sample_rows, train_index)
 from .distributor import Distributor
 from .mapper import StageTimes
-from .reuse import STORE_DIR
+from .reuse import STORE_DIR, fill_store
 from .workdir import WorkDir
 from ..transform import FIT_SAMPLE
 from .writer import shard_rows
@@ -116,22 +113,11 @@ def assemble_own_segment(work: WorkDir, shards: list[Path], opts: AssemblyOption
     part = assemble(shards, tmp, replace(opts, segment=True), times, encode_queries, corpus,
                     text_column)
     (tmp / QUERY_SHIFT_FILE).unlink(missing_ok=True)  # the version holds it
-    store = tmp / STORE_DIR
-    store.mkdir()
-    for shard in shards:  # the shards stay in the work dir until the publish (a rerun needs them)
-        if not opts.store_text:
-            pq.write_table(pq.read_table(shard).drop_columns(["text"]), store / shard.name)
-        else:
-            try:
-                os.link(shard, store / shard.name)  # same bytes, no copy
-            except OSError:
-                shutil.copy2(shard, store / shard.name)
-    names = [INDEX_FILE, ID_MAP_FILE, STORE_DIR] + (["lexical"] if part.lexical else [])
-    names += [part.index.data_file] if part.index.data_file else []
-    info = SegmentInfo(path=f"segments/{name}", documents=part.documents, vectors=part.vectors,
-                       index=part.index, files=file_digests(tmp, names), lexical=part.lexical)
-    _fsync_tree(tmp)
-    os.replace(tmp, segments / name)
+    # the shards stay in the work dir until the publish (a rerun needs them)
+    fill_store(shards, tmp / STORE_DIR, opts.store_text, keep=True)
+    info = seal_segment(tmp, segments, name, SegmentInfo(
+        path="", documents=part.documents, vectors=part.vectors, index=part.index, files={},
+        lexical=part.lexical))
     described = {"segment": asdict(info), "assembled": _plain(part)}
     tmp_json = segments / f".rank-{rank}.json"
     tmp_json.write_text(json.dumps(described))

@@ -10,6 +10,8 @@ takes its passages and vectors from the store instead of the encoder.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +22,9 @@ import pyarrow.parquet as pq
 from ..digest import sha256_file
 from ..errors import IndexDamaged
 from ..integrity import inside
-from ..manifest import Manifest
+from ..manifest import STORE_DIR, Manifest
 from .reader import hash_values
 
-STORE_DIR = "store"
 COLUMNS = ["id", "passage", "start", "end", "text", "title", "vector", "doc_sha256",
            "truncated", "tokens"]
 
@@ -66,14 +67,8 @@ class BaseStore:
         location = IndexLocation(root, version_dir, version_dir.name)
         tables = []
         for info in segments_of(location, manifest):
-            where = segment_dir(root, info.path)
-            table = read_store(where, {n: e for n, e in info.files.items()
-                                       if n.startswith(STORE_DIR + "/")}, dim)
-            deleted = read_deletions(version_dir, info)
-            if deleted is not None:
-                rows = table.column("row").to_numpy()
-                doc = np.unique(rows, return_inverse=True)[1]
-                table = table.filter(pa.array(~deleted[doc]))
+            table, _ = live_store(segment_dir(root, info.path), info,
+                                  read_deletions(version_dir, info), dim)
             tables.append(table.drop_columns(["row"]))
         try:
             self.table = pa.concat_tables(tables, promote_options="permissive")
@@ -127,6 +122,19 @@ class BaseStore:
                       [self._tokens[r] for r in rows], entry[0])
 
 
+def live_store(directory: Path, info, deleted: np.ndarray | None,
+               dim: int | None = None) -> tuple[pa.Table, np.ndarray | None]:
+    """The store of the segment ``info`` in ``directory`` without its ``deleted`` documents
+    (a mask over them; None: none deleted), and which stored passages were kept (None: all)."""
+    table = read_store(directory, {n: e for n, e in info.files.items()
+                                   if n.startswith(STORE_DIR + "/")}, dim)
+    if deleted is None:
+        return table, None
+    doc = np.unique(table.column("row").to_numpy(), return_inverse=True)[1]
+    kept = ~deleted[doc]
+    return table.filter(pa.array(kept)), kept
+
+
 def read_store(directory: Path, files: dict, dim: int | None = None) -> pa.Table:
     """The store shards listed in ``files`` (name -> FileEntry) of one segment, checked
     against their sizes and SHA-256, as one table (with each passage's document ``row``)."""
@@ -158,3 +166,21 @@ def read_store(directory: Path, files: dict, dim: int | None = None) -> pa.Table
     except (pa.ArrowException, ValueError) as exc:
         raise IndexDamaged(f"{directory}: the store's shards do not agree "
                            f"({str(exc)[:120]}); rebuild the index with --overwrite") from None
+
+
+def fill_store(shards: list[Path], store: Path, store_text: bool, keep: bool) -> None:
+    """Make ``shards`` the ``store`` folder of a segment: moved in, or (``keep``: the shards
+    stay where they are) hard-linked, copied where a link is refused; without ``store_text``
+    their texts are left out, as from the id map."""
+    store.mkdir()
+    for shard in shards:
+        target = store / shard.name
+        if not store_text:
+            pq.write_table(pq.read_table(shard).drop_columns(["text"]), target)
+        elif not keep:
+            os.replace(shard, target)
+        else:
+            try:
+                os.link(shard, target)  # the same bytes, no copy (a shard is never rewritten)
+            except OSError:
+                shutil.copy2(shard, target)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import shutil
 
-import pyarrow.parquet as pq
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -35,7 +33,7 @@ from .assembler import Assembled, AssemblyOptions, KeptTransform, assemble
 from .distributor import Distributor
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .reader import CorpusReader, CorpusSpec, window_digest
-from .reuse import STORE_DIR, BaseStore
+from .reuse import STORE_DIR, BaseStore, fill_store
 from .validate import validate_build
 from .workdir import BuildLock, WorkDir, shard_start
 from .writer import write_shard
@@ -356,18 +354,9 @@ def bounded_history(base: Manifest) -> tuple[list, int]:
 
 
 def keep_store(work: WorkDir, keep_shards: bool, store_text: bool) -> None:
-    """The shards become the new version's store (copied where the work dir keeps them);
-    without ``store_text`` their texts are left out, as from the id map."""
-    store = work.final / STORE_DIR
-    store.mkdir()
-    for shard in work.complete_shards():
-        if not store_text:
-            table = pq.read_table(shard)
-            pq.write_table(table.drop_columns(["text"]), store / shard.name)
-        elif keep_shards:
-            shutil.copy2(shard, store / shard.name)
-        else:
-            os.replace(shard, store / shard.name)
+    """The shards become the new version's store (:func:`~tpsearch.pipeline.reuse.fill_store`;
+    kept in the work dir too with ``keep_shards``)."""
+    fill_store(work.complete_shards(), work.final / STORE_DIR, store_text, keep_shards)
 
 
 SAME_PROMPT = ("same", "none")
