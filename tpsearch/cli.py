@@ -52,8 +52,20 @@ def main(verbose: bool) -> None:
               help="YAML or TOML file with the same options (command-line options win).")
 @model_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (or torchrun's ranks); ray: Ray Data schedules reading, "
+              "tokenising, encoding and assembly on a Ray instance (pip install 'tpsearch[ray]').")
+@click.option("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, "
+              "else a local instance).")
+@click.option("--ray-actors", type=int, default=1, show_default=True,
+              help="Encoder actors (one model each; also the number of segments).")
+@click.option("--ray-gpus-per-actor", type=float, default=0.0, show_default=True,
+              help="GPUs per encoder actor (1 on a GPU cluster: one model per GPU).")
+@click.option("--ray-prepare-workers", type=int, default=1, show_default=True,
+              help="CPU actors that read and tokenise windows while the encoders run.")
 @fail_cleanly
-def build(corpus, out, overwrite, config_file, no_progress, **kw):
+def build(corpus, out, overwrite, config_file, no_progress, engine, ray_address, ray_actors,
+          ray_gpus_per_actor, ray_prepare_workers, **kw):
     """Embed a Parquet CORPUS (file, directory or glob) into a FAISS index directory.
 
     Each document is cut into passages, each passage embedded; a BM25 index is built over the
@@ -66,6 +78,7 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
     \b
     tpsearch build docs.parquet --out idx --title-column title
     tpsearch build docs.parquet --out idx --passage-tokens 0 --transform none --no-lexical
+    tpsearch build docs.parquet --out idx --engine ray --ray-actors 4 --ray-gpus-per-actor 1
     """
     from .config import build_config_from, read_config_file
     from .pipeline import build_index
@@ -80,7 +93,14 @@ def build(corpus, out, overwrite, config_file, no_progress, **kw):
         raise click.UsageError("give --out (or 'out' in --config)")
     config = build_config_from(options)
     t0 = time.perf_counter()
-    result = build_index(config, show_progress=not no_progress, overwrite=overwrite)
+    if engine == "ray":
+        from .pipeline.ray_engine import RayOptions, build_with_ray
+
+        result = build_with_ray(config, RayOptions(ray_address, ray_actors, ray_gpus_per_actor,
+                                                   prepare_workers=ray_prepare_workers),
+                                show_progress=not no_progress, overwrite=overwrite)
+    else:
+        result = build_index(config, show_progress=not no_progress, overwrite=overwrite)
     m = result.manifest
     if not m:  # a torchrun rank other than 0: rank 0 reports
         return

@@ -410,8 +410,8 @@ def _assemble_on_ranks(config: BuildConfig, encoder: TPEncoder, work: WorkDir, t
                        keep_shards: bool) -> Manifest | None:
     """Each rank assembles its own segment (:mod:`tpsearch.pipeline.rank_assembly`); rank 0
     fits the transform first and publishes the version listing them last."""
-    from .rank_assembly import (assemble_own_segment, collect, owned, prepare_shared,
-                                shared_index, shared_transform)
+    from .rank_assembly import (assemble_own_segment, owned, prepare_shared, shared_index,
+                                shared_transform)
 
     shards = work.complete_shards()
     opts = _assembly_options(config, encoder, base)
@@ -426,28 +426,38 @@ def _assemble_on_ranks(config: BuildConfig, encoder: TPEncoder, work: WorkDir, t
         agreed(d, lambda: None)  # wait for rank 0's publish
         return None
 
-    def publish() -> Manifest:
-        segments, part = collect(work, d.world_size, kept, fitted_here)
-        out = work.out
-        version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
-        final = work.fresh_final()
-        own = []
-        if kept.shift_path is not None and part.transform.query_shift_file:
-            shutil.copy2(kept.shift_path, final / part.transform.query_shift_file)
-            own.append(part.transform.query_shift_file)
-        manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs,
-                             tokens, qp)
-        history, dropped = bounded_history(base[1]) if base else ([], 0)
-        manifest = replace(manifest, files=file_digests(final, own), segments=segments,
-                           version=version, replaces=replaces, store=STORE_DIR,
-                           update=_update_info(base, part) if base else None, history=history,
-                           history_dropped=dropped, format_version=4)
-        manifest.check(str(final))
-        write_manifest(final, manifest)
-        work.publish(version, keep_shards)
-        return manifest
+    return agreed(d, lambda: publish_segments(
+        config, encoder, work, times, base, qp, reader, fingerprint, began, docs, tokens,
+        keep_shards, d.world_size, kept, fitted_here))
 
-    return agreed(d, publish)
+
+def publish_segments(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
+                     base, qp: str | None, reader: CorpusReader, fingerprint: str, began: float,
+                     docs: int, tokens: int, keep_shards: bool, parts: int, kept: KeptTransform,
+                     fitted_here: bool) -> Manifest:
+    """Publish the version that lists the ``parts`` segments assembled in the work dir
+    (by torchrun's ranks or Ray's tasks; :mod:`tpsearch.pipeline.rank_assembly`)."""
+    from .rank_assembly import collect
+
+    segments, part = collect(work, parts, kept, fitted_here)
+    out = work.out
+    version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
+    final = work.fresh_final()
+    own = []
+    if kept.shift_path is not None and part.transform.query_shift_file:
+        shutil.copy2(kept.shift_path, final / part.transform.query_shift_file)
+        own.append(part.transform.query_shift_file)
+    manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs,
+                         tokens, qp)
+    history, dropped = bounded_history(base[1]) if base else ([], 0)
+    manifest = replace(manifest, files=file_digests(final, own), segments=segments,
+                       version=version, replaces=replaces, store=STORE_DIR,
+                       update=_update_info(base, part) if base else None, history=history,
+                       history_dropped=dropped, format_version=4)
+    manifest.check(str(final))
+    write_manifest(final, manifest)
+    work.publish(version, keep_shards)
+    return manifest
 
 
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
