@@ -136,6 +136,7 @@ COMPARED_LABELS = ["whole document, dense", "whole document, lexical",
                    "+ EmbedFilter, dense", "+ question prompt for queries, dense",
                    "defaults (both, z-score fusion), dense", "defaults (both, z-score fusion), hybrid"]
 RERANKED = "defaults + decoder rerank, hybrid + rerank 10"
+VANILLA = ["defaults without TP (vanilla), dense", "defaults without TP (vanilla), hybrid"]
 
 
 def test_compare_equals_separate_runs(tiny_model_dir):
@@ -144,18 +145,21 @@ def test_compare_equals_separate_runs(tiny_model_dir):
                        passage_tokens=32, passage_overlap=8, title_column="title",
                        store_text=False, index="flat", embed_filter="4:4")
     runs = compare_retrieval(BEIR, base)
-    assert [r["label"] for r in runs] == COMPARED_LABELS + [RERANKED]
+    assert [r["label"] for r in runs] == COMPARED_LABELS + [RERANKED] + VANILLA
     assert [r["settings"]["transform"] for r in runs] == [
-        "none", "none", "center", "none"] + ["center"] * 8
-    assert [r["settings"]["embed_filter"] for r in runs] == [None] * 7 + [[4, 4]] + [None] + [[4, 4]] * 3
+        "none", "none", "center", "none"] + ["center"] * 10
+    assert [r["settings"]["embed_filter"] for r in runs] == [None] * 7 + [[4, 4]] + [None] + [[4, 4]] * 5
     assert [r["settings"]["fusion"]["method"] for r in runs if r["mode"] != "dense" and
-            r["mode"] != "lexical"] == ["minmax", "zscore", "zscore"]
+            r["mode"] != "lexical"] == ["minmax", "zscore", "zscore", "zscore"]
+    assert [r["settings"]["tp_layers"] is None for r in runs] == [False] * 12 + [True] * 2
     assert runs[0]["passages"] == 25 and runs[3]["passages"] > 25
     alone = {
         "whole document, dense": evaluate_retrieval(
             BEIR, replace(base, passage_tokens=0, transform="none"), modes=["dense"]),
         "defaults (both, z-score fusion), hybrid": evaluate_retrieval(BEIR, base),  # the default
         RERANKED: evaluate_retrieval(BEIR, base, rerank=10),
+        VANILLA[1]: evaluate_retrieval(BEIR, replace(base, model=replace(base.model,
+                                                                         tp_layers="none"))),
     }
     for r in runs:
         if r["label"] in alone:
@@ -169,8 +173,8 @@ def test_eval_retrieval_compare_cli(tiny_model_dir):
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()  # the progress bars go to stderr
     assert "9 queries, 25 documents" in lines[0] and "nDCG@10" in lines[1]
-    assert [x.split("  ")[0] for x in lines[2:]] == COMPARED_LABELS  # no head: no rerank row
+    assert [x.split("  ")[0] for x in lines[2:]] == COMPARED_LABELS + VANILLA  # no head: no rerank
     r = CliRunner().invoke(main, args + ["--json"])
-    assert len(json.loads(r.stdout)["runs"]) == 11
+    assert len(json.loads(r.stdout)["runs"]) == 13
     r = CliRunner().invoke(main, args + ["--search-mode", "dense"])
     assert r.exit_code == 2 and "drop --index-dir and --search-mode" in r.output

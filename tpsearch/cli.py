@@ -429,7 +429,7 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed
 
         ef = parse_filter(embed_filter)
         fitted = evaluate_fitted(embed, data_dir, chosen, fit_file, transform, transform_dim, ef,
-                                 unembedding_of(enc.model, enc.placeholder_id) if ef else None)
+                                 unembedding_of(enc.model, enc.placeholder_row) if ef else None)
     settings = enc.settings.to_dict()
     settings["weights_sha256"] = enc.source.weights_sha256 if enc.source else None
     if as_json:

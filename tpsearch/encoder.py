@@ -25,7 +25,7 @@ from .loading import DEFAULT_MODEL, ModelSource, load_model, resolve_source
 from .errors import InputError
 from .torchstate import TORCH_STATE
 from .presets import fallback_preset, find_preset
-from .prompts import PromptSpec, resolve_prompt
+from .prompts import PLACEHOLDER, PromptSpec, resolve_prompt
 from .tokenizing import PromptTokenizer, Tokenized
 from .settings import (AUTO, EncoderOptions, EncoderSettings, option_defaults, parse_tp_layers,
                        shared_fields)
@@ -252,6 +252,15 @@ class TPEncoder:
     @property
     def dim(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def placeholder_row(self) -> int | None:
+        """The model's ``<PST>`` row, whether or not this encoder's prompt uses it (a vanilla
+        :meth:`variant` of a TP encoder shares its model): statistics of the model's own
+        vocabulary (EmbedFilter) leave it out."""
+        if self.placeholder_id is not None:
+            return self.placeholder_id
+        return self.tokenizer.get_added_vocab().get(PLACEHOLDER)
 
     @property
     def tp_enabled(self) -> bool:

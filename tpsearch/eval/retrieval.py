@@ -171,7 +171,8 @@ def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress
 
 
 #: What ``compare_retrieval`` puts side by side: (label, build changes, modes, rerank depth).
-#: Build changes name BuildConfig fields, or ModelConfig's ``query_prompt``. Each group of rows
+#: Build changes name BuildConfig fields, or ModelConfig's ``query_prompt`` or ``tp_layers``
+#: (``"none"``: the same prompt without TP, encoded anew, last). Each group of rows
 #: with the same passage setting shares one encoding (the shards are kept between builds:
 #: transforms, the query shift and the lexical index are made at assembly, queries at search).
 PREVIOUS = {"embed_filter": "none", "query_prompt": "same", "fusion": "minmax",
@@ -185,6 +186,7 @@ COMPARED = (
     ("+ question prompt for queries", {**PREVIOUS, "query_prompt": None}, ("dense",), 0),
     ("defaults (both, z-score fusion)", {}, ("dense", "hybrid"), 0),
     ("defaults + decoder rerank", {}, ("hybrid",), DEFAULT_RERANK),
+    ("defaults without TP (vanilla)", {"tp_layers": "none"}, ("dense", "hybrid"), 0),
 )
 
 
@@ -192,16 +194,17 @@ def _changed(build: BuildConfig, changes: dict) -> BuildConfig:
     """``build`` with ``changes``; a None value means the default (left as ``build`` has it)."""
     changes = {k: v for k, v in changes.items() if v is not None}
     model = build.model
-    if "query_prompt" in changes:
-        model = replace(model, query_prompt=changes.pop("query_prompt"))
+    for key in ("query_prompt", "tp_layers"):
+        if key in changes:
+            model = replace(model, **{key: changes.pop(key)})
     return replace(build, model=model, **changes)
 
 
 def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "test",
                       show_progress: bool = False, rerank: int | None = None) -> list[dict]:
     """tpsearch 0.1's dense whole documents, 0.3's passages, transform, lexical and hybrid, each
-    method added since on its own, the defaults, and the defaults reranked by the decoder:
-    side by side in one run, on one loaded model. ``build`` gives the settings the rows
+    method added since on its own, the defaults, the defaults reranked by the decoder, and the
+    defaults without TP (vanilla): side by side in one run, on one loaded model. ``build`` gives the settings the rows
     depart from (the defaults, unless changed); ``rerank``: the reranked row's depth."""
     from ..encoder import TPEncoder
 
@@ -223,9 +226,16 @@ def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "te
                 depth = rerank
             cfg = _changed(replace(build, corpus=str(corpus), out=str(Path(tmp) / "index"),
                                    store_text=True), changes)
+            vanilla = changes.get("tp_layers") == "none"
+            if vanilla and not encoder.tp_enabled:
+                continue  # the defaults are vanilla already
+            row_encoder = encoder.variant(tp_layers=None) if vanilla else encoder
+            if vanilla:
+                cfg = replace(cfg, fresh=True)  # the shards so far are TP's
             last_of_encoding = i + 1 == len(COMPARED) or \
-                COMPARED[i + 1][1].get("passage_tokens") != changes.get("passage_tokens")
-            for run in _build_and_search(data, cfg, encoder, show_progress, modes,
+                COMPARED[i + 1][1].get("passage_tokens") != changes.get("passage_tokens") or \
+                COMPARED[i + 1][1].get("tp_layers") != changes.get("tp_layers")
+            for run in _build_and_search(data, cfg, row_encoder, show_progress, modes,
                                          keep_shards=not last_of_encoding, rerank=depth):
                 rows.append({"label": f"{label}, {run['mode']}", **run})
     return rows

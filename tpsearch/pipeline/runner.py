@@ -393,7 +393,7 @@ def _assembly_options(config: BuildConfig, encoder: TPEncoder, base) -> Assembly
     if ts.embed_filter is not None and keep is None:
         from ..embedfilter import unembedding_of
 
-        unembedding = unembedding_of(encoder.model, encoder.placeholder_id)
+        unembedding = unembedding_of(encoder.model, encoder.placeholder_row)
     return AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
                            ts, config.lexical, config.lexical_unit, config.metadata_list(),
                            keep_transform=keep, unembedding=unembedding)
