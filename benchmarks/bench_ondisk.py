@@ -47,7 +47,9 @@ for q in queries:
     times.append(time.perf_counter() - t0)
     found.append(rows[0].tolist())
     peak = max(peak, rss())
-print(json.dumps({"rss": peak - before, "p50_ms": 1000 * float(np.median(times)), "found": found}))
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"rss": peak - before, "peak": hwm, "p50_ms": 1000 * float(np.median(times)),
+                  "found": found}))
 """
 
 
@@ -96,8 +98,11 @@ def main() -> None:
         print("(RSS: anonymous resident memory the index adds to its process, after the build and "
               "at the peak of the searches; pages of a memory-mapped file are the page cache's, "
               "reclaimable, and not counted)")
-        print(f"\n{'index':<10}{'build s':>9}{'build RSS MiB':>15}{'search RSS MiB':>16}"
-              f"{'share of vectors':>18}{'recall@10':>11}{'p50 ms':>8}")
+        print("(peak: the process's whole peak resident set, VmHWM: Python, FAISS, torch's "
+              "libraries and any mapped pages included)")
+        print(f"\n{'index':<10}{'build s':>9}{'build RSS MiB':>15}{'build peak MiB':>16}"
+              f"{'search RSS MiB':>16}{'search peak MiB':>17}{'peak / vectors':>18}"
+              f"{'recall@10':>11}{'p50 ms':>8}")
         for spec in ("ivf", "ivf-disk"):
             out = tmp / spec
             out.mkdir()
@@ -112,8 +117,9 @@ def main() -> None:
                     f"shards = sorted(Path({str(tmp / 'shards')!r}).glob('shard-*.parquet'))\n"
                     "before, t0 = rss(), time.perf_counter()\n"
                     f"part = assemble(shards, Path({str(out)!r}), opts, StageTimes(), None, 'bench', 'text')\n"
+                    "hwm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
                     "print(json.dumps({'s': time.perf_counter() - t0, 'params': part.index.search_params,"
-                    " 'rss': rss() - before}))\n")
+                    " 'rss': rss() - before, 'peak': hwm, 'base': before}))\n")
             built = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
                                               capture_output=True, text=True).stdout.splitlines()[-1])
             nprobe = int(built["params"].get("nprobe", 1))
@@ -122,8 +128,10 @@ def main() -> None:
                  "1" if spec == "ivf-disk" else "0", str(nprobe), str(tmp / "queries.npy")],
                 check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             recall = ann_recall_at_k(np.array(res["found"]), truth.best_i, 10)
+            peak = max(built["peak"], res["peak"])
             print(f"{spec:<10}{built['s']:>9.1f}{built['rss'] / 2**20:>15.0f}"
-                  f"{res['rss'] / 2**20:>16.0f}{res['rss'] / vector_bytes:>17.0%} "
+                  f"{built['peak'] / 2**20:>16.0f}{res['rss'] / 2**20:>16.0f}"
+                  f"{res['peak'] / 2**20:>17.0f}{peak / vector_bytes:>17.0%} "
                   f"{recall:>10.3f}{res['p50_ms']:>8.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

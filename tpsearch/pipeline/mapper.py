@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..encoder import TPEncoder
 from ..errors import IndexDamaged, InputError
 from ..passages import PassageSettings, split_passages
 from .reader import Chunk, join_title, window_digest
 from .reuse import BaseStore, doc_hash
 from .writer import Shard
+
+if TYPE_CHECKING:  # the assembler imports StageTimes from here without torch
+    from ..encoder import TPEncoder
 
 #: The fewest tokens a passage may be given once the prompt and title are counted.
 MIN_PASSAGE_TOKENS = 16

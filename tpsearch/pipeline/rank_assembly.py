@@ -25,6 +25,7 @@ import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -35,12 +36,14 @@ from ..typed import from_dict
 from ..index import IndexPlan, new_index
 from .assembler import (QUERY_SHIFT_FILE, Assembled, AssemblyOptions, KeptTransform, QueryEncoder,
                         _fit, gather_many, index_plan, sample_rows, train_index)
-from .distributor import Distributor
 from .mapper import StageTimes
 from .reuse import STORE_DIR, fill_store
 from .workdir import WorkDir
 from ..transform import FIT_SAMPLE
 from .writer import shard_rows
+
+if TYPE_CHECKING:  # Ray's assembly tasks import this module without torch
+    from .distributor import Distributor
 
 TRANSFORM_DIR = "transform"
 TRAINED_FILE = "trained.faiss"
