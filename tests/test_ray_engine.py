@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from helpers import assert_same_hits, config, write_corpus
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tpsearch[ray]')")
@@ -19,8 +21,9 @@ QUERIES = ["river stone", "A man is playing a guitar. alpha 7", "the kitchen oni
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance for the module (2 CPUs: prepare actor, encoder actors, tasks)."""
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    """One local Ray instance for the module: 4 logical CPUs (a prepare actor and two encoder
+    actors take one each, so Ray Data never waits for a free CPU; they share the real cores)."""
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}})
     yield
     ray.shutdown()
@@ -123,3 +126,39 @@ def test_cli_build_with_ray_engine(setup):
     from tpsearch import Searcher
 
     assert len(Searcher.open(out).manifest.segments) == 2
+
+
+def test_ivf_segments_of_a_sharded_build_merge_list_by_list(setup, local_ray):
+    """The two IVF segments of a Ray build share one quantizer: compacting them (after a
+    deletion) copies their lists into one segment with that same quantizer, and it answers
+    as the two did (every list probed)."""
+    import faiss
+
+    from tpsearch import IndexWriter, Searcher
+    from tpsearch.pipeline.ray_engine import RayOptions, build_with_ray
+
+    tmp, corpus, model = setup
+    cfg = _config(tmp, model, corpus, "ray-ivf-merge", index="ivf")
+    build_with_ray(cfg, RayOptions(actors=2))
+    gone = sorted(Searcher.open(cfg.out).document_ids())[::40]
+    with IndexWriter(cfg.out, merge_policy=False) as w:
+        w.delete(gone)
+        w.commit(merge=False)
+    before = Searcher.open(cfg.out)
+    assert len(before.segments) == 2
+    centroids = faiss.extract_index_ivf(before.segments[0].index).quantizer
+    nlist = faiss.extract_index_ivf(before.segments[0].index).nlist
+    with IndexWriter(cfg.out) as w:
+        w.compact()
+    after = Searcher.open(cfg.out)
+    (seg,) = after.manifest.segments
+    assert "merged list by list" in seg.index.reason
+    merged = faiss.extract_index_ivf(after.segments[0].index)
+    np.testing.assert_array_equal(
+        faiss.rev_swig_ptr(faiss.downcast_index(merged.quantizer).get_xb(), nlist * merged.d),
+        faiss.rev_swig_ptr(faiss.downcast_index(centroids).get_xb(), nlist * merged.d))
+    assert len(after) == len(before) and sorted(after.document_ids()) == sorted(before.document_ids())
+    for q in QUERIES:
+        for mode in ("dense", "hybrid"):
+            assert_same_hits(after.search(q, k=10, mode=mode, nprobe=nlist),
+                             before.search(q, k=10, mode=mode, nprobe=nlist))

@@ -303,16 +303,18 @@ class IndexWriter:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def assemble_segment(self, shards: list[Path], final: Path, times: StageTimes,
-                          lexical_from_text: bool) -> SegmentInfo:
+                          lexical_from_text: bool, prefilled=None) -> SegmentInfo:
         """FAISS index, id map (and BM25 from the texts) of a segment's shards, with the
-        index's kept transform; returns its entry without files (see :func:`~tpsearch.segments.seal_segment`)."""
+        index's kept transform; returns its entry without files (see :func:`~tpsearch.segments.seal_segment`).
+        ``prefilled``: (index, plan) holding the shards' vectors already (a list-by-list merge)."""
         m, config = self.manifest, self.build_config()
         opts = AssemblyOptions(config.index, parse_size(config.max_index_memory), m.store_text,
                                config.transform_settings(),
                                lexical=lexical_from_text and m.lexical is not None,
                                lexical_unit=m.lexical.unit if m.lexical else "document",
                                metadata=tuple(m.metadata),
-                               keep_transform=KeptTransform.of(self.location, m), segment=True)
+                               keep_transform=KeptTransform.of(self.location, m), segment=True,
+                               prefilled=prefilled)
 
         def no_queries(texts: list[str]) -> np.ndarray:  # the transform is kept: never fitted
             raise AssertionError("a segment keeps the index's transform")

@@ -23,12 +23,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .index import IndexPlan
 from .integrity import inside
+from .ivf_merge import merge_ivf_lists, shares_lists
 from .layout import SEGMENTS
 from .lexical import LexicalSegments, TermPostings, merge_postings
 from .manifest import SegmentInfo
@@ -84,11 +87,13 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
     try:
         shards: list = []
         lexical_parts = []
+        kept_rows = []
         next_doc = 0
         for i in group:
             info, deleted = writer.segments[i], writer.deleted[i]
             where = segment_dir(writer.root, info.path)
             table, live_rows = live_store(where, info, deleted, m.dim)
+            kept_rows.append(live_rows)
             # the kept documents numbered on from the previous segment's
             doc = np.unique(table.column("row").to_numpy(), return_inverse=True)[1]
             table = table.set_column(table.schema.get_field_index("row"), "row",
@@ -107,7 +112,8 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
                 postings = TermPostings(inside(where, info.lexical.dir + "/"), info.lexical)
                 live = (~deleted if info.lexical.unit == "document" else live_rows)
                 lexical_parts.append((postings, live))
-        seg = writer.assemble_segment(shards, final, times, lexical_from_text=False)
+        seg = writer.assemble_segment(shards, final, times, lexical_from_text=False,
+                                      prefilled=_lists_merged(writer, group, kept_rows))
         if lexical_parts:
             seg = replace(seg, lexical=merge_postings(final, lexical_parts, m.lexical.unit))
         placed = seal_segment(final, writer.root / SEGMENTS, name, seg)
@@ -124,6 +130,22 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
             masks.append(mask)
     manifest = writer.publish(segments, masks, None, began, times)  # a merge changes no document
     return BuildResult(writer.root, manifest, 0, 0)
+
+
+def _lists_merged(writer: "IndexWriter", group: list[int], kept: list):
+    """(index, plan) of IVF segments that share one quantizer and codec, merged list by list
+    (:mod:`tpsearch.ivf_merge`); None where they do not (the merge adds the vectors anew)."""
+    infos = [writer.segments[i] for i in group]
+    if any("IVF" not in s.index.factory or s.index.data_file for s in infos):
+        return None
+    indexes = [faiss.read_index(str(segment_dir(writer.root, s.path) / s.index.file))
+               for s in infos]
+    if not shares_lists(indexes):
+        return None
+    merged = merge_ivf_lists(indexes, kept)
+    first = infos[0].index
+    return merged, IndexPlan(first.factory, f"{len(group)} segments merged list by list "
+                             f"(one coarse quantizer): {first.reason}")
 
 
 def _write_store_shard(store, number: int, table: pa.Table):

@@ -61,6 +61,9 @@ class AssemblyOptions:
     # (an empty index file trained once, its plan): every segment of a sharded build starts
     # from it, so IVF segments share one coarse quantizer
     trained: "tuple[Path, IndexPlan] | None" = None
+    # an index filled already (IVF segments merged list by list): the shards give the id map,
+    # the lexical index and the recall check only
+    prefilled: "tuple[Any, IndexPlan] | None" = None
 
 
 @dataclass(frozen=True)
@@ -239,9 +242,10 @@ class ListSpill:
 
 def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
           truth: ExactTopK | None = None, fitted=None,
-          spill: ListSpill | None = None) -> LexicalInfo | None:
-    """Add every shard's vectors; write the id map and the lexical index beside; with
-    ``truth``, the exact top-k of the recall queries is found in the same pass."""
+          spill: ListSpill | None = None, add: bool = True) -> LexicalInfo | None:
+    """Add every shard's vectors (unless ``add`` is false: the index holds them already);
+    write the id map and the lexical index beside; with ``truth``, the exact top-k of the
+    recall queries is found in the same pass."""
     lexical = LexicalBuilder() if opts.lexical else None
     cols = ["id", "passage", "start", "end", "row", "doc_sha256"] + (["text"] if opts.store_text else [])
     cols += [PREFIX + c for c in opts.metadata]
@@ -250,7 +254,9 @@ def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
     try:
         for path in shards:
             vecs = read_vectors(path)
-            if spill is not None:
+            if not add:
+                pass
+            elif spill is not None:
                 spill.add(vecs)
             else:
                 index.add(vecs)
@@ -343,7 +349,9 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     sample, queries = gather_many(shards, counts, [sample_rows(n, FIT_SAMPLE),
                                                    sample_rows(n, RECALL_QUERIES, seed=1)])
     fitted, sample, tinfo, source, drift = _fit(shards, sample, opts, encode_queries)
-    if opts.trained is not None:  # an index trained once for all segments (rank assembly)
+    if opts.prefilled is not None:
+        index, plan = opts.prefilled
+    elif opts.trained is not None:  # an index trained once for all segments (rank assembly)
         path, plan = opts.trained
         index = faiss.read_index(str(path))
     else:
@@ -356,7 +364,8 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     if plan.ondisk:
         limit = opts.memory_budget // 2 if opts.memory_budget else ONDISK_BATCH_BYTES
         spill = ListSpill(index, final / ".lists", limit)
-    lexical = _fill(index, shards, final, opts, truth, fitted, spill)
+    lexical = _fill(index, shards, final, opts, truth, fitted, spill,
+                    add=opts.prefilled is None)
     if spill is not None:
         spill.finish(final / ONDISK_FILE)
     params, recall, n_queries = _recall(index, plan, queries, truth)
