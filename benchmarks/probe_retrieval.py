@@ -31,7 +31,7 @@ import torch
 
 from tpsearch import TPEncoder
 from tpsearch.eval.retrieval import load_beir, score_run
-from tpsearch.lexical import LexicalBuilder, LexicalIndex
+from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
 from tpsearch.passages import sentence_spans
 
 from probe_documents import doc_rank, units
@@ -150,7 +150,7 @@ class DevSet:
         lb.add([d.get("text") or "" if not d.get("title") else f"{d['title']}. {d.get('text') or ''}"
                 for d in data.corpus])
         lb.save(cache / f"bm25-{name}")
-        lex = LexicalIndex(cache / f"bm25-{name}" / "lexical")
+        lex = LexicalSegments([(TermPostings(cache / f"bm25-{name}" / "lexical"), None)])
         scores = np.stack([lex.scores(data.queries[x]) for x in self.judged])
         self.lexical = doc_rank(scores, np.arange(len(self.ids)), len(self.ids))
 

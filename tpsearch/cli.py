@@ -460,8 +460,9 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed
 @click.option("--search-mode", "search_modes", default=None,
               help="Comma-separated modes to score on the one index (default: its default mode).")
 @click.option("--compare", is_flag=True, help="tpsearch 0.1's whole documents, 0.3's passages, "
-              "transform, lexical and hybrid, each method added since on its own, the defaults "
-              "and the defaults reranked: side by side, one loaded model.")
+              "transform, lexical and hybrid, each method added since on its own, the defaults, "
+              "the defaults reranked and the defaults without TP (vanilla, encoded anew): side "
+              "by side, one loaded model.")
 @click.option("--rerank", type=int, default=None, metavar="N",
               help="Rerank the best N documents with the decoder (with --compare: the reranked "
               "row's depth, 0 leaves it out; default there: 10).")

@@ -1,0 +1,318 @@
+"""The dense side, encode once per TP setting and score many methods on every dev set together.
+
+One forward pass per text (the passage prompt for passages, the query prompt for queries and for
+the documents' first sentences, which estimate the query mean the build's centring uses) keeps:
+
+* the last token's hidden state at the output layer and the two layers below it;
+* the mean over the text's own tokens at the output layer (Hierarchical TP's read-out);
+* nothing else: PromptReps' bag of words (arXiv 2404.18424) is the output head applied to the
+  last token's final state, restricted to the text's own tokens, so it is computed at scoring.
+
+Scored from the cache, without encoding again, each with the build's transform (centred, query
+mean from first sentences, EmbedFilter 32:32): last / mean / mean+last pooling, the sparse
+PromptReps signal, BM25, fusions of each pair and of all three (z-scores), and Rocchio
+pseudo-relevance feedback on the dense side. ``--tp-layers none`` is vanilla (the same prompt
+without ``<PST>``). Run it once per TP setting into one cache directory; ``--report`` prints
+every setting's rows side by side.
+
+Example (2 CPU cores, float32: about 25 minutes per setting for the three sets)::
+
+    python pipelines/stsb_to_beir.py --sts-dir ../shared/data/sts --out runs/stsb-beir
+    python benchmarks/probe_dense.py --tp-layers none --cache runs/dense
+    python benchmarks/probe_dense.py --tp-layers 1:5 --cache runs/dense
+    python benchmarks/probe_dense.py --report --cache runs/dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from tpsearch import TPEncoder
+from tpsearch.eval.retrieval import load_beir, score_run
+from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
+from tpsearch.shapes import plan_batches
+from tpsearch.tp import forward_with_tp, model_lock, output_head
+
+from probe_documents import doc_rank, units
+from probe_retrieval import edge_filter, first_sentence, l2
+
+ROOT = Path(__file__).resolve().parents[1]
+BEIR = Path(os.environ.get("TPSEARCH_BEIR_DIR", ROOT.parent / "shared" / "data" / "beir"))
+#: name -> (BEIR directory, qrels split); STS-B dev as retrieval comes from
+#: ``pipelines/stsb_to_beir.py`` (its split is named test).
+SETS = {"scifact-dev": (BEIR / "scifact-dev", "dev"), "pydoc-dev": (BEIR / "pydoc-dev", "dev"),
+        "stsb-dev": (ROOT / "runs" / "stsb-beir", "test")}
+
+
+def encode_probe(enc: TPEncoder, texts: list[str], below: int = 2) -> dict[str, np.ndarray]:
+    """``last``: (below + 1, N, d) last-token states at the output layer and the ``below``
+    layers under it (lowest first); ``mean``: (N, d) the mean over each text's own tokens at
+    the output layer. ``enc`` must pool by mean (so that tokenising yields the spans)."""
+    from tqdm.auto import tqdm
+
+    tok = enc.tokenize(texts)
+    rows, spans = tok.input_ids, tok.spans
+    out_idx = enc.plan.output_index
+    also = list(range(out_idx - below, out_idx))
+    last = np.zeros((below + 1, len(rows), enc.dim), dtype=np.float32)
+    mean = np.zeros((len(rows), enc.dim), dtype=np.float32)
+    bar = tqdm(total=len(rows), desc="encoding", unit="prompt")
+    for batch in plan_batches([len(r) for r in rows], 16, 8192, enc.row_ladder):
+        t = enc._batch_tensors([rows[j] for j in batch], [spans[j] for j in batch])
+        record = {i: None for i in also}
+        with torch.inference_mode(), model_lock(enc.model):
+            hidden = forward_with_tp(enc.model, enc.layers, enc.plan,
+                                     t["pst"] if enc.placeholder_id is not None else None,
+                                     t["last"], record, input_ids=t["input_ids"],
+                                     attention_mask=t["attention_mask"],
+                                     position_ids=t["position_ids"])
+            at = torch.arange(hidden.shape[0])
+            final = hidden[at, t["last"]]
+            last[:, batch] = torch.stack([record[i] for i in also] + [final]).float().numpy()
+            mean[batch] = torch.einsum("bt,btd->bd", t["pool"].to(hidden.dtype),
+                                       hidden).float().numpy()
+        bar.update(len(batch))
+    bar.close()
+    return {"last": last, "mean": mean}
+
+
+def cached(path: Path, make) -> dict[str, np.ndarray]:
+    if path.is_file():
+        with np.load(path) as z:
+            return dict(z)
+    t0 = time.perf_counter()
+    got = make()
+    np.savez(path, **got)
+    print(f"  {path.name}: {got['mean'].shape[0]} texts in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return got
+
+
+def own_token_ids(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """Each text's vocabulary ids, as it is tokenised and as its words are on their own (the
+    next-token prediction after ``:"`` has no leading space)."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    out = []
+    for text, row in zip(texts, ids):
+        words = sorted({w.strip(".,;:!?()[]'\"") for w in text.split()} - {""})
+        alone = tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+        out.append(np.unique(np.array(row + [i for w in alone for i in w[:1]], dtype=np.int64)))
+    return out
+
+
+def bag_of_words(final: np.ndarray, head: torch.Tensor, ids: list[np.ndarray]) -> sp.csr_matrix:
+    """PromptReps' sparse vectors: log(1 + relu(logit)) at each text's own tokens."""
+    n, vocab = final.shape[0], head.shape[0]
+    indptr, indices, data = [0], [], []
+    for a in range(0, n, 128):
+        logits = torch.from_numpy(final[a:a + 128]) @ head.T
+        for r in range(logits.shape[0]):
+            cols = torch.from_numpy(ids[a + r])
+            vals = torch.log1p(torch.relu(logits[r, cols])).numpy()
+            keep = vals > 0
+            indices.extend(ids[a + r][keep])
+            data.extend(vals[keep])
+            indptr.append(len(indices))
+    return sp.csr_matrix((np.array(data, np.float32), np.array(indices, np.int64), indptr),
+                         shape=(n, vocab))
+
+
+class DevSet:
+    """One dev set's units, encodings under one TP setting, BM25 ranking and qrels."""
+
+    def __init__(self, name: str, where: tuple[Path, str], enc: TPEncoder, qenc: TPEncoder,
+                 cache: Path):
+        self.name = name
+        data = load_beir(*where)
+        self.judged = [q for q, r in data.qrels.items() if any(v > 0 for v in r.values())]
+        self.qrels = {q: data.qrels[q] for q in self.judged}
+        self.ids = [str(d["_id"]) for d in data.corpus]
+        us = units(data, enc, 256, 64)
+        self.owner = np.array([u[0] for u in us])
+        self.unit_texts = [u[1] for u in us]
+        self.query_texts = [data.queries[x] for x in self.judged]
+        self.passages = cached(cache / f"{name}-passages.npz",
+                               lambda: encode_probe(enc, self.unit_texts))
+        self.queries = cached(cache / f"{name}-queries.npz",
+                              lambda: encode_probe(qenc, self.query_texts))
+        firsts = [first_sentence(d) for d in data.corpus][:1000]
+        self.firsts = cached(cache / f"{name}-firsts.npz", lambda: encode_probe(qenc, firsts))
+        lexdir = cache.parent / f"bm25-{name}"
+        if not (lexdir / "lexical").is_dir():
+            lb = LexicalBuilder()
+            lb.add([d.get("text") or "" if not d.get("title") else
+                    f"{d['title']}. {d.get('text') or ''}" for d in data.corpus])
+            lb.save(lexdir)
+        lex = LexicalSegments([(TermPostings(lexdir / "lexical"), None)])
+        self.lexical = doc_rank(np.stack([lex.scores(q) for q in self.query_texts]),
+                                np.arange(len(self.ids)), len(self.ids))
+
+    def ndcg(self, ranking) -> float:
+        run = {q: [self.ids[d if isinstance(d, (int, np.integer)) else d[0]] for d in r]
+               for q, r in zip(self.judged, ranking)}
+        return 100 * score_run(run, self.qrels)["ndcg@10"]
+
+
+def transformed(ds: DevSet, what: str, layer: int, filt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(passages, queries) as the build makes them: filtered, centred (queries by the first
+    sentences' mean), normalised. ``what``: last / mean / both (mean+last averaged)."""
+    if what == "both":
+        a = transformed(ds, "last", layer, filt)
+        b = transformed(ds, "mean", layer, filt)
+        return l2(a[0] + b[0]), l2(a[1] + b[1])
+    pick = (lambda z: z["last"][layer]) if what == "last" else (lambda z: z["mean"])
+    x, q, f = pick(ds.passages) @ filt, pick(ds.queries) @ filt, pick(ds.firsts) @ filt
+    return l2(x - x.mean(0)), l2(q - f.mean(0))
+
+
+def rocchio(x: np.ndarray, q: np.ndarray, k: int, beta: float) -> np.ndarray:
+    """Queries moved toward the mean of their top-k passages, normalised."""
+    s = q @ x.T
+    top = np.argpartition(-s, k, axis=1)[:, :k]
+    return l2((1 - beta) * q + beta * x[top].mean(1))
+
+
+def zfuse(lists, weights):
+    """Per query: documents by the weighted sum of each list's z-scores over its own top
+    (a document missing from a list gets that list's lowest z-score)."""
+    out = []
+    for per_query in zip(*lists):
+        total: dict[int, float] = {}
+        parts = []
+        for ranking, w in zip(per_query, weights):
+            v = np.array([s for _, s in ranking], dtype=np.float64)
+            sd = v.std() or 1.0
+            z = {d: (s - v.mean()) / sd for d, s in ranking}
+            parts.append((z, w * (v.min() - v.mean()) / sd, w))
+        docs = set().union(*(p[0] for p in parts))
+        for d in docs:
+            total[d] = sum(w * z[d] if d in z else floor for z, floor, w in parts)
+        out.append([d for d, _ in sorted(total.items(), key=lambda t: -t[1])])
+    return out
+
+
+def adaptive(dense, lexical, base: float = 0.6, gain: float = 0.2):
+    """Per query: z-score fusion whose lexical share moves with how far each side's best
+    document stands out of its own list (its top z-score): ``base + gain * tanh(zl - zd)``."""
+    out = []
+    for d, lx in zip(dense, lexical):
+        tops = []
+        for ranking in (d, lx):
+            v = np.array([s for _, s in ranking] or [0.0], dtype=np.float64)
+            tops.append((v.max() - v.mean()) / (v.std() or 1.0))
+        w = base + gain * np.tanh(tops[1] - tops[0])
+        out.append(zfuse([[d], [lx]], [1 - w, w])[0])
+    return out
+
+
+def rrf(lists, k: int = 60):
+    out = []
+    for per_query in zip(*lists):
+        total: dict[int, float] = {}
+        for ranking in per_query:
+            for r, (d, _) in enumerate(ranking):
+                total[d] = total.get(d, 0.0) + 1.0 / (k + r + 1)
+        out.append([d for d, _ in sorted(total.items(), key=lambda t: -t[1])])
+    return out
+
+
+def score_setting(sets: list[DevSet], enc: TPEncoder) -> dict[str, dict[str, float]]:
+    head = output_head(enc.model).detach().float().cpu()
+    emb = head.numpy()[: enc.placeholder_id or head.shape[0]]
+    filt = edge_filter(emb, 32, 32)
+    rows: dict[str, dict[str, float]] = {}
+    for ds in sets:
+        ranks = {"lexical": ds.lexical}
+        out = ds.passages["last"].shape[0] - 1
+        for what in ("last", "mean", "both"):
+            x, q = transformed(ds, what, out, filt)
+            ranks[f"dense {what}"] = doc_rank(q @ x.T, ds.owner, len(ds.ids))
+            if what == "last":
+                for k, beta in ((3, 0.3), (5, 0.5), (10, 0.3)):
+                    ranks[f"dense last + PRF k={k} b={beta}"] = doc_rank(
+                        rocchio(x, q, k, beta) @ x.T, ds.owner, len(ds.ids))
+        for layer in range(out):
+            x, q = transformed(ds, "last", layer, filt)
+            ranks[f"dense last, layer {layer - out}"] = doc_rank(q @ x.T, ds.owner, len(ds.ids))
+        tok = enc.tokenizer
+        docs = bag_of_words(ds.passages["last"][out], head, own_token_ids(tok, ds.unit_texts))
+        qs = bag_of_words(ds.queries["last"][out], head, own_token_ids(tok, ds.query_texts))
+        ranks["sparse (PromptReps)"] = doc_rank((qs @ docs.T).toarray(), ds.owner, len(ds.ids))
+        for name in list(ranks):
+            rows.setdefault(name, {})[ds.name] = ds.ndcg(ranks[name])
+        d, s, lx = ranks["dense last"], ranks["sparse (PromptReps)"], ranks["lexical"]
+        fused = {
+            "hybrid dense+BM25 z 0.6 (the default)": zfuse([d, lx], [0.4, 0.6]),
+            "hybrid dense mean+BM25 z 0.6": zfuse([ranks["dense mean"], lx], [0.4, 0.6]),
+            "hybrid dense both+BM25 z 0.6": zfuse([ranks["dense both"], lx], [0.4, 0.6]),
+            "hybrid dense PRF k=3+BM25 z 0.6": zfuse([ranks["dense last + PRF k=3 b=0.3"], lx],
+                                                   [0.4, 0.6]),
+            "dense+sparse z 0.5": zfuse([d, s], [0.5, 0.5]),
+            "sparse+BM25 z 0.5": zfuse([s, lx], [0.5, 0.5]),
+        }
+        for w in (0.5, 0.7):
+            fused[f"hybrid dense+BM25 z {w}"] = zfuse([d, lx], [1 - w, w])
+        fused["hybrid dense+BM25 rrf"] = rrf([d, lx])
+        for base, gain in ((0.6, 0.2), (0.6, 0.3), (0.5, 0.3)):
+            fused[f"hybrid adaptive {base}+{gain}tanh"] = adaptive(d, lx, base, gain)
+        fused["hybrid adaptive 0.6+0.2tanh, PRF k=3"] = adaptive(
+            ranks["dense last + PRF k=3 b=0.3"], lx, 0.6, 0.2)
+        for w in (0.2, 0.3):
+            fused[f"dense+sparse+BM25 z {0.4 - w / 2:.2f}/{w:.2f}/{0.6 - w / 2:.2f}"] = zfuse(
+                [d, s, lx], [0.4 - w / 2, w, 0.6 - w / 2])
+        for name, r in fused.items():
+            rows.setdefault(name, {})[ds.name] = ds.ndcg(r)
+    return rows
+
+
+def report(cache: Path) -> None:
+    runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(cache.glob("*/scores.json"))}
+    names = list(next(iter(runs.values())))
+    sets = list(next(iter(next(iter(runs.values())).values())))
+    for setting, rows in runs.items():
+        print(f"\n## TP {setting}")
+        print(f"| method | {' | '.join(sets)} | mean |\n|---|{'---|' * (len(sets) + 1)}")
+        for n in names:
+            v = [rows.get(n, {}).get(s, float('nan')) for s in sets]
+            print(f"| {n} | {' | '.join(f'{x:.2f}' for x in v)} | {np.mean(v):.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--tp-layers", default="auto", help="auto (the preset), none, or A:B")
+    ap.add_argument("--placeholder-init", default=None)
+    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--cache", required=True, type=Path)
+    ap.add_argument("--report", action="store_true", help="print the cached settings' tables")
+    args = ap.parse_args()
+    if args.report:
+        return report(args.cache)
+    tp = None if args.tp_layers == "none" else args.tp_layers
+    extra = {"placeholder_init": args.placeholder_init} if args.placeholder_init else {}
+    enc = TPEncoder.from_pretrained(args.model, tp_layers=tp, output_layer=-1, pooling="mean",
+                                    max_length=512, **extra)
+    label = "none" if tp is None else "{}-{}".format(*enc.settings.tp_layers)
+    label += f"-{args.placeholder_init}" if args.placeholder_init else ""
+    cache = args.cache / label
+    cache.mkdir(parents=True, exist_ok=True)
+    qenc = enc.variant(prompt="question")
+    print(f"{args.model}: TP {enc.settings.tp_layers}, {enc.settings.n_layers} layers", flush=True)
+    sets = [DevSet(n, SETS[n], enc, qenc, cache) for n in args.sets.split(",")]
+    rows = score_setting(sets, enc)
+    (cache / "scores.json").write_text(json.dumps(rows, indent=1))
+    for n, v in rows.items():
+        cells = "  ".join(f"{s}={x:6.2f}" for s, x in v.items())
+        print(f"{n:<48s} {cells}  mean={np.mean(list(v.values())):6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
