@@ -26,7 +26,7 @@ import numpy as np
 from tpsearch import Searcher
 from tpsearch.fusion import best_per_document, fuse
 from tpsearch.index import choose_index, new_index, search as faiss_search
-from tpsearch.lexical import LexicalBuilder, LexicalIndex
+from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
 
 
 def pct(x, q):
@@ -91,7 +91,7 @@ def synthetic(n: int, dim: int, kind: str, encode_ms: float, repeat: int = 20) -
         builder.add([" ".join(vocab[j] for j in row) for row in zipf[a:a + 10_000]])
     with tempfile.TemporaryDirectory() as tmp:
         builder.save(Path(tmp))
-        lex = LexicalIndex(Path(tmp) / "lexical")
+        lex = LexicalSegments([(TermPostings(Path(tmp) / "lexical"), None)])
         queries = [" ".join(vocab[j] for j in rng.integers(0, 2000, 6)) for _ in range(repeat)]
         d_ms, l_ms, f_ms = [], [], []
         for i, q in enumerate(queries):
@@ -112,7 +112,7 @@ def synthetic(n: int, dim: int, kind: str, encode_ms: float, repeat: int = 20) -
           f"encoding ({encode_ms:.1f} ms) (goal < 10%)")
 
 
-def _lexical(lex: LexicalIndex, q: str, doc_of_row: np.ndarray):
+def _lexical(lex: LexicalSegments, q: str, doc_of_row: np.ndarray):
     s = lex.scores(q)
     order = np.argsort(-s, kind="stable")
     order = order[s[order] > 0]

@@ -20,7 +20,7 @@ import numpy as np
 
 from tpsearch import TPEncoder
 from tpsearch.eval.retrieval import load_beir, score_run
-from tpsearch.lexical import LexicalBuilder, LexicalIndex
+from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
 from tpsearch.passages import sentence_spans, split_passages
 
 
@@ -138,7 +138,7 @@ def main():
         lb.add([u[1] for u in us])
         tmp = cache / f"bm25-{spec.replace(':', 'o')}"
         lb.save(tmp)
-        lex = LexicalIndex(tmp / "lexical")
+        lex = LexicalSegments([(TermPostings(tmp / "lexical"), None)])
         lex_rank = doc_rank(np.stack([lex.scores(data.queries[x]) for x in judged]), owner, len(ids))
         score(f"{spec} lexical", [[d for d, _ in r] for r in lex_rank])
         for kind in ("none", "center", "whiten128", "whiten256"):
