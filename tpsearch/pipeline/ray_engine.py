@@ -20,6 +20,8 @@ command resumes.
 
 from __future__ import annotations
 
+import math
+import os
 import pickle
 import time
 from dataclasses import dataclass, replace
@@ -112,8 +114,13 @@ def _start_ray(options: RayOptions):
     except ImportError as exc:
         raise InputError("--engine ray needs Ray Data: pip install 'tpsearch[ray]'") from exc
     if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        local = options.address is None and not os.environ.get("RAY_ADDRESS")
+        # A local instance gets a logical CPU for every actor and assembly task (they share
+        # the real cores), so Ray Data never waits for a CPU a 2-core machine does not have.
+        need = options.prepare_workers + options.actors * options.cpus_per_actor + 1
+        cpus = max(os.cpu_count() or 1, int(math.ceil(need))) if local else None
+        ray.init(address=options.address, num_cpus=cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 
