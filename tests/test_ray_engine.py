@@ -162,3 +162,19 @@ def test_ivf_segments_of_a_sharded_build_merge_list_by_list(setup, local_ray):
         for mode in ("dense", "hybrid"):
             assert_same_hits(after.search(q, k=10, mode=mode, nprobe=nlist),
                              before.search(q, k=10, mode=mode, nprobe=nlist))
+
+
+def test_bad_input_in_an_actor_is_the_one_process_error_and_leaves_nothing(setup, local_ray):
+    """--strict and a null text: the error raised inside a prepare actor reaches the caller as
+    the same InputError naming the row, and no work directory is left behind."""
+    from tpsearch.errors import InputError
+    from tpsearch.pipeline.ray_engine import build_with_ray
+    from tpsearch.pipeline.workdir import WorkDir
+
+    tmp, _, model = setup
+    corpus = write_corpus(tmp / "bad.parquet", 40, row_group_size=20,
+                          texts=[f"text {i}" if i != 21 else None for i in range(40)])
+    cfg = _config(tmp, model, corpus, "ray-bad", strict=True)
+    with pytest.raises(InputError, match="corpus row 21"):
+        build_with_ray(cfg)
+    assert not Path(cfg.out).exists() and not WorkDir(Path(cfg.out).resolve()).root.exists()

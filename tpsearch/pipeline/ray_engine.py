@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import BuildConfig
-from ..errors import InputError
+from ..errors import InputError, TPSearchError
 from ..layout import is_index_dir
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .reader import CorpusReader, CorpusSpec
@@ -74,8 +74,12 @@ class PrepareWindow:
 
     def __call__(self, row: dict) -> dict:
         start, stop = int(row["start"]), int(row["stop"])
-        chunks = list(self.reader.chunks(self.config.shard_rows, start_row=start, stop_row=stop))
-        return {"start": start, "prepared": pickle.dumps([self.embed.prepare(c) for c in chunks])}
+        try:
+            chunks = self.reader.chunks(self.config.shard_rows, start_row=start, stop_row=stop)
+            prepared = pickle.dumps([self.embed.prepare(c) for c in chunks])
+        except TPSearchError as exc:  # bad input: carried to the driver as a value (Ray Data
+            return {"start": start, "prepared": b"", "error": pickle.dumps(exc)}  # keeps text only)
+        return {"start": start, "prepared": prepared, "error": b""}
 
 
 class EncodeWindow:
@@ -94,13 +98,18 @@ class EncodeWindow:
     def __call__(self, row: dict) -> dict:
         times = StageTimes()
         docs = tokens = 0
-        for prepared in pickle.loads(row["prepared"]):
-            shard = self.embed.encode(prepared, times)
-            write_shard(self.work.shard_path(shard.start), shard, self.id_kind,
-                        self.metadata_types)
-            docs, tokens = docs + shard.encoded_documents, tokens + shard.encoded_tokens
+        error = row["error"]
+        if not error:
+            try:
+                for prepared in pickle.loads(row["prepared"]):
+                    shard = self.embed.encode(prepared, times)
+                    write_shard(self.work.shard_path(shard.start), shard, self.id_kind,
+                                self.metadata_types)
+                    docs, tokens = docs + shard.encoded_documents, tokens + shard.encoded_tokens
+            except TPSearchError as exc:
+                error = pickle.dumps(exc)
         return {"start": int(row["start"]), "documents": docs, "tokens": tokens,
-                "encode_seconds": times.encode}
+                "encode_seconds": times.encode, "error": error}
 
 
 def _windows(work: WorkDir, num_rows: int, size: int) -> list[tuple[int, int]]:
@@ -156,10 +165,14 @@ def build_with_ray(config: BuildConfig, options: RayOptions = RayOptions(),
         work = WorkDir(out)
         settings = {**work_settings(config, encoder, fingerprint), "base_version": None}
         _prepare_work(work, settings, config, reader)
-        docs, tokens = _encode(ray, config, options, work, reader, encoder, times,
-                               show_progress)
-        manifest = _assemble_and_publish(ray, config, options, encoder, work, times, qp,
-                                         reader, fingerprint, began, docs, tokens)
+        try:
+            docs, tokens = _encode(ray, config, options, work, reader, encoder, times,
+                                   show_progress)
+            manifest = _assemble_and_publish(ray, config, options, encoder, work, times, qp,
+                                             reader, fingerprint, began, docs, tokens)
+        except InputError:
+            work.discard()  # bad data will not get better on a rerun: leave nothing behind
+            raise
     return BuildResult(out, manifest, docs, tokens)
 
 
@@ -187,6 +200,8 @@ def _encode(ray, config: BuildConfig, options: RayOptions, work: WorkDir, reader
     docs = tokens = 0
     try:
         for row in ds.iter_rows():
+            if row["error"]:
+                raise pickle.loads(row["error"])
             docs, tokens = docs + int(row["documents"]), tokens + int(row["tokens"])
             times.encode += float(row["encode_seconds"])
             if bar is not None:
