@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from tpsearch.ivf_merge import merge_ivf_lists, shares_lists
+from tpsearch.ivf_merge import merge_ivf_lists, shared_layout
 
 
 def _vectors(n, d=16, seed=0):
@@ -25,11 +25,12 @@ def test_merged_lists_equal_the_kept_vectors_added_in_order(factory):
         idx = faiss.clone_index(trained)
         idx.add(x)
         indexes.append(idx)
-    assert shares_lists(indexes)
+    layout = shared_layout(indexes)
+    assert layout is not None
     rng = np.random.default_rng(5)
     kept = [rng.random(len(x)) > 0.3 for x in parts]
     kept[1] = None  # a segment without deletions
-    merged = merge_ivf_lists(indexes, kept)
+    merged = merge_ivf_lists(layout, indexes, kept)
     want = faiss.clone_index(trained)
     want.add(np.concatenate([x if k is None else x[k] for x, k in zip(parts, kept)]))
     assert merged.ntotal == want.ntotal
@@ -47,6 +48,6 @@ def test_indexes_with_other_quantizers_or_not_ivf_do_not_share_lists():
     b = faiss.index_factory(16, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
     a.train(_vectors(1000, seed=1))
     b.train(_vectors(1000, seed=2))
-    assert not shares_lists([a, b])
-    assert not shares_lists([a, faiss.IndexFlatIP(16)])
-    assert shares_lists([a, faiss.clone_index(a)])
+    assert shared_layout([a, b]) is None
+    assert shared_layout([a, faiss.IndexFlatIP(16)]) is None
+    assert shared_layout([a, faiss.clone_index(a)]) is not None

@@ -5,8 +5,7 @@ searches an index of vectors (a build's assembly task, an on-disk index's reader
 torch and transformers.
 """
 
-from importlib import import_module
-
+from .lazy import lazy_exports
 from .version import __version__
 
 #: Public name -> the module that defines it.
@@ -19,12 +18,7 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tpsearch' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -46,7 +46,8 @@ from .layout import SEGMENTS, VERSIONS, new_version_name, read_pointer
 from .lexical import TF_LIBRARY
 from .manifest import Manifest, SegmentInfo, UpdateInfo, open_manifest, write_manifest
 from .metadata import PREFIX
-from .pipeline.assembler import QUERY_SHIFT_FILE, AssemblyOptions, KeptTransform, assemble
+from .pipeline.assembler import (QUERY_SHIFT_FILE, AssemblyOptions, KeptTransform, assemble,
+                                 no_query_encoder)
 from .pipeline.mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .pipeline.reader import Chunk
 from .pipeline.reuse import STORE_DIR, fill_store
@@ -315,11 +316,8 @@ class IndexWriter:
                                metadata=tuple(m.metadata),
                                keep_transform=KeptTransform.of(self.location, m), segment=True,
                                prefilled=prefilled)
-
-        def no_queries(texts: list[str]) -> np.ndarray:  # the transform is kept: never fitted
-            raise AssertionError("a segment keeps the index's transform")
-
-        part = assemble(shards, final, opts, times, no_queries, str(self.root), m.corpus.text_column)
+        part = assemble(shards, final, opts, times, no_query_encoder, str(self.root),
+                        m.corpus.text_column)
         #: How far the segment's documents' mean lies from the one the transform was fitted on.
         self.last_drift = part.drift
         (final / QUERY_SHIFT_FILE).unlink(missing_ok=True)  # the version holds it

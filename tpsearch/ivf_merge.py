@@ -23,27 +23,29 @@ def _emptied(index) -> bytes:
     return faiss.serialize_index(empty).tobytes()
 
 
-def shares_lists(indexes: Sequence) -> bool:
-    """True when every index is an in-memory IVF index with the same transform chain, coarse
-    quantizer and codec as the first (byte for byte), so their lists can be concatenated."""
+def shared_layout(indexes: Sequence):
+    """The first index emptied (its transform chain, coarse quantizer and codec) when every
+    index is an in-memory IVF index whose emptied form equals it byte for byte, so their lists
+    can be concatenated into it; None otherwise."""
     try:
         ivfs = [faiss.extract_index_ivf(x) for x in indexes]
     except RuntimeError:  # not IVF (Flat, HNSW)
-        return False
+        return None
     if not ivfs or any(not isinstance(faiss.downcast_InvertedLists(v.invlists),
                                       faiss.ArrayInvertedLists) for v in ivfs):
-        return False  # lists on disk: merged by FAISS's on-disk merge instead
+        return None  # lists on disk: merged by FAISS's on-disk merge instead
     first = _emptied(indexes[0])
-    return all(_emptied(x) == first for x in indexes[1:])
+    if any(_emptied(x) != first for x in indexes[1:]):
+        return None
+    return faiss.deserialize_index(np.frombuffer(first, dtype=np.uint8))
 
 
-def merge_ivf_lists(indexes: Sequence, kept: Sequence[np.ndarray | None]):
-    """One index holding the kept vectors of ``indexes`` (see :func:`shares_lists`), in order:
-    vector ``r`` of index ``i``, if ``kept[i][r]`` (None: all kept), becomes number ``offset_i
-    + (kept vectors of index i before r)``, as if the kept vectors had been added in that order
-    to the first index emptied."""
-    out = _copy(indexes[0])
-    out.reset()
+def merge_ivf_lists(layout, indexes: Sequence, kept: Sequence[np.ndarray | None]):
+    """``layout`` (from :func:`shared_layout`, empty) filled with the kept vectors of
+    ``indexes``, in order: vector ``r`` of index ``i``, if ``kept[i][r]`` (None: all kept),
+    becomes number ``offset_i + (kept vectors of index i before r)``, as if the kept vectors had
+    been added in that order."""
+    out = layout
     target = faiss.extract_index_ivf(out)
     lists = target.invlists
     offset = 0
@@ -74,4 +76,4 @@ def merge_ivf_lists(indexes: Sequence, kept: Sequence[np.ndarray | None]):
     return out
 
 
-__all__ = ["shares_lists", "merge_ivf_lists"]
+__all__ = ["shared_layout", "merge_ivf_lists"]

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from .index import IndexPlan
 from .integrity import inside
-from .ivf_merge import merge_ivf_lists, shares_lists
+from .ivf_merge import merge_ivf_lists, shared_layout
 from .layout import SEGMENTS
 from .lexical import LexicalSegments, TermPostings, merge_postings
 from .manifest import SegmentInfo
@@ -140,9 +140,10 @@ def _lists_merged(writer: "IndexWriter", group: list[int], kept: list):
         return None
     indexes = [faiss.read_index(str(segment_dir(writer.root, s.path) / s.index.file))
                for s in infos]
-    if not shares_lists(indexes):
+    layout = shared_layout(indexes)
+    if layout is None:
         return None
-    merged = merge_ivf_lists(indexes, kept)
+    merged = merge_ivf_lists(layout, indexes, kept)
     first = infos[0].index
     return merged, IndexPlan(first.factory, f"{len(group)} segments merged list by list "
                              f"(one coarse quantizer): {first.reason}")

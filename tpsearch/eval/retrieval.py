@@ -226,11 +226,11 @@ def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "te
                 depth = rerank
             cfg = _changed(replace(build, corpus=str(corpus), out=str(Path(tmp) / "index"),
                                    store_text=True), changes)
-            vanilla = changes.get("tp_layers") == "none"
-            if vanilla and not encoder.tp_enabled:
-                continue  # the defaults are vanilla already
-            row_encoder = encoder.variant(tp_layers=None) if vanilla else encoder
-            if vanilla:
+            row_encoder = encoder
+            if changes.get("tp_layers") == "none":
+                if not encoder.tp_enabled:
+                    continue  # the defaults are vanilla already
+                row_encoder = encoder.variant(tp_layers=None)
                 cfg = replace(cfg, fresh=True)  # the shards so far are TP's
             last_of_encoding = i + 1 == len(COMPARED) or \
                 COMPARED[i + 1][1].get("passage_tokens") != changes.get("passage_tokens") or \

@@ -2,15 +2,8 @@
 runner that ties them (:class:`BuildParts` replaces any of them). The names below are imported
 when first used, so the assembler alone loads no torch."""
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 _EXPORTS = {"BuildParts": "runner", "BuildResult": "runner", "build_index": "runner"}
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tpsearch.pipeline' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -46,6 +46,12 @@ QUERY_SHIFT_FILE = "query_shift.npy"
 QueryEncoder = Callable[[list[str]], np.ndarray]
 
 
+def no_query_encoder(texts: list[str]) -> np.ndarray:
+    """The query encoder of an assembly that keeps a fitted transform (a segment of an index):
+    it is never fitted again, so no query is encoded."""
+    raise AssertionError("an assembly that keeps its transform encodes no queries")
+
+
 @dataclass
 class AssemblyOptions:
     index: str  # --index
@@ -254,12 +260,8 @@ def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
     try:
         for path in shards:
             vecs = read_vectors(path)
-            if not add:
-                pass
-            elif spill is not None:
-                spill.add(vecs)
-            else:
-                index.add(vecs)
+            if add:
+                (spill.add if spill is not None else index.add)(vecs)
             if truth is not None:
                 truth.add(fitted.apply(vecs))
             shard = read_table(path, read)

@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .workdir import split_windows
+
 
 @dataclass(frozen=True)
 class Distributor:
@@ -75,7 +77,7 @@ class Distributor:
 
     def select(self, runs: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
         """This rank's windows: every ``world_size``-th missing window, regrouped into runs."""
-        windows = [(a, min(a + size, b)) for lo, b in runs for a in range(lo, b, size)]
+        windows = split_windows(runs, size)
         mine = windows[self.rank::self.world_size]
         merged: list[tuple[int, int]] = []
         for a, b in mine:

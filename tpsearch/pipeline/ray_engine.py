@@ -32,7 +32,7 @@ from ..errors import InputError, TPSearchError
 from ..layout import is_index_dir
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .reader import CorpusReader, CorpusSpec
-from .workdir import BuildLock, WorkDir
+from .workdir import BuildLock, WorkDir, split_windows
 from .writer import write_shard
 
 
@@ -112,11 +112,6 @@ class EncodeWindow:
                 "encode_seconds": times.encode, "error": error}
 
 
-def _windows(work: WorkDir, num_rows: int, size: int) -> list[tuple[int, int]]:
-    return [(a, min(a + size, b)) for lo, b in work.missing_windows(num_rows, size)
-            for a in range(lo, b, size)]
-
-
 def _start_ray(options: RayOptions):
     try:
         import ray
@@ -179,7 +174,8 @@ def build_with_ray(config: BuildConfig, options: RayOptions = RayOptions(),
 def _encode(ray, config: BuildConfig, options: RayOptions, work: WorkDir, reader: CorpusReader,
             encoder, times: StageTimes, show_progress: bool) -> tuple[int, int]:
     """Stages 1 and 2 over the windows without a shard; (documents, tokens) encoded."""
-    windows = _windows(work, reader.num_rows, config.shard_rows)
+    windows = split_windows(work.missing_windows(reader.num_rows, config.shard_rows),
+                            config.shard_rows)
     if not windows:
         return 0, 0
     t0 = time.perf_counter()
@@ -217,13 +213,12 @@ def _encode(ray, config: BuildConfig, options: RayOptions, work: WorkDir, reader
 def _assemble_part(work_out: str, shards: list[str], opts, corpus: str, text_column: str,
                    part: int) -> None:
     """Stage 3, one Ray task: shards to this part's segment."""
+    from .assembler import no_query_encoder
     from .rank_assembly import assemble_own_segment
 
-    def no_queries(texts):
-        raise RuntimeError("the transform was fitted on the driver")
-
+    # the transform was fitted on the driver: kept here
     assemble_own_segment(WorkDir(Path(work_out)), [Path(s) for s in shards], opts, StageTimes(),
-                         no_queries, corpus, text_column, part)
+                         no_query_encoder, corpus, text_column, part)
 
 
 def _assemble_and_publish(ray, config, options, encoder, work, times, qp, reader, fingerprint,

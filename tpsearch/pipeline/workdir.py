@@ -157,6 +157,11 @@ class WorkDir:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def split_windows(runs: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """Runs of consecutive windows cut into single windows of ``size`` rows (the last shorter)."""
+    return [(a, min(a + size, b)) for lo, b in runs for a in range(lo, b, size)]
+
+
 def missing_windows(num_rows: int, size: int, done: set[int]) -> list[tuple[int, int]]:
     """Runs of consecutive windows (start, stop) whose start is not in ``done``."""
     runs: list[tuple[int, int]] = []
