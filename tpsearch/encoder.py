@@ -13,6 +13,7 @@ not depend on its batch-mates or on the padding side (up to fp32 rounding).
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields, replace
 from typing import Any, Callable, Iterator, Sequence
 
@@ -158,8 +159,9 @@ class TPEncoder:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_MODEL, **options: Any) -> "TPEncoder":
-        """Load ``model`` (bundled name, GGUF file, directory or hub id) and set up TP.
+    def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, **options: Any) -> "TPEncoder":
+        """Load ``model`` (bundled name, GGUF file, directory or hub id; a path may be a
+        ``Path``) and set up TP.
 
         ``options`` are the fields of :class:`~tpsearch.settings.EncoderOptions` (their
         defaults are the CLI's): ``prompt``, ``tp_layers`` (``None``: vanilla embeddings, the
@@ -173,7 +175,7 @@ class TPEncoder:
         if unknown:
             raise TypeError(f"unknown encoder option(s) {', '.join(unknown)}; known: "
                             f"{', '.join(sorted(known))}")
-        return cls.load(EncoderOptions(model=model, **options))
+        return cls.load(EncoderOptions(model=os.fspath(model), **options))
 
     @classmethod
     def load(cls, options: EncoderOptions, source: ModelSource | None = None,
