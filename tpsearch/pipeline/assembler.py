@@ -8,6 +8,7 @@ index, and tunes ANN search parameters for recall against exact search.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -70,6 +71,8 @@ class AssemblyOptions:
     # an index filled already (IVF segments merged list by list): the shards give the id map,
     # the lexical index and the recall check only
     prefilled: "tuple[Any, IndexPlan] | None" = None
+    # the id map, lexical units and first sentences made while encoding (one-process builds)
+    tables: "ShardTables | None" = None
 
 
 @dataclass(frozen=True)
@@ -140,19 +143,30 @@ def gather_many(shards: list[Path], counts: list[int], row_sets: list[np.ndarray
     return [np.concatenate(o) if o else np.zeros((0, dim), np.float32) for o in out]
 
 
+def shard_first_sentences(t: dict) -> list[str]:
+    """The first sentence of each document that starts in a shard (columns passage, text)."""
+    texts = []
+    for number, text in zip(t["passage"], t["text"]):
+        if number == 0:
+            span = next(iter(sentence_spans(text)), None)
+            if span:
+                texts.append(text[span[0]:span[1]])
+    return texts
+
+
+def sample_sentences(texts: list[str], limit: int) -> list[str]:
+    """Up to ``limit`` of ``texts``, spread over the corpus (a fixed seed)."""
+    if len(texts) > limit:
+        texts = [texts[i] for i in sample_rows(len(texts), limit, seed=2)]
+    return texts
+
+
 def first_sentences(shards: list[Path], limit: int) -> list[str]:
     """The first sentence of up to ``limit`` documents, spread over the corpus: query-like text."""
     texts = []
     for path in shards:
-        t = read_table(path, ["passage", "text"]).to_pydict()
-        for number, text in zip(t["passage"], t["text"]):
-            if number == 0:
-                span = next(iter(sentence_spans(text)), None)
-                if span:
-                    texts.append(text[span[0]:span[1]])
-    if len(texts) > limit:
-        texts = [texts[i] for i in sample_rows(len(texts), limit, seed=2)]
-    return texts
+        texts += shard_first_sentences(read_table(path, ["passage", "text"]).to_pydict())
+    return sample_sentences(texts, limit)
 
 
 def _kept(sample: np.ndarray, opts: AssemblyOptions):
@@ -181,7 +195,8 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
     return fitted, info, drift
 
 
-def _fit(shards, sample: np.ndarray, opts: AssemblyOptions, encode_queries: QueryEncoder):
+def _fit(shards, sample: np.ndarray, opts: AssemblyOptions, encode_queries: QueryEncoder,
+         firsts: list[str] | None = None):
     ts = opts.transform
     if opts.keep_transform is not None:
         fitted, info, drift = _kept(sample, opts)
@@ -193,7 +208,9 @@ def _fit(shards, sample: np.ndarray, opts: AssemblyOptions, encode_queries: Quer
         if ts.query_examples:
             texts, source = read_example_queries(ts.query_examples), f"examples:{ts.query_examples}"
         else:
-            texts, source = first_sentences(shards, QUERY_SAMPLE), "first-sentences"
+            texts = (sample_sentences(firsts, QUERY_SAMPLE) if firsts is not None
+                     else first_sentences(shards, QUERY_SAMPLE))
+            source = "first-sentences"
         queries = encode_queries(texts) if texts else None
     fitted = fit_transform(sample, queries, ts, opts.unembedding)
     if fitted.note:
@@ -246,40 +263,87 @@ class ListSpill:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def needs_first_sentences(opts: AssemblyOptions) -> bool:
+    """Whether fitting the transform encodes the documents' first sentences as query examples."""
+    ts = opts.transform
+    return opts.keep_transform is None and ts.kind != "none" and not ts.query_examples
+
+
+class ShardTables:
+    """What assembly makes of the shards besides their vectors, taken one shard at a time in
+    corpus order: the id map (one row per passage, written as the shards come), the lexical
+    index's units and, where the transform will need them, the documents' first sentences.
+    None of it depends on the transform, so a one-process build feeds it each shard as soon as
+    it is written (:class:`~tpsearch.pipeline.follower.ShardFollower`), while encoding goes on."""
+
+    def __init__(self, opts: AssemblyOptions, id_map: Path, first_sentences: bool = False):
+        self.opts, self.id_map = opts, id_map
+        self.lexical = LexicalBuilder() if opts.lexical else None
+        self.cols = (["id", "passage", "start", "end", "row", "doc_sha256"]
+                     + (["text"] if opts.store_text else []) + [PREFIX + c for c in opts.metadata])
+        self.firsts: list[str] | None = [] if first_sentences else None
+        extra = [c for c in ("title", "text") if self.lexical is not None or c == "text"]
+        self.read = self.cols + [c for c in extra if c not in self.cols]
+        self.shards: list[Path] = []
+        self._writer = None
+
+    def add(self, path: Path) -> None:
+        shard = read_table(path, self.read)
+        table = shard.select(self.cols).rename_columns(
+            [("corpus_row" if c == "row" else c) for c in self.cols])
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.id_map, table.schema)
+        self._writer.write_table(table)
+        if self.lexical is not None or self.firsts is not None:
+            t = shard.to_pydict()
+            if self.firsts is not None:
+                self.firsts += shard_first_sentences(t)
+            if self.lexical is not None:
+                self.lexical.add([join_title(a, b) for a, b in zip(t["title"], t["text"])]
+                                 if self.opts.lexical_unit == "passage" else document_texts(t))
+        self.shards.append(path)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def covers(self, shards: list[Path]) -> bool:
+        """Whether these are the tables of exactly ``shards`` (same files, same order)."""
+        return [p.name for p in self.shards] == [p.name for p in shards]
+
+    def save(self, final: Path) -> LexicalInfo | None:
+        """Move the id map into ``final`` and write the lexical index there."""
+        self.close()
+        if self.id_map != final / ID_MAP_FILE:
+            os.replace(self.id_map, final / ID_MAP_FILE)
+        return self.lexical.save(final, self.opts.lexical_unit) if self.lexical is not None else None
+
+
 def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
           truth: ExactTopK | None = None, fitted=None,
-          spill: ListSpill | None = None, add: bool = True) -> LexicalInfo | None:
+          spill: ListSpill | None = None, add: bool = True,
+          tables: ShardTables | None = None) -> LexicalInfo | None:
     """Add every shard's vectors (unless ``add`` is false: the index holds them already);
-    write the id map and the lexical index beside; with ``truth``, the exact top-k of the
-    recall queries is found in the same pass."""
-    lexical = LexicalBuilder() if opts.lexical else None
-    cols = ["id", "passage", "start", "end", "row", "doc_sha256"] + (["text"] if opts.store_text else [])
-    cols += [PREFIX + c for c in opts.metadata]
-    read = cols + [c for c in ("title", "text") if lexical is not None and c not in cols]
-    writer = None
+    write the id map and the lexical index beside (taken from ``tables`` where the build made
+    them while encoding); with ``truth``, the exact top-k of the recall queries is found in
+    the same pass."""
+    own = tables is None
+    if own:
+        tables = ShardTables(opts, final / ID_MAP_FILE)
     try:
         for path in shards:
-            vecs = read_vectors(path)
-            if add:
-                (spill.add if spill is not None else index.add)(vecs)
-            if truth is not None:
-                truth.add(fitted.apply(vecs))
-            shard = read_table(path, read)
-            table = shard.select(cols).rename_columns(
-                [("corpus_row" if c == "row" else c) for c in cols])
-            if writer is None:
-                writer = pq.ParquetWriter(final / ID_MAP_FILE, table.schema)
-            writer.write_table(table)
-            if lexical is not None:
-                t = shard.to_pydict()
-                if opts.lexical_unit == "passage":
-                    lexical.add([join_title(a, b) for a, b in zip(t["title"], t["text"])])
-                else:
-                    lexical.add(document_texts(t))
+            if add or truth is not None:
+                vecs = read_vectors(path)
+                if add:
+                    (spill.add if spill is not None else index.add)(vecs)
+                if truth is not None:
+                    truth.add(fitted.apply(vecs))
+            if own:
+                tables.add(path)
     finally:
-        if writer is not None:
-            writer.close()
-    return lexical.save(final, opts.lexical_unit) if lexical is not None else None
+        tables.close()
+    return tables.save(final)
 
 
 def document_texts(t: dict) -> list[str]:
@@ -350,7 +414,9 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     # once to fill the index (the recall queries' exact neighbours found on the way).
     sample, queries = gather_many(shards, counts, [sample_rows(n, FIT_SAMPLE),
                                                    sample_rows(n, RECALL_QUERIES, seed=1)])
-    fitted, sample, tinfo, source, drift = _fit(shards, sample, opts, encode_queries)
+    tables = opts.tables if opts.tables is not None and opts.tables.covers(shards) else None
+    fitted, sample, tinfo, source, drift = _fit(shards, sample, opts, encode_queries,
+                                                tables.firsts if tables is not None else None)
     if opts.prefilled is not None:
         index, plan = opts.prefilled
     elif opts.trained is not None:  # an index trained once for all segments (rank assembly)
@@ -367,7 +433,7 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
         limit = opts.memory_budget // 2 if opts.memory_budget else ONDISK_BATCH_BYTES
         spill = ListSpill(index, final / ".lists", limit)
     lexical = _fill(index, shards, final, opts, truth, fitted, spill,
-                    add=opts.prefilled is None)
+                    add=opts.prefilled is None, tables=tables)
     if spill is not None:
         spill.finish(final / ONDISK_FILE)
     params, recall, n_queries = _recall(index, plan, queries, truth)

@@ -31,6 +31,7 @@ from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, f
 from ..index_encoder import encoder_mismatches
 from .assembler import Assembled, AssemblyOptions, KeptTransform, assemble
 from .distributor import Distributor
+from .follower import ShardFollower, worth_following
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .reader import CorpusReader, CorpusSpec, window_digest
 from .reuse import STORE_DIR, BaseStore, fill_store
@@ -58,6 +59,9 @@ class BuildParts:
     writer: Callable[..., Path] | None = None  # (path, shard, id kind, metadata types)
     assembler: Callable[..., Assembled] | None = None  # tpsearch.pipeline.assembler.assemble
     distributor: Distributor | None = None
+    # Whether a one-process build makes the id map and lexical units while it encodes (the
+    # follower): None decides by the machine (:func:`~tpsearch.pipeline.follower.worth_following`)
+    follow: bool | None = None
 
     def read(self, spec: CorpusSpec) -> CorpusReader:
         return (self.reader or CorpusReader)(spec)
@@ -101,9 +105,11 @@ def work_settings(config: BuildConfig, encoder: TPEncoder, fingerprint: str) -> 
 def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder, work: WorkDir,
                   times: StageTimes, show_progress: bool = False,
                   select: Callable[[list[tuple[int, int]]], list[tuple[int, int]]] | None = None,
-                  base: BaseStore | None = None, parts: BuildParts = BuildParts()) -> tuple[int, int]:
+                  base: BaseStore | None = None, parts: BuildParts = BuildParts(),
+                  on_shard: Callable[[Path], None] | None = None) -> tuple[int, int]:
     """Embed every window without a shard (documents unchanged since ``base`` take their
-    stored vectors); returns (documents, tokens) encoded now."""
+    stored vectors); returns (documents, tokens) encoded now. ``on_shard`` is told of each
+    shard written."""
     runs = work.missing_windows(reader.num_rows, config.shard_rows)
     runs = select(runs) if select is not None else runs
     done = len(work.complete_shards())
@@ -125,9 +131,11 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
         for prepared in prefetch(chunks, embed.prepare, times):
             shard = embed.encode(prepared, times, bar.update if bar is not None else None)
             t_write = time.perf_counter()
-            parts.write(work.shard_path(shard.start), shard, reader.id_kind,
-                        reader.metadata_types)
+            path = parts.write(work.shard_path(shard.start), shard, reader.id_kind,
+                               reader.metadata_types)
             times.write += time.perf_counter() - t_write
+            if on_shard is not None:
+                on_shard(path)
             docs, tokens = docs + shard.encoded_documents, tokens + shard.encoded_tokens
             if bar is not None:
                 bar.set_postfix_str(f"{tokens / max(1e-9, time.perf_counter() - started):,.0f} tok/s")
@@ -275,22 +283,36 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
            if d.is_main else None)
     if not d.is_main:
         work.prepare(settings, fresh=False)
+    # One process, the standard assembler: the id map and lexical units are made from each
+    # shard as it is written, while encoding goes on (:mod:`tpsearch.pipeline.follower`).
+    follow = worth_following(encoder) if parts.follow is None else parts.follow
+    follower = ShardFollower.for_build(work, reader.num_rows, config.shard_rows,
+                                       _assembly_options(config, encoder, base, False)) \
+        if follow and not d.active and parts.assembler is None else None
     try:
         select = (lambda runs: d.select(runs, config.shard_rows)) if d.active else None
         docs, tokens = encode_shards(config, reader, encoder, work, times, show_progress, select,
-                                     base[2] if base else None, parts)
+                                     base[2] if base else None, parts,
+                                     follower.written if follower is not None else None)
         agreed(d, lambda: None)  # every rank has written its shards
         if d.active:  # every rank assembles a segment of its own
             manifest = _assemble_on_ranks(config, encoder, work, times, base, query_prompt, d,
                                           reader, fingerprint, began, docs, tokens, keep_shards)
             return BuildResult(out, manifest, docs, tokens)
+        tables = None
+        if follower is not None:
+            tables = follower.result()
+            times.extra["tables_while_encoding"] = follower.seconds
         part = agreed(d, lambda: _assemble(config, encoder, work, times, base, query_prompt,
-                                           parts))
+                                           parts, tables))
     except UnbuildableIndex:
         raise  # the shards serve a rerun with another --index
     except InputError:
         work.discard()  # bad data will not get better on a rerun: leave nothing behind
         raise
+    finally:
+        if follower is not None:
+            follower.cancel()
     version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
     keep_store(work, keep_shards, config.store_text)
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens,
@@ -386,17 +408,20 @@ def _update_info(base, part: Assembled) -> UpdateInfo:
                       transform=part.transform_source, drift=part.drift)
 
 
-def _assembly_options(config: BuildConfig, encoder: TPEncoder, base) -> AssemblyOptions:
+def _assembly_options(config: BuildConfig, encoder: TPEncoder, base,
+                      unembedding: bool = True) -> AssemblyOptions:
+    """The assembly's options; ``unembedding`` False leaves out the model's output matrix
+    (a copy as large as the embeddings), which only fitting the embed filter reads."""
     keep = KeptTransform.of(base[0], base[1]) if base and not config.refit else None
     ts = config.transform_settings()
-    unembedding = None
-    if ts.embed_filter is not None and keep is None:
+    matrix = None
+    if unembedding and ts.embed_filter is not None and keep is None:
         from ..embedfilter import unembedding_of
 
-        unembedding = unembedding_of(encoder.model, encoder.placeholder_row)
+        matrix = unembedding_of(encoder.model, encoder.placeholder_row)
     return AssemblyOptions(config.index, parse_size(config.max_index_memory), config.store_text,
                            ts, config.lexical, config.lexical_unit, config.metadata_list(),
-                           keep_transform=keep, unembedding=unembedding)
+                           keep_transform=keep, unembedding=matrix)
 
 
 def _query_encoder(config: BuildConfig, encoder: TPEncoder, qp: str | None):
@@ -461,9 +486,11 @@ def publish_segments(config: BuildConfig, encoder: TPEncoder, work: WorkDir, tim
 
 
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
-              base=None, qp: str | None = None, parts: BuildParts = BuildParts()) -> Assembled:
-    return parts.assemble(work.complete_shards(), work.fresh_final(),
-                          _assembly_options(config, encoder, base), times,
+              base=None, qp: str | None = None, parts: BuildParts = BuildParts(),
+              tables=None) -> Assembled:
+    """One process assembles every shard (``tables``: what was made of them while encoding)."""
+    opts = replace(_assembly_options(config, encoder, base), tables=tables)
+    return parts.assemble(work.complete_shards(), work.fresh_final(), opts, times,
                           _query_encoder(config, encoder, qp), config.corpus, config.text_column)
 
 
