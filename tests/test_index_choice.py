@@ -140,3 +140,21 @@ def test_an_index_with_its_lists_on_disk_searches_as_the_one_in_memory(tmp_path,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["hits"]) == 2
+
+
+def test_an_index_with_its_lists_on_disk_takes_updates(tmp_path, tiny_model_dir):
+    """An update keeps the fitted transform, read from the first segment's index file: that
+    file names its lists file where the build wrote it, before publishing moved it, so it is
+    read as the searcher reads it (lists file beside the index)."""
+    import tpsearch
+    from helpers import config, write_corpus
+    from tpsearch import Searcher
+    from tpsearch.pipeline import build_index
+
+    cfg = config(tmp_path, tiny_model_dir("llama"), write_corpus(tmp_path / "c.parquet", 300),
+                 index="ivf-disk", transform="center")
+    out = build_index(cfg).out
+    tpsearch.update(out, upsert=[{"id": "late", "text": "a late river note."}])
+    s = Searcher.open(out)
+    assert "late" in s.document_ids() and len(s.manifest.segments) == 2
+    assert s.manifest.transform.kind == "center"

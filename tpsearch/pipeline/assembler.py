@@ -176,7 +176,9 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
     info = kept.info
     chain = []
     if info.kind != "none":
-        raw = faiss.read_index(str(kept.index_path))  # owns the chain
+        # owns the chain; an index whose lists are on disk names the lists file where the build
+        # wrote it, before publishing moved it: read it as the searcher does, from beside it
+        raw = faiss.read_index(str(kept.index_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
         outer = faiss.downcast_index(raw)
         with tempfile.TemporaryDirectory() as tmp:  # a copy of each transform, through its file
             for i in range(outer.chain.size()):
@@ -282,7 +284,8 @@ class ShardTables:
         self.cols = (["id", "passage", "start", "end", "row", "doc_sha256"]
                      + (["text"] if opts.store_text else []) + [PREFIX + c for c in opts.metadata])
         self.firsts: list[str] | None = [] if first_sentences else None
-        extra = [c for c in ("title", "text") if self.lexical is not None or c == "text"]
+        extra = (["title", "text"] if self.lexical is not None
+                 else ["text"] if self.firsts is not None else [])
         self.read = self.cols + [c for c in extra if c not in self.cols]
         self.shards: list[Path] = []
         self._writer = None
@@ -429,7 +432,7 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     log.info("index: %s (%s)", plan.factory, plan.reason)
     truth = None if plan.is_exact else ExactTopK(fitted.apply(queries), 10)
     spill = None
-    if plan.ondisk:
+    if plan.ondisk and opts.prefilled is None:  # a prefilled index has its lists file already
         limit = opts.memory_budget // 2 if opts.memory_budget else ONDISK_BATCH_BYTES
         spill = ListSpill(index, final / ".lists", limit)
     lexical = _fill(index, shards, final, opts, truth, fitted, spill,
