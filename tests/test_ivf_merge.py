@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from tpsearch.ivf_merge import merge_ivf_lists, shared_layout
+from tpsearch.ivf_merge import lists_on_disk, merge_ivf_lists, shared_layout
 
 
 def _vectors(n, d=16, seed=0):
@@ -51,3 +51,54 @@ def test_indexes_with_other_quantizers_or_not_ivf_do_not_share_lists():
     assert shared_layout([a, b]) is None
     assert shared_layout([a, faiss.IndexFlatIP(16)]) is None
     assert shared_layout([a, faiss.clone_index(a)]) is not None
+
+
+def _on_disk(trained, x, folder):
+    """``x`` in an index whose lists live in ``folder``/index.ivfdata, read back memory-mapped."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    folder.mkdir()
+    part = faiss.clone_index(trained)
+    part.add(x)
+    faiss.write_index(part, str(folder / "part.faiss"))
+    index = faiss.clone_index(trained)
+    merge_ondisk(index, [str(folder / "part.faiss")], str(folder / "index.ivfdata"))
+    faiss.write_index(index, str(folder / "index.faiss"))
+    (folder / "part.faiss").unlink()
+    return faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+
+
+def test_lists_on_disk_merge_into_a_new_file_and_leave_the_segments_alone(tmp_path):
+    import hashlib
+
+    train = _vectors(2000, seed=1)
+    trained = faiss.index_factory(16, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
+    trained.train(train)
+    parts = [_vectors(n, seed=s) for n, s in ((300, 2), (250, 3))]
+    indexes = [_on_disk(trained, x, tmp_path / f"seg{i}") for i, x in enumerate(parts)]
+    digest = lambda: [hashlib.sha256((tmp_path / f"seg{i}" / "index.ivfdata").read_bytes()).hexdigest()
+                      for i in range(2)]
+    before = digest()
+    layout = shared_layout(indexes)
+    assert layout is not None
+    assert shared_layout([indexes[0], faiss.clone_index(trained)]) is not None  # memory or disk
+    kept = [np.random.default_rng(7).random(300) > 0.25, None]
+    (tmp_path / "merged").mkdir()
+    merged = merge_ivf_lists(lists_on_disk(layout, tmp_path / "merged" / "index.ivfdata"),
+                             indexes, kept)
+    faiss.write_index(merged, str(tmp_path / "merged" / "index.faiss"))
+    assert digest() == before  # the segments' own lists are read, never written
+    assert [ix.ntotal for ix in indexes] == [300, 250]  # and still hold every vector
+    reread = faiss.read_index(str(tmp_path / "merged" / "index.faiss"),
+                              faiss.IO_FLAG_ONDISK_SAME_DIR)
+    assert isinstance(faiss.downcast_InvertedLists(faiss.extract_index_ivf(reread).invlists),
+                      faiss.OnDiskInvertedLists)
+    want = faiss.clone_index(trained)
+    want.add(np.concatenate([parts[0][kept[0]], parts[1]]))
+    q = _vectors(20, seed=6)
+    for index in (reread, want):
+        faiss.extract_index_ivf(index).nprobe = 8
+    dm, im = reread.search(q, 10)
+    dw, iw = want.search(q, 10)
+    np.testing.assert_array_equal(im, iw)
+    np.testing.assert_allclose(dm, dw, rtol=1e-5, atol=1e-6)

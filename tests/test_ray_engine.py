@@ -128,17 +128,18 @@ def test_cli_build_with_ray_engine(setup):
     assert len(Searcher.open(out).manifest.segments) == 2
 
 
-def test_ivf_segments_of_a_sharded_build_merge_list_by_list(setup, local_ray):
+@pytest.mark.parametrize("index", ["ivf", "ivf-disk"])
+def test_ivf_segments_of_a_sharded_build_merge_list_by_list(setup, local_ray, index):
     """The two IVF segments of a Ray build share one quantizer: compacting them (after a
     deletion) copies their lists into one segment with that same quantizer, and it answers
-    as the two did (every list probed)."""
+    as the two did (every list probed). Lists on disk are copied into a new lists file."""
     import faiss
 
     from tpsearch import IndexWriter, Searcher
     from tpsearch.pipeline.ray_engine import RayOptions, build_with_ray
 
     tmp, corpus, model = setup
-    cfg = _config(tmp, model, corpus, "ray-ivf-merge", index="ivf")
+    cfg = _config(tmp, model, corpus, f"ray-{index}-merge", index=index)
     build_with_ray(cfg, RayOptions(actors=2))
     gone = sorted(Searcher.open(cfg.out).document_ids())[::40]
     with IndexWriter(cfg.out, merge_policy=False) as w:
@@ -154,6 +155,12 @@ def test_ivf_segments_of_a_sharded_build_merge_list_by_list(setup, local_ray):
     (seg,) = after.manifest.segments
     assert "merged list by list" in seg.index.reason
     merged = faiss.extract_index_ivf(after.segments[0].index)
+    lists = faiss.downcast_InvertedLists(merged.invlists)
+    if index == "ivf-disk":
+        assert seg.index.data_file == "index.ivfdata"
+        assert isinstance(lists, faiss.OnDiskInvertedLists)
+    else:
+        assert seg.index.data_file is None and isinstance(lists, faiss.ArrayInvertedLists)
     np.testing.assert_array_equal(
         faiss.rev_swig_ptr(faiss.downcast_index(merged.quantizer).get_xb(), nlist * merged.d),
         faiss.rev_swig_ptr(faiss.downcast_index(centroids).get_xb(), nlist * merged.d))

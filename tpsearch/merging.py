@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -29,9 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .index import IndexPlan
+from .index import ONDISK_FILE, IndexPlan
 from .integrity import inside
-from .ivf_merge import merge_ivf_lists, shared_layout
+from .ivf_merge import lists_on_disk, merge_ivf_lists, shared_layout
 from .layout import SEGMENTS
 from .lexical import LexicalSegments, TermPostings, merge_postings
 from .manifest import SegmentInfo
@@ -113,7 +114,7 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
                 live = (~deleted if info.lexical.unit == "document" else live_rows)
                 lexical_parts.append((postings, live))
         seg = writer.assemble_segment(shards, final, times, lexical_from_text=False,
-                                      prefilled=_lists_merged(writer, group, kept_rows))
+                                      prefilled=_lists_merged(writer, group, kept_rows, final))
         if lexical_parts:
             seg = replace(seg, lexical=merge_postings(final, lexical_parts, m.lexical.unit))
         placed = seal_segment(final, writer.root / SEGMENTS, name, seg)
@@ -132,21 +133,26 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
     return BuildResult(writer.root, manifest, 0, 0)
 
 
-def _lists_merged(writer: "IndexWriter", group: list[int], kept: list):
+def _lists_merged(writer: "IndexWriter", group: list[int], kept: list, final: Path):
     """(index, plan) of IVF segments that share one quantizer and codec, merged list by list
-    (:mod:`tpsearch.ivf_merge`); None where they do not (the merge adds the vectors anew)."""
+    (:mod:`tpsearch.ivf_merge`; segments whose lists are on disk into a new lists file in
+    ``final``); None where they do not (the merge adds the vectors anew)."""
     infos = [writer.segments[i] for i in group]
-    if any("IVF" not in s.index.factory or s.index.data_file for s in infos):
+    on_disk = [bool(s.index.data_file) for s in infos]
+    if any("IVF" not in s.index.factory for s in infos) or len(set(on_disk)) > 1:
         return None
-    indexes = [faiss.read_index(str(segment_dir(writer.root, s.path) / s.index.file))
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk[0] else 0
+    indexes = [faiss.read_index(str(segment_dir(writer.root, s.path) / s.index.file), flags)
                for s in infos]
     layout = shared_layout(indexes)
     if layout is None:
         return None
+    if on_disk[0]:
+        layout = lists_on_disk(layout, final / ONDISK_FILE)
     merged = merge_ivf_lists(layout, indexes, kept)
     first = infos[0].index
     return merged, IndexPlan(first.factory, f"{len(group)} segments merged list by list "
-                             f"(one coarse quantizer): {first.reason}")
+                             f"(one coarse quantizer): {first.reason}", ondisk=on_disk[0])
 
 
 def _write_store_shard(store, number: int, table: pa.Table):
