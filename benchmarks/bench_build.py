@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--update-share", type=float, default=0.0,
                     help="then change this share of the documents and time an incremental build")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each arm (the best counts)")
+    ap.add_argument("--no-serial", action="store_true",
+                    help="skip the arm that makes the id map and lexical units after encoding")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch's threads (0: its default). 1 on a 2-core machine leaves a core "
                          "free beside the encoder, as a GPU encoder leaves the CPU: what overlap "
@@ -158,14 +160,13 @@ def main() -> None:
         enc = TPEncoder.from_pretrained(**mc.encoder_kwargs())
         tokens = enc.tokenize(texts).num_tokens
         enc.encode(texts[:64], batch_size=args.batch_size)  # warm-up
-        # The build as it runs here ("pipeline": the follower where this machine's cores allow
-        # it), and with the id map and lexical units made while encoding (follow) and after
-        # it (serial), side by side.
-        from tpsearch.pipeline.follower import worth_following
+        # The build as it runs ("pipeline": the id map and lexical units made while encoding,
+        # by the follower) and with them made after encoding ("serial"), side by side.
         from tpsearch.pipeline.runner import BuildParts
 
-        arms = {"pipeline": BuildParts(), "follow": BuildParts(follow=True),
-                "serial": BuildParts(follow=False)}
+        arms = {"pipeline": BuildParts(), "serial": BuildParts(follow=False)}
+        if args.no_serial:
+            del arms["serial"]
         runs = {"encoder": [], **{a: [] for a in arms}}
         cores = {name: [] for name in runs}  # CPU seconds per wall second (cores kept busy)
         stages = {}
@@ -175,8 +176,6 @@ def main() -> None:
             runs["encoder"].append(time.perf_counter() - t)
             cores["encoder"].append((cpu_seconds() - c) / runs["encoder"][-1])
             for arm, parts in arms.items():
-                if arm != "pipeline" and parts.follow == worth_following(enc):
-                    continue  # the same as "pipeline" on this machine
                 t, c = time.perf_counter(), cpu_seconds()
                 res = build_index(BuildConfig(corpus=str(corpus), out=str(tmp / f"idx-{arm}{i}"),
                                               title_column="title", model=mc), encoder=enc,
@@ -189,8 +188,6 @@ def main() -> None:
         print(f"{len(texts)} documents, {tokens} tokens (prompted), model {args.model}, "
               f"batch size {args.batch_size}, torch threads {torch.get_num_threads()} of "
               f"{os.cpu_count()} CPUs")
-        follows = worth_following(enc)
-        print(f"  (the build follows shards while encoding here: {follows})")
         for name, secs in runs.items():
             if not secs:
                 continue
@@ -202,14 +199,15 @@ def main() -> None:
                   f"tokens/s  {busy:.2f} cores busy")
         share = min(runs["encoder"]) / min(runs["pipeline"])
         figures["pipeline_share_of_encoder"] = share
-        figures["follows"] = follows
         figures["stage_seconds"] = stages["pipeline"]
-        other = "serial" if follows else "follow"
-        figures[f"{other}_share_of_encoder"] = min(runs["encoder"]) / min(runs[other])
+        other = "serial"
+        if runs.get(other):
+            figures[f"{other}_share_of_encoder"] = min(runs["encoder"]) / min(runs[other])
         for arm, st in stages.items():
             print(f"  {arm} stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()))
-        print(f"  pipeline keeps {share * 100:.1f}% of the bare encoder's throughput (goal >= 90%); "
-              f"{other}: {figures[f'{other}_share_of_encoder'] * 100:.1f}%")
+        print(f"  pipeline keeps {share * 100:.1f}% of the bare encoder's throughput (goal >= 90%)"
+              + (f"; {other}: {figures[f'{other}_share_of_encoder'] * 100:.1f}%"
+                 if runs.get(other) else ""))
 
         if args.update_share:
             figures["update"] = measure_update(corpus, tmp / "idx0", mc, enc, args.update_share,

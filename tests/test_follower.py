@@ -38,8 +38,7 @@ def long_texts(n: int) -> list[str]:
 def test_tables_made_while_encoding_equal_assemblys_own(tmp_path, tiny_model_dir):
     model = tiny_model_dir("llama")
     corpus = write_corpus(tmp_path / "c.parquet", 150, texts=long_texts(150))
-    followed = build_index(config(_in(tmp_path / "a"), model, corpus, **FULL),
-                           parts=BuildParts(follow=True))
+    followed = build_index(config(_in(tmp_path / "a"), model, corpus, **FULL))  # the default
     # Without the follower assembly reads the shards' tables itself; a replaced assembler
     # turns it off too.
     own = build_index(config(_in(tmp_path / "b"), model, corpus, **FULL),
@@ -68,36 +67,18 @@ def test_follower_resumes_from_shards_left_by_an_interrupted_run(tmp_path, tiny_
     corpus = write_corpus(tmp_path / "c.parquet", 150, texts=long_texts(150))
     cfg = config(tmp_path, model, corpus, **FULL)
     fresh = build_index(config(_in(tmp_path / "fresh"), model, corpus, **FULL))
-    build_index(cfg, keep_shards=True, parts=BuildParts(follow=True))
+    build_index(cfg, keep_shards=True)
     work = WorkDir(Path(cfg.out))
     shards = work.complete_shards()
     for p in shards[1::2]:  # as if the run had died with every other window done
         p.unlink()
     (work.root / "follow").mkdir(exist_ok=True)
     (work.root / "follow" / "ids.parquet").write_bytes(b"half-written")  # redone, not read
-    res = build_index(cfg, overwrite=True, parts=BuildParts(follow=True))
+    res = build_index(cfg, overwrite=True)
     assert "tables_while_encoding" in res.manifest.build.stage_seconds
     assert res.encoded_documents < 150
     got = pq.read_table(next(version_dir(res.out).rglob("ids.parquet")))
     assert got.equals(pq.read_table(next(version_dir(fresh.out).rglob("ids.parquet"))))
-
-
-def test_follows_where_the_encoder_leaves_cores_free(tiny_model_dir, monkeypatch):
-    import torch
-
-    from tpsearch import TPEncoder
-    from tpsearch.pipeline.follower import worth_following
-
-    enc = TPEncoder.from_pretrained(tiny_model_dir("llama"), device="cpu")
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(4)
-        assert not worth_following(enc)  # every core encodes: tables after encoding
-        torch.set_num_threads(2)
-        assert worth_following(enc)
-    finally:
-        torch.set_num_threads(threads)
 
 
 class Recording:

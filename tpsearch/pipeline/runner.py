@@ -31,7 +31,7 @@ from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, f
 from ..index_encoder import encoder_mismatches
 from .assembler import Assembled, AssemblyOptions, KeptTransform, assemble
 from .distributor import Distributor
-from .follower import ShardFollower, worth_following
+from .follower import ShardFollower
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .reader import CorpusReader, CorpusSpec, window_digest
 from .reuse import STORE_DIR, BaseStore, fill_store
@@ -60,8 +60,8 @@ class BuildParts:
     assembler: Callable[..., Assembled] | None = None  # tpsearch.pipeline.assembler.assemble
     distributor: Distributor | None = None
     # Whether a one-process build makes the id map and lexical units while it encodes (the
-    # follower): None decides by the machine (:func:`~tpsearch.pipeline.follower.worth_following`)
-    follow: bool | None = None
+    # follower, :mod:`tpsearch.pipeline.follower`) rather than after
+    follow: bool = True
 
     def read(self, spec: CorpusSpec) -> CorpusReader:
         return (self.reader or CorpusReader)(spec)
@@ -285,10 +285,9 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
         work.prepare(settings, fresh=False)
     # One process, the standard assembler: the id map and lexical units are made from each
     # shard as it is written, while encoding goes on (:mod:`tpsearch.pipeline.follower`).
-    follow = worth_following(encoder) if parts.follow is None else parts.follow
     follower = ShardFollower.for_build(work, reader.num_rows, config.shard_rows,
                                        _assembly_options(config, encoder, base, False)) \
-        if follow and not d.active and parts.assembler is None else None
+        if parts.follow and not d.active and parts.assembler is None else None
     try:
         select = (lambda runs: d.select(runs, config.shard_rows)) if d.active else None
         docs, tokens = encode_shards(config, reader, encoder, work, times, show_progress, select,
