@@ -14,6 +14,21 @@ def _vectors(n, d=16, seed=0):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def assert_answers_as_added_anew(merged, trained, parts, kept) -> None:
+    """``merged`` holds the kept vectors of ``parts`` in order: the same ids and distances as
+    ``trained`` with them added anew (every list probed)."""
+    want = faiss.clone_index(trained)
+    want.add(np.concatenate([x if k is None else x[k] for x, k in zip(parts, kept)]))
+    assert merged.ntotal == want.ntotal
+    q = _vectors(20, seed=6)
+    for index in (merged, want):
+        faiss.extract_index_ivf(index).nprobe = 8
+    dm, im = merged.search(q, 10)
+    dw, iw = want.search(q, 10)
+    np.testing.assert_array_equal(im, iw)
+    np.testing.assert_allclose(dm, dw, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("factory", ["IVF8,Flat", "IVF8,PQ4", "PCA8,IVF8,Flat"])
 def test_merged_lists_equal_the_kept_vectors_added_in_order(factory):
     train = _vectors(2000, seed=1)
@@ -31,16 +46,7 @@ def test_merged_lists_equal_the_kept_vectors_added_in_order(factory):
     kept = [rng.random(len(x)) > 0.3 for x in parts]
     kept[1] = None  # a segment without deletions
     merged = merge_ivf_lists(layout, indexes, kept)
-    want = faiss.clone_index(trained)
-    want.add(np.concatenate([x if k is None else x[k] for x, k in zip(parts, kept)]))
-    assert merged.ntotal == want.ntotal
-    q = _vectors(20, seed=6)
-    for index in (merged, want):
-        faiss.extract_index_ivf(index).nprobe = 8
-    dm, im = merged.search(q, 10)
-    dw, iw = want.search(q, 10)
-    np.testing.assert_array_equal(im, iw)
-    np.testing.assert_allclose(dm, dw, rtol=1e-5, atol=1e-6)
+    assert_answers_as_added_anew(merged, trained, parts, kept)
 
 
 def test_indexes_with_other_quantizers_or_not_ivf_do_not_share_lists():
@@ -93,12 +99,4 @@ def test_lists_on_disk_merge_into_a_new_file_and_leave_the_segments_alone(tmp_pa
                               faiss.IO_FLAG_ONDISK_SAME_DIR)
     assert isinstance(faiss.downcast_InvertedLists(faiss.extract_index_ivf(reread).invlists),
                       faiss.OnDiskInvertedLists)
-    want = faiss.clone_index(trained)
-    want.add(np.concatenate([parts[0][kept[0]], parts[1]]))
-    q = _vectors(20, seed=6)
-    for index in (reread, want):
-        faiss.extract_index_ivf(index).nprobe = 8
-    dm, im = reread.search(q, 10)
-    dw, iw = want.search(q, 10)
-    np.testing.assert_array_equal(im, iw)
-    np.testing.assert_allclose(dm, dw, rtol=1e-5, atol=1e-6)
+    assert_answers_as_added_anew(reread, trained, parts, kept)
