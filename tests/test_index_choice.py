@@ -142,10 +142,11 @@ def test_an_index_with_its_lists_on_disk_searches_as_the_one_in_memory(tmp_path,
     assert len(json.loads(proc.stdout)["hits"]) == 2
 
 
-def test_an_index_with_its_lists_on_disk_takes_updates(tmp_path, tiny_model_dir):
+def test_an_index_with_its_lists_on_disk_takes_updates(tmp_path, tiny_model_dir, capfd):
     """An update keeps the fitted transform, read from the first segment's index file: that
     file names its lists file where the build wrote it, before publishing moved it, so it is
-    read as the searcher reads it (lists file beside the index)."""
+    read as the searcher reads it (lists file beside the index), and as quietly: FAISS's
+    note of the path it maps never reaches standard output."""
     import tpsearch
     from helpers import config, write_corpus
     from tpsearch import Searcher
@@ -158,3 +159,7 @@ def test_an_index_with_its_lists_on_disk_takes_updates(tmp_path, tiny_model_dir)
     s = Searcher.open(out)
     assert "late" in s.document_ids() and len(s.manifest.segments) == 2
     assert s.manifest.transform.kind == "center"
+    with tpsearch.IndexWriter(out) as w:
+        w.compact()
+    assert "late" in Searcher.open(out).document_ids()
+    assert capfd.readouterr().out == ""

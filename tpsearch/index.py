@@ -371,3 +371,14 @@ def c_stdout_silenced() -> Iterator[None]:
         libc.fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def read_index_file(path, lists_on_disk: bool) -> faiss.Index:
+    """A FAISS index file; ``lists_on_disk``: its inverted lists lie in :data:`ONDISK_FILE`
+    beside it (the file names them where the build wrote them, before publishing moved them)
+    and are memory-mapped from there. FAISS printf()s the path it maps: silenced, so
+    library code never prints and ``--json`` output stays JSON."""
+    if not lists_on_disk:
+        return faiss.read_index(str(path))
+    with c_stdout_silenced():
+        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)

@@ -20,17 +20,16 @@ import json
 import math
 import shutil
 import time
-from pathlib import Path
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .index import ONDISK_FILE, IndexPlan
+from .index import ONDISK_FILE, IndexPlan, read_index_file
 from .integrity import inside
 from .ivf_merge import lists_on_disk, merge_ivf_lists, shared_layout
 from .layout import SEGMENTS
@@ -141,8 +140,7 @@ def _lists_merged(writer: "IndexWriter", group: list[int], kept: list, final: Pa
     on_disk = [bool(s.index.data_file) for s in infos]
     if any("IVF" not in s.index.factory for s in infos) or len(set(on_disk)) > 1:
         return None
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk[0] else 0
-    indexes = [faiss.read_index(str(segment_dir(writer.root, s.path) / s.index.file), flags)
+    indexes = [read_index_file(segment_dir(writer.root, s.path) / s.index.file, on_disk[0])
                for s in infos]
     layout = shared_layout(indexes)
     if layout is None:

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from .errors import ConfigMismatch, IndexDamaged, InputError
 from .idmap import IdMap
-from .index import (ONDISK_FILE, SEARCH_PARAMS, c_stdout_silenced, check_search_params,
+from .index import (ONDISK_FILE, SEARCH_PARAMS, check_search_params, read_index_file,
                     search as faiss_search)
 from .integrity import file_digests, inside, inside_name, verify_entries
 from .layout import SEGMENT_DIR, SEGMENTS, IndexLocation, fsync_dir, fsync_tree, next_name
@@ -178,10 +178,7 @@ def open_segment(root: Path, info: "SegmentInfo", manifest: "Manifest",
                 raise IndexDamaged(f"{d}: index.data_file {info.index.data_file!r} is not "
                                    f"{ONDISK_FILE!r}")
             inside(d, info.index.data_file)
-            with c_stdout_silenced():  # FAISS printf()s the path it maps (library code never prints)
-                index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
-        else:
-            index = faiss.read_index(str(path))
+        index = read_index_file(path, bool(info.index.data_file))
     except RuntimeError as exc:
         raise IndexDamaged(f"{d}: {info.index.file} cannot be read "
                            f"({str(exc).splitlines()[0][:200]})") from None

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UnbuildableIndex
-from ..index import (ONDISK_FILE, ExactTopK, IndexPlan, c_stdout_silenced, choose_index, fit_plan, new_index,
-                     tune_search)
+from ..index import (ONDISK_FILE, ExactTopK, IndexPlan, c_stdout_silenced, choose_index, fit_plan,
+                     new_index, read_index_file, tune_search)
 from ..lexical import LexicalBuilder
 from ..metadata import PREFIX
 from ..integrity import inside
@@ -84,6 +84,7 @@ class KeptTransform:
     shift_path: Path | None
     info: TransformInfo
     dim: int
+    lists_on_disk: bool = False  # the index file's inverted lists lie beside it
 
     @classmethod
     def of(cls, location, manifest) -> "KeptTransform":
@@ -94,7 +95,7 @@ class KeptTransform:
         index_path = inside(segment_dir(location.root, first.path), first.index.file)
         shift = manifest.transform.query_shift_file
         return cls(index_path, inside(location.path, shift) if shift else None,
-                   manifest.transform, manifest.dim)
+                   manifest.transform, manifest.dim, bool(first.index.data_file))
 
 
 @dataclass
@@ -176,9 +177,7 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
     info = kept.info
     chain = []
     if info.kind != "none":
-        # owns the chain; an index whose lists are on disk names the lists file where the build
-        # wrote it, before publishing moved it: read it as the searcher does, from beside it
-        raw = faiss.read_index(str(kept.index_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        raw = read_index_file(kept.index_path, kept.lists_on_disk)  # owns the chain
         outer = faiss.downcast_index(raw)
         with tempfile.TemporaryDirectory() as tmp:  # a copy of each transform, through its file
             for i in range(outer.chain.size()):
