@@ -189,8 +189,6 @@ def main() -> None:
               f"batch size {args.batch_size}, torch threads {torch.get_num_threads()} of "
               f"{os.cpu_count()} CPUs")
         for name, secs in runs.items():
-            if not secs:
-                continue
             best = min(secs)
             figures[name] = {"seconds": best, "docs_per_s": len(texts) / best, "tokens_per_s": tokens / best}
             busy = cores[name][secs.index(best)]
@@ -200,17 +198,17 @@ def main() -> None:
         share = min(runs["encoder"]) / min(runs["pipeline"])
         figures["pipeline_share_of_encoder"] = share
         figures["stage_seconds"] = stages["pipeline"]
-        other = "serial"
-        if runs.get(other):
-            figures[f"{other}_share_of_encoder"] = min(runs["encoder"]) / min(runs[other])
+        serial = ""
+        if "serial" in runs:
+            figures["serial_share_of_encoder"] = min(runs["encoder"]) / min(runs["serial"])
+            serial = f"; serial: {figures['serial_share_of_encoder'] * 100:.1f}%"
         for arm, st in stages.items():
             print(f"  {arm} stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()))
         print(f"  pipeline keeps {share * 100:.1f}% of the bare encoder's throughput (goal >= 90%)"
-              + (f"; {other}: {figures[f'{other}_share_of_encoder'] * 100:.1f}%"
-                 if runs.get(other) else ""))
+              + serial)
 
         if args.update_share:
-            figures["update"] = measure_update(corpus, tmp / "idx0", mc, enc, args.update_share,
+            figures["update"] = measure_update(corpus, tmp / "idx-pipeline0", mc, enc, args.update_share,
                                                min(runs["pipeline"]))
 
         if not args.skip_memory:
