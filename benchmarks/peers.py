@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from tpsearch.eval.sts import evaluate as evaluate_sts
 from tpsearch.fusion import fuse
 from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
 from tpsearch.passages import split_passages
+
+from probe_documents import doc_rank
 
 SETS = {"scifact-dev": "dev", "pydoc-dev": "dev"}
 TOP = 100  # each side's candidates, as the searcher's hybrid mode takes them
@@ -82,14 +85,9 @@ def passages_of(data, model: MiniLM, budget: int = 254, overlap: int = 64) -> tu
 
 
 def best_docs(scores: np.ndarray, owner: np.ndarray, n_docs: int, k: int = TOP):
-    """Per query: (document, row, score) of the top ``k`` documents by their best unit."""
-    out = []
-    for row in scores:
-        best = np.full(n_docs, -np.inf, np.float32)
-        np.maximum.at(best, owner, row)
-        top = np.argsort(-best, kind="stable")[:k]
-        out.append([(int(t), int(t), float(best[t])) for t in top if np.isfinite(best[t])])
-    return out
+    """Per query: (document, row, score) of the top ``k`` documents by their best unit, as
+    :func:`tpsearch.fusion.fuse` takes them (the probes' :func:`doc_rank`)."""
+    return [[(d, d, s) for d, s in ranking] for ranking in doc_rank(scores, owner, n_docs, k)]
 
 
 def ndcg(rankings, ids, judged, qrels) -> float:
@@ -105,8 +103,6 @@ def run_set(name: str, where: Path, split: str, model: MiniLM) -> dict:
     queries = [data.queries[q] for q in judged]
     lb = LexicalBuilder()
     lb.add([doc_text(d) for d in data.corpus])
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         lb.save(Path(tmp))
         lex = LexicalSegments([(TermPostings(Path(tmp) / "lexical"), None)])
