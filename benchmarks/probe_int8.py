@@ -1,4 +1,5 @@
 """Which int8 variant keeps STS quality on a model: 400 STS-B dev pairs, float32 against
+tpsearch's int8 (per-token activation scales, tpsearch.int8; eager and compiled), against
 dynamic int8 (torch ``quantize_dynamic``, per-tensor activation scales) of all linear layers,
 of all but the MLP's down projection, of the attention projections only, of the MLP only, and
 torchao's per-token int8 where torchao is installed, and SmoothQuant-style smoothing before
@@ -23,6 +24,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from tpsearch import TPEncoder
+from tpsearch.int8 import quantize_int8
 from tpsearch.eval.sts import load_task
 
 VARIANTS = {"all linear": (), "all but down_proj": ("down_proj",),
@@ -114,6 +116,8 @@ def main() -> None:
                     help="SmoothQuant migration strengths tried (tpsearch.smoothing)")
     ap.add_argument("--calibration", type=int, default=128, help="demo texts to calibrate on")
     ap.add_argument("--only-smooth", action="store_true", help="skip the unsmoothed variants")
+    ap.add_argument("--only-per-token", action="store_true", help="float32 and tpsearch's int8 only")
+    ap.add_argument("--compile", action="store_true", help="also tpsearch's int8 compiled")
     args = ap.parse_args()
     pairs = load_task(args.sts_dir, "STSBenchmark-dev")
     idx = np.random.default_rng(0).choice(len(pairs), args.pairs, replace=False)
@@ -131,6 +135,16 @@ def main() -> None:
         print(f"{name:<20s} Spearman {s:6.2f}  {secs:6.1f} s", flush=True)
 
     report("float32", base)
+    per_token = TPEncoder.from_settings(replace(base.settings, quantize="int8"),
+                                        quantize_int8(copy.deepcopy(base.model)),
+                                        base.tokenizer, base.source)
+    report("per-token (tpsearch)", per_token)
+    if args.compile:
+        per_token.compile_layers()
+        per_token.encode(left[:64])  # compiles the common shapes
+        report("per-token, compiled", per_token)
+    if args.only_per_token:
+        return
     for name, keep in ({} if args.only_smooth else VARIANTS).items():
         model = copy.deepcopy(base.model)
         names = {n for n, m in model.named_modules()

@@ -75,9 +75,10 @@ def test_early_exit_equals_full_forward(tiny_model_dir, arch, output_layer):
                                    atol=TOL, rtol=0)
 
 
-#: bfloat16 on three architectures (a CPU without bf16 units runs it ~40x slower than float32).
+#: bfloat16 on three architectures (a CPU without bf16 units runs it ~40x slower than float32);
+#: int8 (per-token, float32 around the integer products) on the same three (GPT-2's Conv1D too).
 INVARIANCE_CASES = [(a, "float32") for a in TINY_ARCHS] + [
-    (a, "bfloat16") for a in ("llama", "gemma3_text", "gpt2")]
+    (a, dtype) for dtype in ("bfloat16", "int8") for a in ("llama", "gemma3_text", "gpt2")]
 
 
 @pytest.mark.parametrize("arch, dtype", INVARIANCE_CASES)
@@ -87,8 +88,10 @@ def test_a_texts_vector_does_not_depend_on_its_batch(tiny_model_dir, arch, dtype
     canonical width, always on the left, so neither batch-mates nor a padding side enter; it
     rests on the CPU's matrix kernels giving a row the same bits whatever the row count, which
     is probed first (where a CPU does not, the vectors must still agree to rounding)."""
+    int8 = dtype == "int8"
     enc = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), tp_layers=(1, 3), output_layer=-1,
-                                    device="cpu", dtype=dtype)
+                                    device="cpu", dtype="float32" if int8 else dtype,
+                                    quantize="int8" if int8 else None)
     texts = CORPUS + [t.upper() for t in CORPUS]  # some lengths repeat, most do not
     alone = np.stack([enc.encode([t], normalize=False)[0] for t in texts])
     exact = kernels_row_invariant(enc.dtype)

@@ -165,8 +165,6 @@ def test_compile_choice_is_checked():
     cpu = torch.device("cpu")
     assert resolve_compile("auto", cpu, quantized=False) is False
     assert resolve_compile(False, cpu, quantized=False) is False
-    with pytest.raises(InputError, match="int8"):
-        resolve_compile(True, cpu, quantized=True)
     with pytest.raises(InputError, match="auto, true or false"):
         resolve_compile("sometimes", cpu, quantized=False)
     if can_compile(cpu):  # a C++ compiler on PATH
@@ -176,7 +174,7 @@ def test_compile_choice_is_checked():
             resolve_compile(True, cpu, quantized=False)
 
 
-def test_auto_compiles_cpu_builds_only_when_large_and_in_bfloat16(tmp_path, monkeypatch):
+def test_auto_compiles_cpu_builds_only_when_large_and_in_bfloat16_or_int8(tmp_path, monkeypatch):
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     big = compiling.CPU_COMPILE_MIN_DOCUMENTS
     if not can_compile(cpu):
@@ -184,7 +182,11 @@ def test_auto_compiles_cpu_builds_only_when_large_and_in_bfloat16(tmp_path, monk
     assert compile_pays_off(cpu, bf16, big, quantized=False)
     assert not compile_pays_off(cpu, bf16, big - 1, quantized=False)
     assert not compile_pays_off(cpu, torch.float32, big, quantized=False)
-    assert not compile_pays_off(cpu, bf16, big, quantized=True)
+    small = compiling.CPU_INT8_COMPILE_MIN_DOCUMENTS  # int8 pays from fewer documents
+    assert small < big
+    assert compile_pays_off(cpu, torch.float32, small, quantized=True)
+    assert not compile_pays_off(cpu, torch.float32, small - 1, quantized=True)
+    assert not compile_pays_off(cpu, torch.float32, small, quantized=False)
     # A build: the threshold lowered so that a small corpus counts as large.
     monkeypatch.setattr(compiling, "CPU_COMPILE_MIN_DOCUMENTS", 20)
     corpus = write_corpus(tmp_path / "c.parquet", 40)

@@ -34,15 +34,14 @@ from .compiling import compile_decoder_layers, is_compiled, resolve_compile
 from .shapes import (BATCHING, ShapeRunner, canonical_width, first_position, pack_batch,
                      padded_inputs, plan_batches, plan_buckets, resolve_batching, sliding_window,
                      to_device, width_ladder)
+from .int8 import is_quantized, quantize_int8
 from .tp import (
     ForwardPlan,
     _pad_id,
     add_placeholder_token,
     find_decoder_layers,
-    is_quantized,
     model_lock,
     num_layers,
-    quantize_int8,
     forward_with_tp,
     resolve_output_layer,
     validate_tp_layers,
@@ -152,8 +151,6 @@ class TPEncoder:
         """Compile the decoder layers with torch.compile, in place on the shared model (every
         encoder over it, variants included, then runs them compiled); same vectors up to
         rounding. The first batches of each new shape pay the compilation."""
-        if self.settings.quantize:
-            raise InputError("compile does not apply to an int8-quantised model")
         compile_decoder_layers(self.model)
         return self
 

@@ -231,6 +231,11 @@ class Manifest:
 
     def check(self, where: str = MANIFEST) -> None:
         """Rules that involve several fields."""
+        if self.encoder.quantize == "int8" and _release(self.tpsearch_version) < (0, 6):
+            raise ConfigMismatch(
+                f"{where}: encoded with tpsearch {self.tpsearch_version}'s int8 (one activation "
+                "scale per batch), which 0.6 replaced with per-token scales: queries encoded "
+                "now would not match its vectors; rebuild the index with this tpsearch")
         if self.default_mode != "dense" and self.lexical is None:
             raise IndexDamaged(f"{where}: default_mode {self.default_mode!r} needs a lexical index")
         if self.vectors < self.documents:
@@ -282,6 +287,16 @@ class Manifest:
         if self.transform.query_shift_file:
             names.append(self.transform.query_shift_file)
         return names
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string such as ``"0.5.0"``; () where it has none."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)
 
 
 def _upgrade_v2(d: dict) -> dict:

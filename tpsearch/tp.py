@@ -185,27 +185,6 @@ def output_head(model: nn.Module) -> torch.Tensor:
                      "embeddings are not tied: it cannot score a query's tokens for reranking")
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantisation of the decoder's linear layers, in place (weights int8 per
-    channel, activations quantised per batch): torch's own ``quantize_dynamic`` (fbgemm kernels,
-    AVX2 and up). The modules TP hooks onto (the decoder layers) stay the same objects; the
-    embedding table and norms stay float. Chosen over torchao's int8 config, which ran 1.3x
-    float32 here against 2x for this path (see the README's throughput section)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        from torch.ao.quantization import quantize_dynamic
-
-        quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
-    model._tpsearch_int8 = True
-    return model
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return bool(getattr(model, "_tpsearch_int8", False))
-
-
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 

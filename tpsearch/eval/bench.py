@@ -26,7 +26,8 @@ from typing import Sequence
 
 import torch
 
-from ..encoder import TPEncoder, quantize_int8
+from ..encoder import TPEncoder
+from ..int8 import Int8Linear, quantize_int8
 from ..shapes import padding_efficiency, plan_batches, plan_buckets
 from ..devices import cpu_features
 from ..errors import InputError
@@ -84,9 +85,10 @@ def _rate(product, make, size: int, seconds: float, sync=lambda: None) -> float:
 
 
 def int8_matmul_ops(size: int = 2048, seconds: float = 2.0) -> float:
-    """Sustained int8 OP/s of a dynamically quantised linear layer (the int8 path's kernel)."""
+    """Sustained int8 OP/s of the int8 path's linear layer (:class:`~tpsearch.int8.Int8Linear`:
+    per-token quantising, integer product, rescaling), float32 in and out."""
     def make(n):
-        return quantize_int8(torch.nn.Sequential(torch.nn.Linear(n, n, bias=False))), torch.randn(n, n)
+        return Int8Linear.from_linear(torch.nn.Linear(n, n, bias=False)), torch.randn(n, n)
 
     with torch.inference_mode():
         return _rate(lambda lin, x: lin(x), make, size, seconds)
@@ -115,7 +117,7 @@ def layer_params(encoder: TPEncoder) -> tuple[int, int]:
 def _variant_encoders(base: TPEncoder, output_layer: int, tp_layers,
                      other_dtypes: bool) -> dict[str, TPEncoder]:
     """The four depth/TP variants in the loaded dtype; on a float32 CPU model also TP (and
-    vanilla) with early exit in bfloat16 and in dynamic int8, on copies of the model."""
+    vanilla) with early exit in bfloat16 and in int8 (per-token activations), on copies of the model."""
     out = {
         "vanilla_last": base.variant(tp_layers=None, output_layer=-1),
         "vanilla_exit": base.variant(tp_layers=None, output_layer=output_layer),
@@ -202,7 +204,7 @@ def run_bench(
     With ``batchings`` (other than the encoder's own), the four depth/TP variants are measured
     again with each, as ``tp_exit/graphs`` and so on, in the same alternating rounds. With
     ``compile_pass``, the decoder layers of each model measured are then compiled and
-    ``vanilla_last``, ``tp_exit`` (and ``tp_exit_bf16``) measured again as ``...+compiled``;
+    ``vanilla_last``, ``tp_exit`` (and ``tp_exit_bf16``, ``tp_exit_int8``) measured again as ``...+compiled``;
     that pass comes last because compiling changes the shared model in place.
 
     With ``corpus_texts`` (the whole corpus ``texts`` were taken from), the padding efficiency
@@ -240,10 +242,10 @@ def bench_variants(encoder: TPEncoder, other_dtypes: bool, batchings: Sequence[s
 
 def compiled_pass(variants: dict, best: dict, tokenized: dict, warmup: dict, texts, rounds: int,
                   batch_size: int, max_batch_tokens: int | None) -> None:
-    """Compile the models of vanilla_last, tp_exit (and tp_exit_bf16) and time them again as
-    ``...+compiled``; adds to the four dicts in place."""
-    again = {f"{k}+compiled": variants[k].variant() for k in ("vanilla_last", "tp_exit", "tp_exit_bf16")
-             if k in variants}
+    """Compile the models of vanilla_last, tp_exit (and tp_exit_bf16, tp_exit_int8) and time
+    them again as ``...+compiled``; adds to the four dicts in place."""
+    again = {f"{k}+compiled": variants[k].variant()
+             for k in ("vanilla_last", "tp_exit", "tp_exit_bf16", "tp_exit_int8") if k in variants}
     for v in again.values():
         v.compile_layers()
     more = time_variants(again, texts, rounds, batch_size, max_batch_tokens)

@@ -92,8 +92,6 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
             resolve_prompt(given, tp=True)
     if m.compile_layers not in ("auto", True, False):
         raise InputError(f"compile-layers must be auto, true or false, got {m.compile_layers!r}")
-    if m.compile_layers is True and m.quantize:
-        raise InputError("--compile does not apply to an int8-quantised model (--quantize int8)")
     columns = [c for c in (config.text_column, config.id_column, config.title_column) if c]
     if len(set(columns)) < len(columns):
         raise InputError(f"the text, id and title columns must differ (got {', '.join(columns)})")

@@ -1,0 +1,89 @@
+"""int8 with per-token activation scales (tpsearch.int8): close to float32, blind to batch-mates
+(an outlier token among them included), every decoder linear layer converted, and indexes made
+by 0.5's per-batch int8 refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import CORPUS
+from helpers import config, version_dir, write_corpus
+from tpsearch import Searcher, TPEncoder
+from tpsearch.errors import ConfigMismatch
+from tpsearch.int8 import Int8Linear, is_quantized, quantize_int8
+from tpsearch.pipeline import build_index
+from tpsearch.tp import find_decoder_layers
+
+
+def _linear(k: int = 64, n: int = 48, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(k, n, bias=bias)
+
+
+def test_int8_linear_is_close_to_float32():
+    lin = _linear()
+    q = Int8Linear.from_linear(lin)
+    x = torch.randn(10, 3, 64)
+    ref, got = lin(x), q(x)
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    # two roundings of 1/254 of each row's range (weights, activations): ~1% of the output
+    assert ((got - ref).norm() / ref.norm()).item() < 0.02
+    assert q.weight_t.dtype == torch.int8
+
+
+def test_an_outlier_token_does_not_change_the_other_tokens():
+    """The failure of per-batch scales (0.5's int8, STS-B 69 -> 24 on Gemma 3): a token with
+    massive activations in the batch. Per token, the others get the same bits as alone."""
+    q = Int8Linear.from_linear(_linear())
+    x = torch.randn(6, 64)
+    batch = torch.cat([x, 1000 * torch.randn(1, 64)])
+    torch.testing.assert_close(q(batch)[:6], q(x), rtol=0, atol=0)
+    for i in range(6):
+        torch.testing.assert_close(q(batch[i:i + 1]), q(x)[i:i + 1], rtol=0, atol=0)
+
+
+def test_gpt2_conv1d_is_converted_like_a_linear_layer():
+    from transformers.pytorch_utils import Conv1D
+
+    lin = _linear()
+    conv = Conv1D(48, 64)
+    conv.weight.data = lin.weight.data.t().clone()
+    conv.bias.data = lin.bias.data.clone()
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(Int8Linear.from_linear(conv)(x), Int8Linear.from_linear(lin)(x),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_every_linear_layer_of_the_decoder_is_converted_and_the_head_is_not(tiny_model_dir, arch):
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), device="cpu", quantize="int8")
+    assert is_quantized(enc.model)
+    converted = [m for layer in find_decoder_layers(enc.model) for m in layer.modules()
+                 if isinstance(m, Int8Linear)]
+    left = [type(m).__name__ for layer in find_decoder_layers(enc.model) for m in layer.modules()
+            if type(m) is nn.Linear or type(m).__name__ == "Conv1D"]
+    assert converted and not left
+    head = enc.model.get_output_embeddings()
+    assert head is None or isinstance(head.weight, torch.Tensor) and head.weight.is_floating_point()
+    # quantising again finds no float layer left: nothing changes
+    quantize_int8(enc.model)
+    assert len([m for m in enc.model.modules() if isinstance(m, Int8Linear)]) == len(converted)
+
+
+def test_an_index_made_by_0_5s_int8_is_refused_with_a_rebuild_message(tmp_path, tiny_model_dir):
+    path = tiny_model_dir("llama")
+    cfg = config(tmp_path, path, write_corpus(tmp_path / "c.parquet", 12))
+    cfg.out = str(tmp_path / "index")
+    cfg.model.quantize = "int8"
+    res = build_index(cfg)
+    assert len(Searcher.open(res.out).search(CORPUS[0], k=3)) == 3
+    manifest = version_dir(res.out) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["tpsearch_version"] = "0.5.0"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ConfigMismatch, match="0.5.0's int8.*rebuild"):
+        Searcher.open(res.out)
