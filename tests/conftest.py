@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-# dtype "auto" is bfloat16 on CPUs with AMX: tests run as on any other CPU (float32) unless
-# they ask for bfloat16 themselves, so exact comparisons hold on every machine CI runs on.
+# dtype "auto" is bfloat16 on CPUs with AMX and quantize "auto" int8 on CPUs with VNNI and no
+# AMX: tests run as on any other CPU (float32) unless they ask for bfloat16 or int8 themselves,
+# so exact comparisons hold on every machine CI runs on.
 os.environ.setdefault("TPSEARCH_NATIVE_BF16", "0")
+os.environ.setdefault("TPSEARCH_INT8", "0")
 
 from tpsearch.testing import save_tiny_model
 

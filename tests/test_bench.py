@@ -16,7 +16,10 @@ from tpsearch.cli import main
 from tpsearch.shapes import canonical_width, plan_batches
 
 
-def test_bench_table_and_json(tmp_path, tiny_model_dir):
+def test_bench_table_and_json(tmp_path, tiny_model_dir, monkeypatch):
+    from tpsearch.eval import bench
+
+    monkeypatch.setattr(bench, "bf16_in_hardware", lambda: True)  # the bf16 rows on any CPU
     corpus = tmp_path / "c.parquet"
     pq.write_table(pa.table({"id": list(range(len(CORPUS))), "text": CORPUS}), corpus)
     out = tmp_path / "bench.json"
@@ -64,3 +67,18 @@ def test_bench_table_and_json(tmp_path, tiny_model_dir):
     r = CliRunner().invoke(main, args + ["--max-batch-tokens", "64"])
     assert r.exit_code == 0, r.output
     assert "vanilla_exit" in r.output and "padding efficiency" in r.output and "machine limit" in r.output
+
+
+def test_bench_leaves_out_bfloat16_where_the_cpu_would_emulate_it(tiny_model_dir, monkeypatch):
+    """Emulated bf16 runs ~40x slower than float32 (minutes a round on the default model):
+    on such a CPU the bench measures float32 and int8 only."""
+    from tpsearch.eval import bench
+
+    base = TPEncoder.from_pretrained(str(tiny_model_dir("llama")), device="cpu", quantize="none")
+    for hardware, rows in ((False, {"tp_exit_int8", "vanilla_exit_int8"}),
+                           (True, {"tp_exit_int8", "vanilla_exit_int8", "tp_exit_bf16",
+                                   "vanilla_exit_bf16"})):
+        monkeypatch.setattr(bench, "bf16_in_hardware", lambda h=hardware: h)
+        got = set(bench.bench_variants(base, True, ())) - {"vanilla_last", "vanilla_exit",
+                                                          "tp_exit", "tp_full"}
+        assert got == rows, hardware

@@ -87,3 +87,45 @@ def test_an_index_made_by_0_5s_int8_is_refused_with_a_rebuild_message(tmp_path, 
     manifest.write_text(json.dumps(data))
     with pytest.raises(ConfigMismatch, match="0.5.0's int8.*rebuild"):
         Searcher.open(res.out)
+
+
+def test_auto_quantize_follows_the_cpu(monkeypatch):
+    """Both branches, on any machine (the CPU's features stubbed): int8 on a CPU with VNNI and
+    no AMX, when the dtype is left to the machine too; TPSEARCH_INT8 overrides the detection."""
+    from tpsearch import devices
+    from tpsearch.devices import resolve_quantize
+    from tpsearch.errors import InputError
+
+    cpu, gpu = torch.device("cpu"), torch.device("meta")
+    monkeypatch.delenv("TPSEARCH_INT8", raising=False)
+    monkeypatch.delenv("TPSEARCH_NATIVE_BF16", raising=False)
+    for vnni, amx, want in ((True, False, "int8"), (True, True, None), (False, False, None)):
+        monkeypatch.setattr(devices, "cpu_features",
+                            lambda v=vnni, a=amx: {"vnni": v, "amx": a, "avx512_bf16": a})
+        assert resolve_quantize("auto", "auto", cpu) == want, (vnni, amx)
+        assert resolve_quantize("auto", "float32", cpu) is None  # an explicit dtype: float
+        assert resolve_quantize("auto", "auto", gpu) is None
+        assert resolve_quantize("none", "auto", cpu) is None and resolve_quantize(None, "auto", cpu) is None
+        assert resolve_quantize("int8", "float32", cpu) == "int8"
+    monkeypatch.setenv("TPSEARCH_INT8", "1")
+    assert resolve_quantize("auto", "auto", cpu) == "int8"
+    monkeypatch.setenv("TPSEARCH_INT8", "0")
+    monkeypatch.setattr(devices, "cpu_features", lambda: {"vnni": True, "amx": False, "avx512_bf16": False})
+    assert resolve_quantize("auto", "auto", cpu) is None
+    with pytest.raises(InputError, match="auto, int8 or none"):
+        resolve_quantize("int4", "auto", cpu)
+
+
+def test_the_index_records_what_auto_chose_and_queries_follow_it(tmp_path, tiny_model_dir, monkeypatch):
+    """A build left to the machine on a CPU where auto means int8 records int8; its searcher
+    encodes queries in int8 wherever it opens, even where auto would not choose it."""
+    monkeypatch.setenv("TPSEARCH_INT8", "1")
+    cfg = config(tmp_path, tiny_model_dir("llama"), write_corpus(tmp_path / "c.parquet", 12))
+    cfg.out = str(tmp_path / "index")
+    cfg.model.dtype, cfg.model.quantize = "auto", "auto"
+    res = build_index(cfg)
+    assert res.manifest.encoder.quantize == "int8"
+    monkeypatch.setenv("TPSEARCH_INT8", "0")
+    s = Searcher.open(res.out)
+    assert s.encoder.settings.quantize == "int8" and is_quantized(s.encoder.model)
+    assert len(s.search(CORPUS[0], k=3)) == 3

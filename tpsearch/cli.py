@@ -357,7 +357,7 @@ def bench(model, corpus, docs, rounds, batch_size, max_batch_tokens, tp_layers, 
     batchings = [b.strip() for b in batching.split(",") if b.strip()] or ["auto"]
     enc = TPEncoder.from_pretrained(model or DEFAULT_MODEL, tp_layers=tp, output_layer=output_layer,
                                     device=device, dtype=dtype, batching=batchings[0],
-                                    compile_layers=False)
+                                    compile_layers=False, quantize="none")
     others = [resolve_batching(b, enc.device) for b in batchings[1:]]
     result = run_bench(texts, enc, rounds=rounds, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                        corpus_texts=all_texts, window=BuildConfig().shard_rows, batchings=others,

@@ -1,5 +1,6 @@
 """Where a model runs and in which dtype: device names checked against this machine, and the
-CPU's matrix units (AMX, AVX-512 BF16, VNNI) deciding what ``dtype="auto"`` means."""
+CPU's matrix units (AMX, AVX-512 BF16, VNNI) deciding what ``dtype="auto"`` and
+``quantize="auto"`` mean."""
 
 from __future__ import annotations
 
@@ -66,6 +67,31 @@ def native_bf16_cpu() -> bool:
         return forced == "1"
     f = cpu_features()
     return bool(f["amx"] and f["avx512_bf16"])
+
+
+def int8_default_cpu() -> bool:
+    """True where ``quantize="auto"`` takes int8: a CPU with VNNI int8 dot products and no bf16
+    matrix units (where there are, ``dtype="auto"`` takes bfloat16 instead). Measured in
+    docs/throughput.md. ``TPSEARCH_INT8=0`` (or ``1``) overrides the detection."""
+    forced = os.environ.get("TPSEARCH_INT8", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return bool(cpu_features()["vnni"]) and not native_bf16_cpu()
+
+
+def resolve_quantize(quantize: str | None, dtype: str | torch.dtype | None,
+                     device: torch.device) -> str | None:
+    """``None``/``"none"``: float layers; ``"int8"``: int8 (CPU only, checked by the loader);
+    ``"auto"``: int8 on a CPU that :func:`int8_default_cpu` names, when the dtype is left to the
+    machine too (``dtype="auto"``); an explicit dtype keeps float layers."""
+    if quantize is None or quantize == "none":
+        return None
+    if quantize == "int8":
+        return "int8"
+    if quantize == "auto":
+        return ("int8" if device.type == "cpu" and dtype == "auto" and int8_default_cpu()
+                else None)
+    raise InputError(f"unknown quantisation {str(quantize)[:40]!r}; use auto, int8 or none")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

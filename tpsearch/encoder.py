@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import resolve_device, resolve_dtype
+from .devices import resolve_device, resolve_dtype, resolve_quantize
 from .loading import DEFAULT_MODEL, ModelSource, load_model, resolve_source
 from .errors import InputError
 from .torchstate import TORCH_STATE
@@ -191,11 +191,12 @@ class TPEncoder:
         o = options.encoder_options()
         source = source or resolve_source(o.model)
         dev = resolve_device(o.device)
+        quantize = resolve_quantize(o.quantize, o.dtype, dev)
         net, tokenizer = load_model(source, dev, resolve_dtype(o.dtype, dev),
                                     o.attn_implementation, trust_remote_code=o.trust_remote_code,
                                     show_progress=show_progress)
         preset = find_preset(source.spec) or find_preset(source.path) or fallback_preset(num_layers(net))
-        if o.quantize:
+        if quantize:
             if dev.type != "cpu":
                 raise InputError("quantize='int8' runs on a CPU; on a GPU use bfloat16")
             quantize_int8(net)
@@ -213,11 +214,11 @@ class TPEncoder:
             model_name=source.spec,
             source=source,
             pooling=o.pooling,
-            quantize=o.quantize,
+            quantize=quantize,
         )
         encoder.preset = preset
         encoder.batching = resolve_batching(o.batching, dev)
-        if resolve_compile(o.compile_layers, dev, bool(o.quantize), encoder.dtype, documents):
+        if resolve_compile(o.compile_layers, dev, bool(quantize), encoder.dtype, documents):
             encoder.compile_layers()
         return encoder
 

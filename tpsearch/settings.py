@@ -60,8 +60,10 @@ class EncoderOptions:
         "matrix units (AMX), float32 elsewhere (measured harmless on the dev sets). Default: "
         "{default}.")
     quantize: str | None = option(
-        None, "Dynamic int8 linear layers on CPU (faster, slightly less exact; recorded in the "
-        "index, and queries are encoded the same way).", choices=("int8",))
+        AUTO, "int8: int8 linear layers with per-token activation scales (CPU only; recorded "
+        "in the index, and queries are encoded the same way). auto: int8 on CPUs with VNNI int8 "
+        "units and no bf16 matrix units (AMX), when --dtype is auto too; none elsewhere. none: "
+        "float layers. Default: {default}.", choices=("auto", "int8", "none"))
     batching: str = option(
         AUTO, "Batch shapes: sorted (by length, exact widths), bucketed (a few fixed shapes, "
         "masks built on the device), graphs (bucketed, replayed as CUDA graphs; GPU only), or "

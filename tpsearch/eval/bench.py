@@ -7,8 +7,9 @@ Variants (all on one loaded model, measured alternately over ``rounds`` so drift
 * ``vanilla_exit``: no TP, the configured output layer (layers after it not run);
 * ``tp_exit``: TP, the configured output layer;
 * ``tp_full``: TP, final layer (full depth);
-* on a float32 CPU model also ``tp_exit_bf16``/``vanilla_exit_bf16`` and
-  ``tp_exit_int8``/``vanilla_exit_int8`` (dynamic int8 linear layers), on copies of the model.
+* on a float32 CPU model also ``tp_exit_int8``/``vanilla_exit_int8`` (int8 linear layers with
+  per-token activation scales, :mod:`tpsearch.int8`) and, where the CPU has bf16 matrix
+  instructions, ``tp_exit_bf16``/``vanilla_exit_bf16``, on copies of the model.
 
 The machine limit is a matrix product timed on the spot in each dtype measured (float32, bfloat16
 and int8 on a CPU; the loaded dtype on a GPU),
@@ -114,10 +115,17 @@ def layer_params(encoder: TPEncoder) -> tuple[int, int]:
     return total, total // len(encoder.layers)
 
 
+def bf16_in_hardware() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX tiles or AVX-512 BF16)."""
+    f = cpu_features()
+    return bool(f["amx"] or f["avx512_bf16"])
+
+
 def _variant_encoders(base: TPEncoder, output_layer: int, tp_layers,
                      other_dtypes: bool) -> dict[str, TPEncoder]:
     """The four depth/TP variants in the loaded dtype; on a float32 CPU model also TP (and
-    vanilla) with early exit in bfloat16 and in int8 (per-token activations), on copies of the model."""
+    vanilla) with early exit in int8 (per-token activations) and, where the CPU multiplies
+    bf16 in hardware, in bfloat16, on copies of the model."""
     out = {
         "vanilla_last": base.variant(tp_layers=None, output_layer=-1),
         "vanilla_exit": base.variant(tp_layers=None, output_layer=output_layer),
@@ -125,9 +133,10 @@ def _variant_encoders(base: TPEncoder, output_layer: int, tp_layers,
         "tp_full": base.variant(tp_layers=tp_layers, output_layer=-1),
     }
     if other_dtypes:
-        bf16 = copy.deepcopy(base.model).to(torch.bfloat16)
-        int8 = quantize_int8(copy.deepcopy(base.model))
-        for name, model, quant in (("bf16", bf16, None), ("int8", int8, "int8")):
+        others = [("int8", quantize_int8(copy.deepcopy(base.model)), "int8")]
+        if bf16_in_hardware():  # emulated bf16 runs ~40x slower than float32: minutes a round
+            others.insert(0, ("bf16", copy.deepcopy(base.model).to(torch.bfloat16), None))
+        for name, model, quant in others:
             for kind, layers in (("tp_exit", tp_layers), ("vanilla_exit", None)):
                 settings = replace(base.settings, tp_layers=layers, output_layer=output_layer,
                                    quantize=quant)
