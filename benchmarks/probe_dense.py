@@ -290,6 +290,8 @@ def main() -> None:
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--tp-layers", default="auto", help="auto (the preset), none, or A:B")
     ap.add_argument("--placeholder-init", default=None)
+    ap.add_argument("--quantize", default="none", choices=("none", "int8"),
+                    help="int8: tpsearch's int8 (per-token), compiled; cached apart (label -int8)")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--report", action="store_true", help="print the cached settings' tables")
@@ -299,9 +301,11 @@ def main() -> None:
     tp = None if args.tp_layers == "none" else args.tp_layers
     extra = {"placeholder_init": args.placeholder_init} if args.placeholder_init else {}
     enc = TPEncoder.from_pretrained(args.model, tp_layers=tp, output_layer=-1, pooling="mean",
-                                    max_length=512, **extra)
+                                    max_length=512, quantize=args.quantize,
+                                    compile_layers=args.quantize == "int8", **extra)
     label = "none" if tp is None else "{}-{}".format(*enc.settings.tp_layers)
     label += f"-{args.placeholder_init}" if args.placeholder_init else ""
+    label += "-int8" if args.quantize == "int8" else ""
     cache = args.cache / label
     cache.mkdir(parents=True, exist_ok=True)
     qenc = enc.variant(prompt="question")

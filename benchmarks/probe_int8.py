@@ -123,7 +123,7 @@ def main() -> None:
     idx = np.random.default_rng(0).choice(len(pairs), args.pairs, replace=False)
     left, right = [pairs.left[i] for i in idx], [pairs.right[i] for i in idx]
     gold = pairs.gold[idx]
-    base = TPEncoder.from_pretrained(args.model)
+    base = TPEncoder.from_pretrained(args.model, quantize="none")
 
     def score(enc: TPEncoder) -> tuple[float, float]:
         t0 = time.perf_counter()

@@ -72,7 +72,8 @@ def main() -> None:
                     continue
                 t0 = time.time()
                 enc = TPEncoder.from_pretrained(args.model, prompt=prompt, tp_layers=tp,
-                                                output_layer=-1, placeholder_init=init)
+                                                output_layer=-1, placeholder_init=init,
+                                                quantize="none")
                 n = enc.plan.n_layers
                 by_layer = enc.encode_layers(sentences, range(1, n), batch_size=args.batch_size)
                 scores = {}

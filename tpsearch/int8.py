@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import InputError
 from .tp import find_decoder_layers
 
 #: The largest magnitude of a symmetric int8 code (-127..127; -128 is never used).
@@ -81,6 +82,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every linear layer inside the decoder layers (``nn.Linear``, GPT-2's ``Conv1D``)
     with an :class:`Int8Linear`, in place; returns ``model``. The decoder layers themselves stay the same objects (TP's hooks
     are on them); embeddings, norms and any output head stay float."""
+    if not hasattr(torch, "_int_mm"):  # torch's int8 product (2.1+; torchao's int8 rests on it)
+        raise InputError(f"torch {torch.__version__} has no int8 matrix product "
+                         "(torch._int_mm); int8 needs torch 2.1 or newer")
     for layer in find_decoder_layers(model):
         for parent in list(layer.modules()):
             for name, child in list(parent.named_children()):
