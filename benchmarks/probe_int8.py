@@ -136,7 +136,7 @@ def main() -> None:
 
     report("float32", base)
     per_token = TPEncoder.from_settings(replace(base.settings, quantize="int8"),
-                                        quantize_int8(copy.deepcopy(base.model)),
+                                        quantize_int8(copy.deepcopy(base.model), base.tokenizer),
                                         base.tokenizer, base.source)
     report("per-token (tpsearch)", per_token)
     if args.compile:

@@ -46,6 +46,45 @@ def test_an_outlier_token_does_not_change_the_other_tokens():
         torch.testing.assert_close(q(batch[i:i + 1]), q(x)[i:i + 1], rtol=0, atol=0)
 
 
+def test_outlier_channels_kept_in_float32_are_exact_and_leave_the_int8_part():
+    """An input channel with activations 100x the others, kept in float32: its product is
+    exact, and the other channels are quantised on their own (small) range."""
+    lin = _linear(bias=False)
+    x = torch.randn(8, 64)
+    x[:, 5] *= 100
+    plain, kept = Int8Linear.from_linear(lin), Int8Linear.from_linear(lin, torch.tensor([5]))
+    assert (kept.weight_t[5] == 0).all() and kept.float_channels.tolist() == [5]
+    ref = lin(x)
+    err_plain = ((plain(x) - ref).norm() / ref.norm()).item()
+    err_kept = ((kept(x) - ref).norm() / ref.norm()).item()
+    assert err_kept < 0.02 and err_kept < err_plain / 3
+    rest = x.clone()
+    rest[:, 5] = 0  # without channel 5, the two share nothing but the float product
+    torch.testing.assert_close(kept(x) - kept(rest), x[:, 5:6] @ lin.weight[:, 5:6].t(),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_outlier_channels_are_the_calibration_texts_largest_and_fixed(tiny_model_dir):
+    from tpsearch.int8 import activation_outliers
+
+    path = str(tiny_model_dir("llama"))
+    a = TPEncoder.from_pretrained(path, device="cpu", quantize="int8")
+    b = TPEncoder.from_pretrained(path, device="cpu", quantize="int8")
+    layers_a = [m for m in a.model.modules() if isinstance(m, Int8Linear)]
+    layers_b = [m for m in b.model.modules() if isinstance(m, Int8Linear)]
+    for layer in find_decoder_layers(a.model):  # the widest layer of each (the MLP's down)
+        linears = [m for m in layer.modules() if isinstance(m, Int8Linear)]
+        widest = max(m.in_features for m in linears)
+        for m in linears:
+            assert (m.float_channels is not None) == (m.in_features == widest)
+    for ma, mb in zip(layers_a, layers_b):  # every load picks the same channels
+        assert (ma.float_channels is None and mb.float_channels is None
+                or torch.equal(ma.float_channels, mb.float_channels))
+    float_model = TPEncoder.from_pretrained(path, device="cpu", quantize="none")
+    picked = activation_outliers(float_model.model, float_model.tokenizer, channels=3)
+    assert picked and all(len(ix) == 3 for ix in picked.values())
+
+
 def test_gpt2_conv1d_is_converted_like_a_linear_layer():
     from transformers.pytorch_utils import Conv1D
 

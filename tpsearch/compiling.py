@@ -7,7 +7,7 @@ share one compiled graph (compiled about once per shape, then once with dynamic 
 hooks run around ``forward``, outside the compiled region, unchanged. Measured (README,
 "Throughput"): with CUDA graphs on an H200, 3.2-3.5x the documents/s of the eager sorted path
 for Gemma 3 270M, 1.4x for a LLaMA-2-7B-shaped model; on a 2-core AMX CPU in bfloat16, 1.31x,
-after 5-16 s of compiling; int8 (per-token, :mod:`tpsearch.int8`) on 2 AVX-512 VNNI cores, 2.0x.
+after 5-16 s of compiling; int8 (per-token, :mod:`tpsearch.int8`) on 2 AVX-512 VNNI cores, 1.90x.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ def can_compile(device: torch.device) -> bool:
 CPU_COMPILE_MIN_DOCUMENTS = 20_000
 
 #: The same for an int8 build (:mod:`tpsearch.int8`): compiled, its quantise and rescale steps
-#: fuse around the integer products, 2.0x the eager int8 rate on 400 STS-B dev pairs (34 -> 68
-#: sentences/s on 2 AVX-512 VNNI cores) for about 40 s of compiling, which pays from about
-#: 3,000 short documents; 5,000 leaves a margin.
-CPU_INT8_COMPILE_MIN_DOCUMENTS = 5_000
+#: fuse around the integer products, 1.90x the eager int8 rate on 256 demo docstrings (30.6 ->
+#: 58.0 documents/s on 2 AVX-512 VNNI cores; ``tpsearch bench --compile``) for about 11 s of
+#: compiling, which pays from about 750 such documents; 2,000 leaves a margin (and takes the
+#: 2,000-document demo).
+CPU_INT8_COMPILE_MIN_DOCUMENTS = 2_000
 
 
 def compile_pays_off(device: torch.device, dtype: torch.dtype, documents: int,

@@ -199,7 +199,7 @@ class TPEncoder:
         if quantize:
             if dev.type != "cpu":
                 raise InputError("quantize='int8' runs on a CPU; on a GPU use bfloat16")
-            quantize_int8(net)
+            quantize_int8(net, tokenizer)
         tp_layers = parse_tp_layers(o.tp_layers)
         encoder = cls(
             net,

@@ -133,7 +133,7 @@ def _variant_encoders(base: TPEncoder, output_layer: int, tp_layers,
         "tp_full": base.variant(tp_layers=tp_layers, output_layer=-1),
     }
     if other_dtypes:
-        others = [("int8", quantize_int8(copy.deepcopy(base.model)), "int8")]
+        others = [("int8", quantize_int8(copy.deepcopy(base.model), base.tokenizer), "int8")]
         if bf16_in_hardware():  # emulated bf16 runs ~40x slower than float32: minutes a round
             others.insert(0, ("bf16", copy.deepcopy(base.model).to(torch.bfloat16), None))
         for name, model, quant in others:
