@@ -34,6 +34,7 @@ def test_bench_table_and_json(tmp_path, tiny_model_dir, monkeypatch):
                                     "tp_exit_bf16", "vanilla_exit_bf16", "tp_exit_int8",
                                     "vanilla_exit_int8"}
     assert res["variants"]["tp_exit_int8"]["dtype"] == "int8"
+    assert res["auto_defaults"] == {"dtype": "float32", "quantize": None}  # conftest pins both
     assert res["variants"]["tp_exit_bf16"]["dtype"] == "bfloat16"
     assert set(res["matmul_rates"]) == {"float32", "bfloat16", "int8"}
     assert res["cpu"]["capability"] and set(res["speedup_vs_float32_tp_exit"]) == {"tp_exit_bf16",

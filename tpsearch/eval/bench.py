@@ -30,7 +30,7 @@ import torch
 from ..encoder import TPEncoder
 from ..int8 import Int8Linear, quantize_int8
 from ..shapes import padding_efficiency, plan_batches, plan_buckets
-from ..devices import cpu_features
+from ..devices import cpu_features, resolve_dtype, resolve_quantize
 from ..errors import InputError
 
 
@@ -113,6 +113,12 @@ def layer_params(encoder: TPEncoder) -> tuple[int, int]:
     """(parameters of all decoder layers, of one layer on average)."""
     total = sum(p.numel() for p in encoder.layers.parameters())
     return total, total // len(encoder.layers)
+
+
+def auto_defaults(device: torch.device) -> dict:
+    """What ``dtype="auto"`` and ``quantize="auto"`` resolve to on ``device`` here."""
+    return {"dtype": str(resolve_dtype("auto", device)).removeprefix("torch."),
+            "quantize": resolve_quantize("auto", "auto", device)}
 
 
 def bf16_in_hardware() -> bool:
@@ -295,6 +301,7 @@ def summary(encoder: TPEncoder, variants: dict, vr: dict, rates: dict, lengths: 
         "model": s.model, "device": str(dev), "documents": documents, "rounds": rounds,
         "batch_size": batch_size, "max_batch_tokens": max_batch_tokens, "window": window,
         "cpu": cpu_features() if dev.type == "cpu" else None,
+        "auto_defaults": auto_defaults(dev),
         "padding_efficiency": padding_efficiency(
             lengths, plan_batches(lengths, batch_size, max_batch_tokens, encoder.row_ladder),
             encoder.row_ladder),
@@ -362,6 +369,9 @@ def format_bench(r: dict) -> str:
         lines.append(f"CPU: {c['capability']} kernels; AMX {'yes' if c['amx'] else 'no'}, AVX-512 BF16 "
                      f"{'yes' if c['avx512_bf16'] else 'no'}, VNNI {'yes' if c['vnni'] else 'no'}; rates "
                      + ", ".join(f"{k} {v / 1e9:.0f} G/s" for k, v in r["matmul_rates"].items()))
+    if r.get("auto_defaults"):
+        d = r["auto_defaults"]
+        lines.append(f"here dtype auto means {d['dtype']} and quantize auto means {d['quantize'] or 'none'}")
     if r.get("speedup_by_batching"):
         lines.append(f"fixed shapes: padding efficiency {r['bucketed_padding_efficiency']:.1%}; tp_exit "
                      + ", ".join(f"{k} {x:.2f}x" for k, x in r["speedup_by_batching"].items())
