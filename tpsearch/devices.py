@@ -70,28 +70,30 @@ def native_bf16_cpu() -> bool:
 
 
 def int8_default_cpu() -> bool:
-    """True where ``quantize="auto"`` takes int8: a CPU with VNNI int8 dot products and no bf16
-    matrix units (where there are, ``dtype="auto"`` takes bfloat16 instead). Measured in
-    docs/throughput.md. ``TPSEARCH_INT8=0`` (or ``1``) overrides the detection."""
-    forced = os.environ.get("TPSEARCH_INT8", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
+    """True where int8 pays on this CPU: VNNI int8 dot products and no bf16 matrix units
+    (where there are, ``dtype="auto"`` takes bfloat16 instead). Measured in docs/throughput.md."""
     return bool(cpu_features()["vnni"]) and not native_bf16_cpu()
 
 
 def resolve_quantize(quantize: str | None, dtype: str | torch.dtype | None,
-                     device: torch.device) -> str | None:
+                     device: torch.device, model_measured: bool = False) -> str | None:
     """``None``/``"none"``: float layers; ``"int8"``: int8 (CPU only, checked by the loader);
-    ``"auto"``: int8 on a CPU that :func:`int8_default_cpu` names, when the dtype is left to the
-    machine too (``dtype="auto"``); an explicit dtype keeps float layers."""
+    ``"auto"``: int8 on a CPU where it pays (:func:`int8_default_cpu`) for a model whose int8
+    quality was measured (``model_measured``: its preset says so), when the dtype is left to
+    the machine too (``dtype="auto"``); an explicit dtype keeps float layers.
+    ``TPSEARCH_INT8=1`` makes ``auto`` take int8 for any model on any CPU, ``0`` never."""
     if quantize is None or quantize == "none":
         return None
     if quantize == "int8":
         return "int8"
-    if quantize == "auto":
-        return ("int8" if device.type == "cpu" and dtype == "auto" and int8_default_cpu()
-                else None)
-    raise InputError(f"unknown quantisation {str(quantize)[:40]!r}; use auto, int8 or none")
+    if quantize != "auto":
+        raise InputError(f"unknown quantisation {str(quantize)[:40]!r}; use auto, int8 or none")
+    if device.type != "cpu" or dtype != "auto":
+        return None
+    forced = os.environ.get("TPSEARCH_INT8", "").strip()
+    if forced in ("0", "1"):
+        return "int8" if forced == "1" else None
+    return "int8" if model_measured and int8_default_cpu() else None
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -191,11 +191,13 @@ class TPEncoder:
         o = options.encoder_options()
         source = source or resolve_source(o.model)
         dev = resolve_device(o.device)
-        quantize = resolve_quantize(o.quantize, o.dtype, dev)
+        named_preset = find_preset(source.spec) or find_preset(source.path)
+        quantize = resolve_quantize(o.quantize, o.dtype, dev,
+                                    bool(named_preset and named_preset.int8))
         net, tokenizer = load_model(source, dev, resolve_dtype(o.dtype, dev),
                                     o.attn_implementation, trust_remote_code=o.trust_remote_code,
                                     show_progress=show_progress)
-        preset = find_preset(source.spec) or find_preset(source.path) or fallback_preset(num_layers(net))
+        preset = named_preset or fallback_preset(num_layers(net))
         if quantize:
             if dev.type != "cpu":
                 raise InputError("quantize='int8' runs on a CPU; on a GPU use bfloat16")

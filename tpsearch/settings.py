@@ -62,8 +62,9 @@ class EncoderOptions:
     quantize: str | None = option(
         AUTO, "int8: int8 linear layers with per-token activation scales (CPU only; recorded "
         "in the index, and queries are encoded the same way). auto: int8 on CPUs with VNNI int8 "
-        "units and no bf16 matrix units (AMX), when --dtype is auto too; none elsewhere. none: "
-        "float layers. Default: {default}.", choices=("auto", "int8", "none"))
+        "units and no bf16 matrix units (AMX), when --dtype is auto too, for models measured to "
+        "keep their quality in int8 (the default model); none elsewhere. none: float layers. "
+        "Default: {default}.", choices=("auto", "int8", "none"))
     batching: str = option(
         AUTO, "Batch shapes: sorted (by length, exact widths), bucketed (a few fixed shapes, "
         "masks built on the device), graphs (bucketed, replayed as CUDA graphs; GPU only), or "

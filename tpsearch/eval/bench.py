@@ -115,10 +115,13 @@ def layer_params(encoder: TPEncoder) -> tuple[int, int]:
     return total, total // len(encoder.layers)
 
 
-def auto_defaults(device: torch.device) -> dict:
-    """What ``dtype="auto"`` and ``quantize="auto"`` resolve to on ``device`` here."""
-    return {"dtype": str(resolve_dtype("auto", device)).removeprefix("torch."),
-            "quantize": resolve_quantize("auto", "auto", device)}
+def auto_defaults(encoder: TPEncoder) -> dict:
+    """What ``dtype="auto"`` and ``quantize="auto"`` resolve to for the encoder's model on its
+    device here."""
+    preset = getattr(encoder, "preset", None)
+    return {"dtype": str(resolve_dtype("auto", encoder.device)).removeprefix("torch."),
+            "quantize": resolve_quantize("auto", "auto", encoder.device,
+                                         bool(preset and preset.int8))}
 
 
 def bf16_in_hardware() -> bool:
@@ -301,7 +304,7 @@ def summary(encoder: TPEncoder, variants: dict, vr: dict, rates: dict, lengths: 
         "model": s.model, "device": str(dev), "documents": documents, "rounds": rounds,
         "batch_size": batch_size, "max_batch_tokens": max_batch_tokens, "window": window,
         "cpu": cpu_features() if dev.type == "cpu" else None,
-        "auto_defaults": auto_defaults(dev),
+        "auto_defaults": auto_defaults(encoder),
         "padding_efficiency": padding_efficiency(
             lengths, plan_batches(lengths, batch_size, max_batch_tokens, encoder.row_ladder),
             encoder.row_ladder),
