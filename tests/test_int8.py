@@ -158,6 +158,8 @@ def test_auto_quantize_follows_the_cpu_and_the_model(monkeypatch):
     assert resolve_quantize("auto", "auto", cpu, True) is None
     with pytest.raises(InputError, match="auto, int8 or none"):
         resolve_quantize("int4", "auto", cpu)
+    with pytest.raises(InputError, match="runs on a CPU"):  # before any model loads
+        resolve_quantize("int8", "auto", gpu)
 
 
 def test_the_index_records_what_auto_chose_and_queries_follow_it(tmp_path, tiny_model_dir, monkeypatch):

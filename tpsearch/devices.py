@@ -77,7 +77,8 @@ def int8_default_cpu() -> bool:
 
 def resolve_quantize(quantize: str | None, dtype: str | torch.dtype | None,
                      device: torch.device, model_measured: bool = False) -> str | None:
-    """``None``/``"none"``: float layers; ``"int8"``: int8 (CPU only, checked by the loader);
+    """``None``/``"none"``: float layers; ``"int8"``: int8 (CPU only: refused on another device,
+    before any model loads);
     ``"auto"``: int8 on a CPU where it pays (:func:`int8_default_cpu`) for a model whose int8
     quality was measured (``model_measured``: its preset says so), when the dtype is left to
     the machine too (``dtype="auto"``); an explicit dtype keeps float layers.
@@ -85,6 +86,8 @@ def resolve_quantize(quantize: str | None, dtype: str | torch.dtype | None,
     if quantize is None or quantize == "none":
         return None
     if quantize == "int8":
+        if device.type != "cpu":
+            raise InputError("quantize='int8' runs on a CPU; on a GPU use bfloat16")
         return "int8"
     if quantize != "auto":
         raise InputError(f"unknown quantisation {str(quantize)[:40]!r}; use auto, int8 or none")

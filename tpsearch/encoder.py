@@ -199,8 +199,6 @@ class TPEncoder:
                                     show_progress=show_progress)
         preset = named_preset or fallback_preset(num_layers(net))
         if quantize:
-            if dev.type != "cpu":
-                raise InputError("quantize='int8' runs on a CPU; on a GPU use bfloat16")
             quantize_int8(net, tokenizer)
         tp_layers = parse_tp_layers(o.tp_layers)
         encoder = cls(

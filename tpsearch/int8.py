@@ -58,8 +58,7 @@ class Int8Linear(nn.Module):
         """From an ``nn.Linear`` (weight out x in) or transformers' ``Conv1D`` (GPT-2's
         projections: weight in x out). ``float_channels``: input channels whose products stay
         in float32 (the layer's activation outliers; their weights leave the int8 part)."""
-        w_t = linear.weight.detach().float()  # in x out from here on
-        w_t = w_t.t() if isinstance(linear, nn.Linear) else w_t
+        w_t = _weight_t(linear).detach().float()
         float_weight_t = None
         if float_channels is not None and len(float_channels):
             float_channels = float_channels.to(torch.long).sort().values
@@ -103,7 +102,7 @@ def _is_linear(module: nn.Module) -> bool:
 #: Input channels kept in float32 in each decoder layer's widest linear layer (the MLP's down
 #: projection, whose input carries the channel outliers): those with the largest activations
 #: on the calibration texts. Gemma 3 270M, pydoc-dev nDCG@10 dense / hybrid: float32 52.94 /
-#: 66.59; int8 per token 51.00 / 66.01; with 64 such channels (3% of its 2,048) 53.61 / 66.67;
+#: 66.59; int8 per token 51.00 / 66.01; with 64 such channels (3% of its 2,048) 53.12 / 66.70;
 #: with 64 in every linear layer 52.68 / 66.27, and slower (docs/throughput.md).
 FLOAT_CHANNELS = 64
 
@@ -133,9 +132,13 @@ CALIBRATION_TEXTS = (
 )
 
 
+def _weight_t(linear: nn.Module) -> torch.Tensor:
+    """The weight as in x out (a view): ``nn.Linear`` keeps out x in, ``Conv1D`` in x out."""
+    return linear.weight.t() if isinstance(linear, nn.Linear) else linear.weight
+
+
 def _in_features(linear: nn.Module) -> int:
-    w = linear.weight
-    return w.shape[1] if isinstance(linear, nn.Linear) else w.shape[0]
+    return _weight_t(linear).shape[0]
 
 
 def activation_outliers(model: nn.Module, tokenizer, channels: int = FLOAT_CHANNELS,
@@ -173,9 +176,8 @@ def quantize_int8(model: nn.Module, tokenizer=None, float_channels: int = FLOAT_
     with an :class:`Int8Linear`, in place; returns ``model``. With ``tokenizer``, the widest
     linear layer of each decoder layer keeps its ``float_channels`` largest input channels on
     the calibration texts in float32 (:func:`activation_outliers`; what the encoder does);
-    without, none. The decoder layers
-    themselves stay the same objects (TP's hooks are on them); embeddings, norms and any output
-    head stay float."""
+    without, none. The decoder layers themselves stay the same objects (TP's hooks are on
+    them); embeddings, norms and any output head stay float."""
     if not hasattr(torch, "_int_mm"):  # torch's int8 product (2.1+; torchao's int8 rests on it)
         raise InputError(f"torch {torch.__version__} has no int8 matrix product "
                          "(torch._int_mm); int8 needs torch 2.1 or newer")
