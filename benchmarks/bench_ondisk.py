@@ -38,12 +38,16 @@ before = rss()
 saved = os.dup(1); null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 1)  # FAISS printf()s
 index = faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR) if ondisk else faiss.read_index(path)
 os.dup2(saved, 1)
+from tpsearch.ondisk import MappedLists
+mapped = MappedLists.of(index)  # as tpsearch's searcher: mapped lists released now and then
 params = faiss.SearchParametersIVF()
 params.nprobe = nprobe
 times, found, peak = [], [], rss()
 for q in queries:
     t0 = time.perf_counter()
     _, rows = index.search(q[None, :], 10, params=params)
+    if mapped is not None:
+        mapped.searched(1, nprobe)
     times.append(time.perf_counter() - t0)
     found.append(rows[0].tolist())
     peak = max(peak, rss())
@@ -60,6 +64,8 @@ def main() -> None:
     ap.add_argument("--budget", default="64MB")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--shard", type=int, default=50_000)
+    ap.add_argument("--specs", default="ivf,ivf-disk",
+                    help="indexes to build, comma-separated (ivf: lists in RAM; ivf-disk)")
     args = ap.parse_args()
 
     from tpsearch.config import parse_size
@@ -106,7 +112,7 @@ def main() -> None:
               f"{'build peak MiB':>16}"
               f"{'search RSS MiB':>16}{'search peak MiB':>17}{'peak / vectors':>18}"
               f"{'recall@10':>11}{'p50 ms':>8}")
-        for spec in ("ivf", "ivf-disk"):
+        for spec in args.specs.split(","):
             out = tmp / spec
             out.mkdir()
             budget = parse_size(args.budget) if spec == "ivf-disk" else None
@@ -140,6 +146,10 @@ def main() -> None:
                   f"{built['anon_peak'] / 2**20:>15.0f}{built['peak'] / 2**20:>16.0f}{res['rss'] / 2**20:>16.0f}"
                   f"{res['peak'] / 2**20:>17.0f}{peak / vector_bytes:>17.0%} "
                   f"{recall:>10.3f}{res['p50_ms']:>8.2f}")
+        hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
+                   if l.startswith("VmHWM:"))
+        print(f"(this process, which wrote the shards and found the exact neighbours: peak "
+              f"{hwm / 2**20:.0f} MiB, {hwm / vector_bytes:.0%} of the vectors)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

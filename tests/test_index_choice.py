@@ -88,7 +88,7 @@ def test_one_parser_for_index_strings_before_and_after_the_model_loads(tmp_path)
 
 def test_an_index_with_its_lists_on_disk_searches_as_the_one_in_memory(tmp_path, tiny_model_dir):
     """ivf-disk: the same coarse quantizer and codes as ivf, its inverted lists in a file
-    beside the index (spilled in parts while building, merged, memory-mapped when read)."""
+    beside the index (written by ListWriter in sorted chunks, memory-mapped when read)."""
     from helpers import assert_same_hits, config, write_corpus
     from tpsearch import Searcher
     from tpsearch.index import ONDISK_FILE
@@ -101,22 +101,23 @@ def test_an_index_with_its_lists_on_disk_searches_as_the_one_in_memory(tmp_path,
     for spec in ("ivf", "ivf-disk"):
         cfg = config(tmp_path, model, corpus, index=spec)
         cfg.out = str(tmp_path / spec)
-        if spec == "ivf-disk":  # spill the lists every ~100 vectors: several parts to merge
-            old, assembler.ONDISK_BATCH_BYTES = assembler.ONDISK_BATCH_BYTES, 100 * (64 * 4 + 8)
-            spilled = []
-            real_spill = assembler.ListSpill._spill
+        if spec == "ivf-disk":  # lists written out in chunks of ~50 entries: several chunks
+            old, assembler.ONDISK_BATCH_BYTES = assembler.ONDISK_BATCH_BYTES, 100 * (64 * 4 + 16)
+            writers = []
 
-            def spill(self):
-                spilled.append(self.index.ntotal)
-                real_spill(self)
+            class Recorded(assembler.ListWriter):
+                def __init__(self, *args, **kw):
+                    super().__init__(*args, **kw)
+                    writers.append(self)
 
-            assembler.ListSpill._spill = spill
+            real, assembler.ListWriter = assembler.ListWriter, Recorded
             try:
                 built[spec] = build_index(cfg).out
             finally:
                 assembler.ONDISK_BATCH_BYTES = old
-                assembler.ListSpill._spill = real_spill
-            assert len([n for n in spilled if n]) >= 3 and sum(spilled) == 400
+                assembler.ListWriter = real
+            assert len(writers) == 1 and writers[0].n == 400 and writers[0].chunks_written >= 3
+            assert not (tmp_path / spec / ".lists").exists()
         else:
             built[spec] = build_index(cfg).out
     mem, disk = Searcher.open(built["ivf"]), Searcher.open(built["ivf-disk"])

@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from tpsearch.ivf_merge import lists_on_disk, merge_ivf_lists, shared_layout
+from tpsearch.ivf_merge import merge_ivf_lists, merge_ivf_lists_on_disk, shared_layout
 
 
 def _vectors(n, d=16, seed=0):
@@ -90,9 +90,12 @@ def test_lists_on_disk_merge_into_a_new_file_and_leave_the_segments_alone(tmp_pa
     assert shared_layout([indexes[0], faiss.clone_index(trained)]) is not None  # memory or disk
     kept = [np.random.default_rng(7).random(300) > 0.25, None]
     (tmp_path / "merged").mkdir()
-    merged = merge_ivf_lists(lists_on_disk(layout, tmp_path / "merged" / "index.ivfdata"),
-                             indexes, kept)
+    # chunks of ~40 entries: the merged lists are written out in several sorted chunks
+    merged = merge_ivf_lists_on_disk(layout, indexes, kept, tmp_path / "merged" / "index.ivfdata",
+                                     tmp_path / "merged" / ".lists", chunk_bytes=40 * (16 + 64))
     faiss.write_index(merged, str(tmp_path / "merged" / "index.faiss"))
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == ["index.faiss",
+                                                                      "index.ivfdata"]
     assert digest() == before  # the segments' own lists are read, never written
     assert [ix.ntotal for ix in indexes] == [300, 250]  # and still hold every vector
     reread = faiss.read_index(str(tmp_path / "merged" / "index.faiss"),

@@ -342,6 +342,7 @@ def tune_search(index: faiss.Index, plan: IndexPlan, queries: np.ndarray, truth:
     for value in ladder:
         params = {name: value}
         _, found = search(index, queries, k, params)
+        release_mapped_lists(index)  # each step's probed lists leave the resident set
         recall = ann_recall_at_k(found, truth, k)
         if recall >= TARGET_RECALL:
             break
@@ -371,6 +372,33 @@ def c_stdout_silenced() -> Iterator[None]:
         libc.fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def release_mapped_lists(index: faiss.Index) -> None:
+    """Drop this process's resident pages of an index's memory-mapped on-disk inverted lists
+    (``madvise(MADV_DONTNEED)`` on FAISS's shared file mapping: the data stays in the file and
+    the page cache, and is faulted back in when read again). Reading lists through the map
+    makes their pages count in the process's resident set until then; this keeps an index
+    larger than memory from growing its reader's RSS toward the file's size. No-op for lists in
+    memory and on systems without ``madvise``."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        return
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(lists, faiss.OnDiskInvertedLists) or lists.ptr is None or not lists.totsize:
+        return
+    import ctypes
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    madvise = getattr(ctypes.CDLL(None, use_errno=True), "madvise", None)
+    if advice is None or madvise is None:
+        return
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if madvise(ctypes.c_void_p(int(lists.ptr)), ctypes.c_size_t(int(lists.totsize)), advice):
+        err = ctypes.get_errno()
+        raise OSError(err, f"madvise on the on-disk inverted lists: {os.strerror(err)}")
 
 
 def read_index_file(path, lists_on_disk: bool) -> faiss.Index:

@@ -2,8 +2,9 @@
 segments of a sharded build start from one trained index) are merged by copying each inverted
 list's codes, without assigning or encoding a vector again and without training anew; the
 merged segment keeps that quantizer, so it can be merged again the same way. Lists on disk
-(``--index ivf-disk``/``ivfpq-disk``) are read through their memory map and written one list at
-a time into the merged segment's own lists file."""
+(``--index ivf-disk``/``ivfpq-disk``) are read through their memory map (released after each
+segment) and written into the merged segment's own lists file by
+:class:`~tpsearch.ondisk.ListWriter`, a chunk at a time."""
 
 from __future__ import annotations
 
@@ -53,25 +54,10 @@ def shared_layout(indexes: Sequence):
     return faiss.deserialize_index(np.frombuffer(first, dtype=np.uint8))
 
 
-def lists_on_disk(layout, path: Path):
-    """``layout`` (empty, from :func:`shared_layout`) with its inverted lists in a new file at
-    ``path`` (FAISS's ``OnDiskInvertedLists``, memory-mapped), for :func:`merge_ivf_lists` to
-    fill one list at a time: the merged codes never sit in RAM together."""
-    ivf = faiss.extract_index_ivf(layout)
-    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(path))
-    ivf.replace_invlists(lists, True)
-    lists.thisown = False  # the index owns it now
-    return layout
-
-
-def merge_ivf_lists(layout, indexes: Sequence, kept: Sequence[np.ndarray | None]):
-    """``layout`` (from :func:`shared_layout`, empty) filled with the kept vectors of
-    ``indexes``, in order: vector ``r`` of index ``i``, if ``kept[i][r]`` (None: all kept),
-    becomes number ``offset_i + (kept vectors of index i before r)``, as if the kept vectors had
-    been added in that order."""
-    out = layout
-    target = faiss.extract_index_ivf(out)
-    lists = target.invlists
+def _kept_entries(indexes: Sequence, kept: Sequence[np.ndarray | None]):
+    """(list number, new ids, codes) of each non-empty list of each index in turn, the ids
+    renumbered as :func:`merge_ivf_lists` says and the dropped entries left out; after each
+    index, a (None, index, None) marker (its lists may be released)."""
     offset = 0
     for index, keep in zip(indexes, kept):
         ivf = faiss.extract_index_ivf(index)
@@ -90,14 +76,47 @@ def merge_ivf_lists(layout, indexes: Sequence, kept: Sequence[np.ndarray | None]
             codes = faiss.rev_swig_ptr(source.get_codes(list_no), m * size).reshape(m, size)
             take = ids >= 0
             if take.any():
-                ids_kept = np.ascontiguousarray(ids[take])
-                codes_kept = np.ascontiguousarray(codes[take])
-                lists.add_entries(list_no, len(ids_kept), faiss.swig_ptr(ids_kept),
-                                  faiss.swig_ptr(codes_kept))
+                yield list_no, np.ascontiguousarray(ids[take]), np.ascontiguousarray(codes[take])
         offset += int(keep.sum())
-    target.ntotal = offset
-    out.ntotal = offset
-    return out
+        yield None, index, None
 
 
-__all__ = ["shared_layout", "lists_on_disk", "merge_ivf_lists"]
+def merge_ivf_lists(layout, indexes: Sequence, kept: Sequence[np.ndarray | None]):
+    """``layout`` (from :func:`shared_layout`, empty) filled with the kept vectors of
+    ``indexes``, in order: vector ``r`` of index ``i``, if ``kept[i][r]`` (None: all kept),
+    becomes number ``offset_i + (kept vectors of index i before r)``, as if the kept vectors had
+    been added in that order."""
+    target = faiss.extract_index_ivf(layout)
+    lists = target.invlists
+    total = 0
+    for list_no, ids, codes in _kept_entries(indexes, kept):
+        if list_no is not None:
+            lists.add_entries(list_no, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+            total += len(ids)
+    target.ntotal = layout.ntotal = total
+    return layout
+
+
+def merge_ivf_lists_on_disk(layout, indexes: Sequence, kept: Sequence[np.ndarray | None],
+                            data_file: Path, work: Path, chunk_bytes: int | None = None):
+    """:func:`merge_ivf_lists` into a new lists file ``data_file`` (memory-mapped when the
+    index is searched), written by :class:`~tpsearch.ondisk.ListWriter`: the merged codes are
+    never in RAM or in a memory map together, and each source's mapped pages are released
+    once it is copied, so merging segments larger than memory stays within a chunk of RAM."""
+    from .index import release_mapped_lists
+    from .ondisk import DEFAULT_CHUNK_BYTES, ListWriter
+
+    writer = ListWriter(layout, work, chunk_bytes or DEFAULT_CHUNK_BYTES)
+    try:
+        for list_no, ids, codes in _kept_entries(indexes, kept):
+            if list_no is None:
+                release_mapped_lists(ids)  # the index just copied
+            else:
+                writer.add_codes(np.full(len(ids), list_no, np.int64), ids, codes)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish(data_file)
+
+
+__all__ = ["shared_layout", "merge_ivf_lists", "merge_ivf_lists_on_disk"]

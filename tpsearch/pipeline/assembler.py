@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UnbuildableIndex
-from ..index import (ONDISK_FILE, ExactTopK, IndexPlan, c_stdout_silenced, choose_index, fit_plan,
+from ..index import (ONDISK_FILE, ExactTopK, IndexPlan, choose_index, fit_plan,
                      new_index, read_index_file, tune_search)
 from ..lexical import LexicalBuilder
 from ..metadata import PREFIX
+from ..ondisk import ListWriter
 from ..integrity import inside
 from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
 from ..passages import sentence_spans
@@ -37,7 +37,8 @@ from .writer import read_table, read_vectors, shard_meta, shard_rows
 log = logging.getLogger("tpsearch")
 
 RECALL_QUERIES = 200
-#: Codes an on-disk index build holds in RAM at most, without a memory budget.
+#: Bytes of list records an on-disk index build holds in RAM at most (half of
+#: ``--max-index-memory`` where one is given).
 ONDISK_BATCH_BYTES = 1 << 30
 
 TRAIN_SAMPLE_PER_LIST = 64
@@ -227,43 +228,6 @@ def _fit(shards, sample: np.ndarray, opts: AssemblyOptions, encode_queries: Quer
     return fitted, sample, info, "fitted", None
 
 
-class ListSpill:
-    """For an index whose inverted lists live on disk: the lists filled so far are written to
-    a partial index file whenever they pass ``limit`` bytes in RAM, and all partials are merged
-    into one memory-mapped file at the end (FAISS's on-disk merge), so the build never holds
-    more than ``limit`` bytes of codes."""
-
-    def __init__(self, index, work: Path, limit: int):
-        self.index, self.work, self.limit = index, work, max(1, limit)
-        self.ivf = faiss.extract_index_ivf(index)
-        self.parts: list[str] = []
-        self.next_id = 0
-        work.mkdir(parents=True, exist_ok=True)
-
-    def add(self, vecs: np.ndarray) -> None:
-        """Add with their global row numbers as ids (each partial index counts from 0)."""
-        ids = np.arange(self.next_id, self.next_id + len(vecs), dtype=np.int64)
-        self.index.add_with_ids(vecs, ids)
-        self.next_id += len(vecs)
-        if self.index.ntotal * (self.ivf.code_size + 8) >= self.limit:
-            self._spill()
-
-    def _spill(self) -> None:
-        if self.index.ntotal:
-            path = self.work / f"part-{len(self.parts):05d}.faiss"
-            faiss.write_index(self.index, str(path))
-            self.parts.append(str(path))
-            self.index.reset()  # the lists only: the quantizer stays trained
-
-    def finish(self, data_file: Path) -> None:
-        from faiss.contrib.ondisk import merge_ondisk
-
-        self._spill()
-        with c_stdout_silenced():  # FAISS printf()s as it sizes the file
-            merge_ondisk(self.index, self.parts, str(data_file), shift_ids=False)
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
 def needs_first_sentences(opts: AssemblyOptions) -> bool:
     """Whether fitting the transform encodes the documents' first sentences as query examples."""
     ts = opts.transform
@@ -324,7 +288,7 @@ class ShardTables:
 
 def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
           truth: ExactTopK | None = None, fitted=None,
-          spill: ListSpill | None = None, add: bool = True,
+          spill: ListWriter | None = None, add: bool = True,
           tables: ShardTables | None = None) -> LexicalInfo | None:
     """Add every shard's vectors (unless ``add`` is false: the index holds them already);
     write the id map and the lexical index beside (taken from ``tables`` where the build made
@@ -433,9 +397,14 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     spill = None
     if plan.ondisk and opts.prefilled is None:  # a prefilled index has its lists file already
         limit = opts.memory_budget // 2 if opts.memory_budget else ONDISK_BATCH_BYTES
-        spill = ListSpill(index, final / ".lists", limit)
-    lexical = _fill(index, shards, final, opts, truth, fitted, spill,
-                    add=opts.prefilled is None, tables=tables)
+        spill = ListWriter(index, final / ".lists", chunk_bytes=limit // 2)  # sorted: 2 copies
+    try:
+        lexical = _fill(index, shards, final, opts, truth, fitted, spill,
+                        add=opts.prefilled is None, tables=tables)
+    except BaseException:
+        if spill is not None:
+            spill.abort()
+        raise
     if spill is not None:
         spill.finish(final / ONDISK_FILE)
     params, recall, n_queries = _recall(index, plan, queries, truth)
