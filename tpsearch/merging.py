@@ -31,12 +31,12 @@ import pyarrow.parquet as pq
 
 from .index import ONDISK_FILE, IndexPlan, read_index_file
 from .integrity import inside
-from .ivf_merge import lists_on_disk, merge_ivf_lists, shared_layout
+from .ivf_merge import merge_ivf_lists, merge_ivf_lists_on_disk, shared_layout
 from .layout import SEGMENTS
 from .lexical import LexicalSegments, TermPostings, merge_postings
 from .manifest import SegmentInfo
 from .pipeline.mapper import StageTimes
-from .pipeline.reuse import STORE_DIR, live_store
+from .pipeline.reuse import STORE_DIR, read_store_shard, store_files
 from .pipeline.runner import BuildResult
 from .pipeline.workdir import shard_name
 from .segments import new_segment_name, seal_segment, segment_dir
@@ -92,22 +92,9 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
         for i in group:
             info, deleted = writer.segments[i], writer.deleted[i]
             where = segment_dir(writer.root, info.path)
-            table, live_rows = live_store(where, info, deleted, m.dim)
+            live_rows, next_doc = _copy_live_store(where, info, deleted, m.dim, store, shards,
+                                                   next_doc)
             kept_rows.append(live_rows)
-            # the kept documents numbered on from the previous segment's
-            doc = np.unique(table.column("row").to_numpy(), return_inverse=True)[1]
-            table = table.set_column(table.schema.get_field_index("row"), "row",
-                                     pa.array((doc + next_doc).astype(np.int64)))
-            next_doc += int(doc.max()) + 1 if len(doc) else 0
-            rows = table.column("row").to_numpy()
-            start = 0
-            while start < table.num_rows:  # shards of whole documents
-                stop = min(table.num_rows, start + MERGE_SHARD_ROWS)
-                while stop < table.num_rows and rows[stop] == rows[stop - 1]:
-                    stop += 1
-                shards.append(_write_store_shard(store, len(shards),
-                                                 table.slice(start, stop - start)))
-                start = stop
             if info.lexical is not None:
                 postings = TermPostings(inside(where, info.lexical.dir + "/"), info.lexical)
                 live = (~deleted if info.lexical.unit == "document" else live_rows)
@@ -132,6 +119,62 @@ def merge(writer: "IndexWriter", group: list[int]) -> BuildResult:
     return BuildResult(writer.root, manifest, 0, 0)
 
 
+def _copy_live_store(where: Path, info, deleted: np.ndarray | None, dim: int, store: Path,
+                     shards: list, next_doc: int) -> tuple[np.ndarray | None, int]:
+    """Copy the passages of the live documents of one segment's store into the merged
+    ``store`` (shards of whole documents, appended to ``shards``), one store shard at a time,
+    so a merge holds one shard's vectors in RAM, not a segment's. The kept documents are
+    numbered on from ``next_doc``. Returns which stored passages were kept (None: all) and the
+    next document number."""
+    files = store_files(where, info)
+    names = sorted(files)
+    # first the passages' document rows only (8 bytes a passage): the documents are the store's
+    # distinct rows, in order, as ``deleted`` counts them
+    rows = np.concatenate([read_store_shard(where, n, files[n], dim, ["row"]).column("row")
+                           .to_numpy() for n in names]) if names else np.zeros(0, np.int64)
+    doc = np.unique(rows, return_inverse=True)[1].reshape(-1)
+    documents = int(doc.max()) + 1 if len(doc) else 0
+    live_docs = np.ones(documents, bool) if deleted is None else ~np.asarray(deleted[:documents])
+    kept = None if deleted is None else live_docs[doc]
+    number = next_doc + np.cumsum(live_docs) - 1  # each live document's new number
+    pending: list[pa.Table] = []
+    start = 0
+    for name in names:
+        table = read_store_shard(where, name, files[name], dim)
+        part = slice(start, start + table.num_rows)
+        start += table.num_rows
+        if kept is not None:
+            table = table.filter(pa.array(kept[part]))
+        new_rows = number[doc[part] if kept is None else doc[part][kept[part]]]
+        table = table.set_column(table.schema.get_field_index("row"), "row",
+                                 pa.array(new_rows.astype(np.int64)))
+        if table.num_rows:
+            pending.append(table)
+        pending = _write_whole_documents(store, shards, pending, final=False)
+    _write_whole_documents(store, shards, pending, final=True)
+    return kept, next_doc + int(live_docs.sum())
+
+
+def _write_whole_documents(store: Path, shards: list, pending: list, final: bool) -> list:
+    """Write store shards of about :data:`MERGE_SHARD_ROWS` passages of whole documents from
+    ``pending`` (tables in order); returns what is left (a document that may go on in the next
+    table), or nothing when ``final``."""
+    if not pending:
+        return []
+    table = pa.concat_tables(pending, promote_options="permissive")
+    rows = table.column("row").to_numpy()
+    start = 0
+    while start < table.num_rows:
+        stop = min(table.num_rows, start + MERGE_SHARD_ROWS)
+        while stop < table.num_rows and rows[stop] == rows[stop - 1]:
+            stop += 1
+        if stop == table.num_rows and not final:
+            break  # the last document may go on in the next store shard
+        shards.append(_write_store_shard(store, len(shards), table.slice(start, stop - start)))
+        start = stop
+    return [table.slice(start)] if start < table.num_rows else []
+
+
 def _lists_merged(writer: "IndexWriter", group: list[int], kept: list, final: Path):
     """(index, plan) of IVF segments that share one quantizer and codec, merged list by list
     (:mod:`tpsearch.ivf_merge`; segments whose lists are on disk into a new lists file in
@@ -146,8 +189,10 @@ def _lists_merged(writer: "IndexWriter", group: list[int], kept: list, final: Pa
     if layout is None:
         return None
     if on_disk[0]:
-        layout = lists_on_disk(layout, final / ONDISK_FILE)
-    merged = merge_ivf_lists(layout, indexes, kept)
+        merged = merge_ivf_lists_on_disk(layout, indexes, kept, final / ONDISK_FILE,
+                                         final / ".lists")
+    else:
+        merged = merge_ivf_lists(layout, indexes, kept)
     first = infos[0].index
     return merged, IndexPlan(first.factory, f"{len(group)} segments merged list by list "
                              f"(one coarse quantizer): {first.reason}", ondisk=on_disk[0])

@@ -126,8 +126,7 @@ def live_store(directory: Path, info, deleted: np.ndarray | None,
                dim: int | None = None) -> tuple[pa.Table, np.ndarray | None]:
     """The store of the segment ``info`` in ``directory`` without its ``deleted`` documents
     (a mask over them; None: none deleted), and which stored passages were kept (None: all)."""
-    table = read_store(directory, {n: e for n, e in info.files.items()
-                                   if n.startswith(STORE_DIR + "/")}, dim)
+    table = read_store(directory, store_files(directory, info), dim)
     if deleted is None:
         return table, None
     doc = np.unique(table.column("row").to_numpy(), return_inverse=True)[1]
@@ -135,32 +134,44 @@ def live_store(directory: Path, info, deleted: np.ndarray | None,
     return table.filter(pa.array(kept)), kept
 
 
-def read_store(directory: Path, files: dict, dim: int | None = None) -> pa.Table:
-    """The store shards listed in ``files`` (name -> FileEntry) of one segment, checked
-    against their sizes and SHA-256, as one table (with each passage's document ``row``)."""
+def store_files(directory: Path, info) -> dict:
+    """The store shards the manifest lists for segment ``info`` (name -> FileEntry)."""
+    files = {n: e for n, e in info.files.items() if n.startswith(STORE_DIR + "/")}
     if not files:
         raise IndexDamaged(f"{directory}: this index keeps no passages and vectors for "
                            "updates (built before tpsearch 0.3); rebuild it with --overwrite")
-    tables = []
-    for name in sorted(files):
-        path = inside(directory, name)
-        want = files[name]
-        if path.stat().st_size != want.bytes or sha256_file(path) != want.sha256:
-            raise IndexDamaged(f"{directory}: {name} does not match the manifest")
-        try:
-            names = pq.read_schema(path).names
-            tables.append(pq.read_table(path))  # the metadata columns too (merges keep them)
-        except (pa.ArrowException, OSError) as exc:
-            raise IndexDamaged(f"{path}: cannot be read ({str(exc)[:120]})") from None
-        missing = [c for c in ["row"] + COLUMNS if c not in names and c != "text"]
-        vtype = tables[-1].schema.field("vector").type if "vector" in names else None
-        if missing or not pa.types.is_fixed_size_list(vtype) or not pa.types.is_float32(
-                vtype.value_type) or dim is not None and vtype.list_size != dim:
-            raise IndexDamaged(
-                f"{path}: not a store shard of this index ("
-                + (f"no column {missing[0]!r}" if missing else
-                   f"vectors of type {vtype}, the encoder gives {dim} float32 values")
-                + "); rebuild the index with --overwrite")
+    return files
+
+
+def read_store_shard(directory: Path, name: str, want, dim: int | None = None,
+                     columns: list[str] | None = None) -> pa.Table:
+    """One store shard of a segment, checked against its size and SHA-256 and its columns
+    against a store's (``columns``: read only these)."""
+    path = inside(directory, name)
+    if path.stat().st_size != want.bytes or sha256_file(path) != want.sha256:
+        raise IndexDamaged(f"{directory}: {name} does not match the manifest")
+    try:
+        schema = pq.read_schema(path)
+        table = pq.read_table(path, columns=columns)  # the metadata columns too (merges keep them)
+    except (pa.ArrowException, OSError) as exc:
+        raise IndexDamaged(f"{path}: cannot be read ({str(exc)[:120]})") from None
+    names = schema.names
+    vtype = schema.field("vector").type if "vector" in names else None
+    missing = [c for c in ["row"] + COLUMNS if c not in names and c != "text"]
+    if missing or not pa.types.is_fixed_size_list(vtype) or not pa.types.is_float32(
+            vtype.value_type) or dim is not None and vtype.list_size != dim:
+        raise IndexDamaged(
+            f"{path}: not a store shard of this index ("
+            + (f"no column {missing[0]!r}" if missing else
+               f"vectors of type {vtype}, the encoder gives {dim} float32 values")
+            + "); rebuild the index with --overwrite")
+    return table
+
+
+def read_store(directory: Path, files: dict, dim: int | None = None) -> pa.Table:
+    """The store shards listed in ``files`` (name -> FileEntry) of one segment, checked
+    against their sizes and SHA-256, as one table (with each passage's document ``row``)."""
+    tables = [read_store_shard(directory, name, files[name], dim) for name in sorted(files)]
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowException, ValueError) as exc:
