@@ -37,6 +37,7 @@ from .idmap import IdMap
 from .index import (ONDISK_FILE, SEARCH_PARAMS, check_search_params, read_index_file,
                     search as faiss_search)
 from .integrity import file_digests, inside, inside_name, verify_entries
+from .ondisk import MappedLists
 from .layout import SEGMENT_DIR, SEGMENTS, IndexLocation, fsync_dir, fsync_tree, next_name
 from .typed import short
 
@@ -243,6 +244,14 @@ class DenseSegments:
         self.d = segments[0].index.d if segments else 0
         self.params = [dict(s.info.index.search_params) for s in segments]
         self.factories = [s.info.index.factory for s in segments]
+        # segments whose lists are on disk: their mapped pages are released now and then
+        self.mapped = [MappedLists.of(s.index) if s.info.index.data_file else None
+                       for s in segments]
+
+    def _searched(self, i: int, queries: int, params: dict) -> None:
+        if self.mapped[i] is not None:
+            nprobe = int(params.get("nprobe", faiss.extract_index_ivf(self.indexes[i]).nprobe))
+            self.mapped[i].searched(queries, nprobe)
 
     def check_params(self, params: dict) -> None:
         """Refuse a parameter that applies to none of the segments' indexes."""
@@ -268,7 +277,10 @@ class DenseSegments:
         """(scores, global rows) of the ``k`` best live (and ``allowed``: sorted global rows)
         rows for each query; rows are -1 past the last match."""
         if len(self.indexes) == 1 and self.live_bits[0] is None:
-            return faiss_search(self.indexes[0], x, k, self._params_for(0, params), allowed)
+            p = self._params_for(0, params)
+            found = faiss_search(self.indexes[0], x, k, p, allowed)
+            self._searched(0, len(x), p)
+            return found
         scores, rows = [], []
         for i, index in enumerate(self.indexes):
             lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
@@ -284,8 +296,9 @@ class DenseSegments:
                 available = hi - lo if bits is None else bits[1]
             if not available:
                 continue
-            s, r = faiss_search(index, x, min(k, available), self._params_for(i, params), local,
-                                bits)
+            p = self._params_for(i, params)
+            s, r = faiss_search(index, x, min(k, available), p, local, bits)
+            self._searched(i, len(x), p)
             scores.append(s)
             rows.append(np.where(r >= 0, r + lo, -1))
         if not scores:
