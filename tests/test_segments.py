@@ -63,8 +63,16 @@ def assert_equal_search(s: Searcher, f: Searcher) -> None:
                           f.search(q, k=8, mode=mode, passages=passages))
 
 
-def test_commits_merges_and_compaction_search_as_one_build_of_the_live_documents(built, tmp_path):
+@pytest.mark.parametrize("merge_shard_rows", [None, 5])
+def test_commits_merges_and_compaction_search_as_one_build_of_the_live_documents(
+        built, tmp_path, monkeypatch, merge_shard_rows):
+    """merge_shard_rows 5: merged stores are cut into store shards of ~5 passages, so later
+    merges copy stores of many shards whose documents run across shard ends."""
     index, cfg, texts = built
+    if merge_shard_rows:
+        import tpsearch.merging
+
+        monkeypatch.setattr(tpsearch.merging, "MERGE_SHARD_ROWS", merge_shard_rows)
     policy = TieredMergePolicy(factor=3)
     with IndexWriter(index, merge_policy=policy) as w:
         for step in range(5):
@@ -97,6 +105,8 @@ def test_commits_merges_and_compaction_search_as_one_build_of_the_live_documents
     with IndexWriter(index) as w:
         w.compact()
         assert len(w.segments) == 1 and not w.deleted[0].any()
+        if merge_shard_rows:
+            assert len([n for n in w.segments[0].files if n.startswith("store/")]) > 5
     c = Searcher.open(index)
     assert c.document_ids() == live and c.manifest.segments is not None
     assert_equal_search(c, f)
