@@ -102,7 +102,7 @@ def test_an_index_with_its_lists_on_disk_searches_as_the_one_in_memory(tmp_path,
         cfg = config(tmp_path, model, corpus, index=spec)
         cfg.out = str(tmp_path / spec)
         if spec == "ivf-disk":  # lists written out in chunks of ~50 entries: several chunks
-            old, assembler.ONDISK_BATCH_BYTES = assembler.ONDISK_BATCH_BYTES, 100 * (64 * 4 + 16)
+            old, assembler.ONDISK_CHUNK_BYTES = assembler.ONDISK_CHUNK_BYTES, 50 * (64 * 4 + 16)
             writers = []
 
             class Recorded(assembler.ListWriter):
@@ -114,7 +114,7 @@ def test_an_index_with_its_lists_on_disk_searches_as_the_one_in_memory(tmp_path,
             try:
                 built[spec] = build_index(cfg).out
             finally:
-                assembler.ONDISK_BATCH_BYTES = old
+                assembler.ONDISK_CHUNK_BYTES = old
                 assembler.ListWriter = real
             assert len(writers) == 1 and writers[0].n == 400 and writers[0].chunks_written >= 3
             assert not (tmp_path / spec / ".lists").exists()

@@ -37,9 +37,9 @@ from .writer import read_table, read_vectors, shard_meta, shard_rows
 log = logging.getLogger("tpsearch")
 
 RECALL_QUERIES = 200
-#: Bytes of list records an on-disk index build holds in RAM at most (half of
-#: ``--max-index-memory`` where one is given).
-ONDISK_BATCH_BYTES = 1 << 30
+#: Bytes of list records an on-disk index build sorts at a time (a quarter of
+#: ``--max-index-memory`` where one is given: the chunk and its sorted copy fit in half).
+ONDISK_CHUNK_BYTES = 256 << 20
 
 TRAIN_SAMPLE_PER_LIST = 64
 QUERY_SHIFT_FILE = "query_shift.npy"
@@ -396,8 +396,8 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     truth = None if plan.is_exact else ExactTopK(fitted.apply(queries), 10)
     spill = None
     if plan.ondisk and opts.prefilled is None:  # a prefilled index has its lists file already
-        limit = opts.memory_budget // 2 if opts.memory_budget else ONDISK_BATCH_BYTES
-        spill = ListWriter(index, final / ".lists", chunk_bytes=limit // 2)  # sorted: 2 copies
+        chunk = opts.memory_budget // 4 if opts.memory_budget else ONDISK_CHUNK_BYTES
+        spill = ListWriter(index, final / ".lists", chunk_bytes=chunk)
     try:
         lexical = _fill(index, shards, final, opts, truth, fitted, spill,
                         add=opts.prefilled is None, tables=tables)
