@@ -69,6 +69,15 @@ def test_a_writer_refuses_an_untrained_or_filled_index_and_abort_leaves_no_run_f
     assert list((tmp_path / "c").iterdir()) == []
 
 
+def test_a_writer_given_nothing_makes_an_empty_index_that_reads_back(tmp_path):
+    writer = ListWriter(_trained("IVF16,Flat"), tmp_path / "work")
+    writer.add(np.zeros((0, 32), np.float32))
+    faiss.write_index(writer.finish(tmp_path / "index.ivfdata"), str(tmp_path / "index.faiss"))
+    index = read_index_file(tmp_path / "index.faiss", lists_on_disk=True)
+    assert index.ntotal == 0
+    assert (index.search(_vectors(2), 3)[1] == -1).all()
+
+
 def _rss_file_kib() -> int:
     for line in open("/proc/self/status"):
         if line.startswith("RssFile:"):

@@ -104,7 +104,8 @@ class ListWriter:
         # merge_from_multiple does); then the file is created at its full size and mapped.
         lists.set_all_lists_sizes(faiss.swig_ptr(sizes))
         with c_stdout_silenced():  # FAISS printf()s as it sizes the file
-            lists.update_totsize(int((self.counts * entry).sum()))
+            # (an empty file cannot be mapped: no entries still get one entry's bytes)
+            lists.update_totsize(max(int((self.counts * entry).sum()), entry))
         filled = np.zeros_like(self.counts)
         self.chunks_written = 0
         fd = os.open(data_file, os.O_WRONLY)
