@@ -127,10 +127,14 @@ def test_an_index_with_its_lists_on_disk_searches_as_the_one_in_memory(tmp_path,
     assert isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists)
     assert (disk.location.path / ONDISK_FILE).stat().st_size > 0
     nlist = faiss.extract_index_ivf(mem.index).nlist
+    assert mem.dense.mapped == [None]
+    account = disk.dense.mapped[0]
+    account.cap = account.per_list * nlist * 2  # released every second query here
     for q in ("river stone", "A man is playing a guitar.", "kitchen 17"):
         a = mem.search(q, k=10, mode="dense", nprobe=nlist)
         b = disk.search(q, k=10, mode="dense", nprobe=nlist)
         assert_same_hits(a, b)
+    assert account.releases == 1  # and the third query read the released lists back
     # FAISS prints the path it maps when it reads such an index: never onto --json output
     import json
     import subprocess
