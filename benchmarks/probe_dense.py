@@ -285,6 +285,40 @@ def report(cache: Path) -> None:
             print(f"| {n} | {' | '.join(f'{x:.2f}' for x in v)} | {np.mean(v):.2f} |")
 
 
+#: The rows ``--tp-table`` compares across TP settings: (row in scores.json, label).
+TP_ROWS = (("dense last", "dense, output layer -1"),
+           ("dense last, layer -1", "dense, output layer -2"),
+           ("dense last, layer -2", "dense, output layer -3"),
+           ("hybrid dense+BM25 z 0.6 (the default)", "hybrid (z 0.6)"))
+
+
+def tp_table(cache: Path, sts: Path | None) -> None:
+    """One markdown table per row of :data:`TP_ROWS`: each cached setting (label suffix
+    ``-int8`` etc. kept) against every dev set, with vanilla's difference; with ``sts``, the
+    STS Spearman of ``tpsearch eval sts --json`` saved as ``sts-<setting>.json`` beside."""
+    runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(cache.glob("*/scores.json"))}
+    vanilla = next((k for k in runs if k.startswith("none")), None)
+    for row, label in TP_ROWS:
+        sets = list(runs[next(iter(runs))][row])
+        print(f"\n{label} (nDCG@10 x 100; in brackets: minus vanilla)\n")
+        print(f"| TP | {' | '.join(sets)} | mean |\n|---|{'---|' * (len(sets) + 1)}")
+        for name, rows in runs.items():
+            v = [rows[row][s] for s in sets]
+            cells = []
+            for s, x in zip(sets, v):
+                d = "" if vanilla is None or name == vanilla else \
+                    f" ({x - runs[vanilla][row][s]:+.2f})"
+                cells.append(f"{x:.2f}{d}")
+            print(f"| {name} | {' | '.join(cells)} | {np.mean(v):.2f} |")
+    if sts is not None:
+        print("\nSTS (Spearman x 100, raw vectors)\n\n| TP | STS-B dev | STS12 |\n|---|---|---|")
+        for name in runs:
+            f = sts / f"sts-{name.removesuffix('-int8')}.json"
+            if f.exists():
+                t = json.loads(f.read_text())["tasks"]
+                print(f"| {name} | {t['STSBenchmark-dev']:.2f} | {t['STS12']:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="gemma-3-270m")
@@ -295,9 +329,16 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--report", action="store_true", help="print the cached settings' tables")
+    ap.add_argument("--tp-table", action="store_true",
+                    help="print the TP settings side by side (dense at three output layers, "
+                         "hybrid; with --sts-json DIR, STS too)")
+    ap.add_argument("--sts-json", type=Path, default=None,
+                    help="folder of sts-<setting>.json (tpsearch eval sts --json) for --tp-table")
     args = ap.parse_args()
     if args.report:
         return report(args.cache)
+    if args.tp_table:
+        return tp_table(args.cache, args.sts_json)
     tp = None if args.tp_layers == "none" else args.tp_layers
     extra = {"placeholder_init": args.placeholder_init} if args.placeholder_init else {}
     enc = TPEncoder.from_pretrained(args.model, tp_layers=tp, output_layer=-1, pooling="mean",
