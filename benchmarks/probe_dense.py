@@ -314,7 +314,7 @@ def tp_table(cache: Path, sts: Path | None) -> None:
         print("\nSTS (Spearman x 100, raw vectors)\n\n| TP | STS-B dev | STS12 |\n|---|---|---|")
         for name in runs:
             f = sts / f"sts-{name.removesuffix('-int8')}.json"
-            if f.exists():
+            if f.exists() and f.stat().st_size:
                 t = json.loads(f.read_text())["tasks"]
                 print(f"| {name} | {t['STSBenchmark-dev']:.2f} | {t['STS12']:.2f} |")
 
