@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--budget", default="64MB")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--shard", type=int, default=50_000)
+    ap.add_argument("--train-iterations", type=int, default=None,
+                    help="k-means iterations of the coarse quantizer (FAISS's default: 25); "
+                         "fewer train faster and change recall, not the build's memory")
     ap.add_argument("--specs", default="ivf,ivf-disk",
                     help="indexes to build, comma-separated (ivf: lists in RAM; ivf-disk)")
     args = ap.parse_args()
@@ -123,6 +126,12 @@ def main() -> None:
                     "from tpsearch.pipeline.mapper import StageTimes\n"
                     "from tpsearch.transform import TransformSettings\n"
                     f"opts = AssemblyOptions({spec!r}, {budget!r}, False, TransformSettings('none'), False)\n"
+                    + ("" if args.train_iterations is None else
+                       "import faiss\nimport tpsearch.pipeline.assembler as A\n_new = A.new_index\n"
+                       "def new_index(plan, d):\n    ix = _new(plan, d)\n"
+                       f"    faiss.extract_index_ivf(ix).cp.niter = {args.train_iterations}\n"
+                       "    return ix\nA.new_index = new_index\n")
+                    +
                     f"shards = sorted(Path({str(tmp / 'shards')!r}).glob('shard-*.parquet'))\n"
                     "import threading\nhigh = [0]\n"
                     "def watch():\n"

@@ -131,18 +131,22 @@ def gather(shards: list[Path], counts: list[int], rows: np.ndarray) -> np.ndarra
 def gather_many(shards: list[Path], counts: list[int], row_sets: list[np.ndarray]) -> list[np.ndarray]:
     """The vectors at each set of global positions (each sorted), reading each shard that
     holds any of them once."""
-    out: list[list[np.ndarray]] = [[] for _ in row_sets]
+    dim = shard_meta(shards[0])["dim"] if shards else 0
+    # filled in place, one shard's picks at a time: a sample of a million vectors is held
+    # once, not once in pieces and again concatenated
+    out = [np.empty((len(rows), dim), np.float32) for rows in row_sets]
+    filled = [0] * len(row_sets)
     offset = 0
     for path, n in zip(shards, counts):
         picks = [rows[(rows >= offset) & (rows < offset + n)] - offset for rows in row_sets]
         if any(len(p) for p in picks):
             vecs = read_vectors(path)
-            for o, p in zip(out, picks):
+            for i, p in enumerate(picks):
                 if len(p):
-                    o.append(vecs[p])
+                    out[i][filled[i]:filled[i] + len(p)] = vecs[p]
+                    filled[i] += len(p)
         offset += n
-    dim = shard_meta(shards[0])["dim"] if shards else 0
-    return [np.concatenate(o) if o else np.zeros((0, dim), np.float32) for o in out]
+    return out
 
 
 def shard_first_sentences(t: dict) -> list[str]:
@@ -288,7 +292,7 @@ class ShardTables:
 
 def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
           truth: ExactTopK | None = None, fitted=None,
-          spill: ListWriter | None = None, add: bool = True,
+          lists: ListWriter | None = None, add: bool = True,
           tables: ShardTables | None = None) -> LexicalInfo | None:
     """Add every shard's vectors (unless ``add`` is false: the index holds them already);
     write the id map and the lexical index beside (taken from ``tables`` where the build made
@@ -302,7 +306,7 @@ def _fill(index, shards: list[Path], final: Path, opts: AssemblyOptions,
             if add or truth is not None:
                 vecs = read_vectors(path)
                 if add:
-                    (spill.add if spill is not None else index.add)(vecs)
+                    (lists.add if lists is not None else index.add)(vecs)
                 if truth is not None:
                     truth.add(fitted.apply(vecs))
             if own:
@@ -394,19 +398,19 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
         train_index(index, plan, sample, lambda rows: gather(shards, counts, rows), n)
     log.info("index: %s (%s)", plan.factory, plan.reason)
     truth = None if plan.is_exact else ExactTopK(fitted.apply(queries), 10)
-    spill = None
+    lists = None
     if plan.ondisk and opts.prefilled is None:  # a prefilled index has its lists file already
         chunk = opts.memory_budget // 4 if opts.memory_budget else ONDISK_CHUNK_BYTES
-        spill = ListWriter(index, final / ".lists", chunk_bytes=chunk)
+        lists = ListWriter(index, final / ".lists", chunk_bytes=chunk)
     try:
-        lexical = _fill(index, shards, final, opts, truth, fitted, spill,
+        lexical = _fill(index, shards, final, opts, truth, fitted, lists,
                         add=opts.prefilled is None, tables=tables)
     except BaseException:
-        if spill is not None:
-            spill.abort()
+        if lists is not None:
+            lists.abort()
         raise
-    if spill is not None:
-        spill.finish(final / ONDISK_FILE)
+    if lists is not None:
+        lists.finish(final / ONDISK_FILE)
     params, recall, n_queries = _recall(index, plan, queries, truth)
     faiss.write_index(index, str(final / INDEX_FILE))
     if fitted.query_shift is not None:
