@@ -116,3 +116,29 @@ def test_released_lists_leave_the_resident_set_and_still_answer(tmp_path):
     assert account.releases == 1 and _rss_file_kib() - released < 4_000
     account.searched(1, 1)  # a list's worth, 1 MiB: kept
     assert account.releases == 1
+
+
+def test_recall_tuning_on_disk_in_query_batches_equals_tuning_in_memory(tmp_path, monkeypatch):
+    """Tuning an on-disk index searches its queries a few at a time, releasing the mapped
+    lists between batches; the tuned nprobe and recall are those of the same index in memory."""
+    import tpsearch.index as index_module
+    from tpsearch.index import IndexPlan, exact_topk, tune_search
+
+    trained = _trained("IVF16,Flat")
+    x = _vectors(3000, seed=4)
+    memory = faiss.clone_index(trained)
+    memory.add(x)
+    writer = ListWriter(faiss.clone_index(trained), tmp_path / "work")
+    writer.add(x)
+    disk = writer.finish(tmp_path / "index.ivfdata")
+    queries = _vectors(40, seed=5)
+    truth = exact_topk(queries, [x], 10)
+    plan = IndexPlan("IVF16,Flat", "test")
+    want = tune_search(memory, plan, queries, truth)
+    released = []
+    real = index_module.release_mapped_lists
+    monkeypatch.setattr(index_module, "release_mapped_lists",
+                        lambda ix: released.append(1) or real(ix))
+    monkeypatch.setattr(index_module, "TUNE_MAPPED_BYTES", 1)  # one query per batch
+    assert tune_search(disk, plan, queries, truth) == want
+    assert len(released) >= len(queries)

@@ -339,14 +339,38 @@ def tune_search(index: faiss.Index, plan: IndexPlan, queries: np.ndarray, truth:
         _, found = index.search(queries, k)
         return {}, ann_recall_at_k(found, truth, k)
     params, recall = {}, 0.0
+    per_list = _mapped_list_bytes(index)
     for value in ladder:
         params = {name: value}
-        _, found = search(index, queries, k, params)
-        release_mapped_lists(index)  # each step's probed lists leave the resident set
+        if per_list is None:
+            _, found = search(index, queries, k, params)
+        else:  # lists on disk: queries in batches, their mapped pages released between
+            batch = max(1, int(TUNE_MAPPED_BYTES // (value * per_list)))
+            parts = []
+            for at in range(0, len(queries), batch):
+                parts.append(search(index, queries[at:at + batch], k, params)[1])
+                release_mapped_lists(index)
+            found = np.concatenate(parts) if parts else np.zeros((0, k), np.int64)
         recall = ann_recall_at_k(found, truth, k)
         if recall >= TARGET_RECALL:
             break
     return params, recall
+
+
+#: Bytes of on-disk lists recall tuning reads through the memory map between releases.
+TUNE_MAPPED_BYTES = 64 << 20
+
+
+def _mapped_list_bytes(index: faiss.Index) -> float | None:
+    """The mean bytes of one inverted list if the index's lists are on disk, else None."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(lists, faiss.OnDiskInvertedLists):
+        return None
+    return max(1.0, float(lists.totsize) / max(1, ivf.nlist))
 
 
 def _nlist_of(index: faiss.Index) -> int:
