@@ -200,6 +200,14 @@ def check_search_params(factory: str, params: dict) -> None:
 SELECTIVE_SHARE = 0.2
 
 
+def transform_chain(index: faiss.Index) -> list:
+    """The vector transforms an ``IndexPreTransform`` applies, in order ([] for others)."""
+    outer = faiss.downcast_index(index)
+    if not isinstance(outer, faiss.IndexPreTransform):
+        return []
+    return [faiss.downcast_VectorTransform(outer.chain.at(i)) for i in range(outer.chain.size())]
+
+
 class CallParameters:
     """FAISS ``SearchParameters`` for one search call: the shared index object is never
     changed, so concurrent searches with different parameters (or filters) need no lock.
@@ -240,9 +248,7 @@ class CallParameters:
             return
         if isinstance(inner, faiss.IndexHNSW) and selective:
             self.target = faiss.downcast_index(inner.storage)
-            if wrapped:
-                self.chain = [faiss.downcast_VectorTransform(outer.chain.at(i))
-                              for i in range(outer.chain.size())]
+            self.chain = transform_chain(outer)
             p = faiss.SearchParameters()
             p.sel = sel
             self.parts.append(p)
@@ -339,7 +345,7 @@ def tune_search(index: faiss.Index, plan: IndexPlan, queries: np.ndarray, truth:
         _, found = index.search(queries, k)
         return {}, ann_recall_at_k(found, truth, k)
     params, recall = {}, 0.0
-    per_list = _mapped_list_bytes(index)
+    per_list = mapped_list_bytes(index)
     for value in ladder:
         params = {name: value}
         if per_list is None:
@@ -361,16 +367,21 @@ def tune_search(index: faiss.Index, plan: IndexPlan, queries: np.ndarray, truth:
 TUNE_MAPPED_BYTES = 64 << 20
 
 
-def _mapped_list_bytes(index: faiss.Index) -> float | None:
-    """The mean bytes of one inverted list if the index's lists are on disk, else None."""
+def ondisk_lists(index: faiss.Index):
+    """The index's ``OnDiskInvertedLists`` if it is an IVF index whose lists are on disk,
+    else None."""
     try:
         ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
+    except RuntimeError:  # not an IVF index
         return None
     lists = faiss.downcast_InvertedLists(ivf.invlists)
-    if not isinstance(lists, faiss.OnDiskInvertedLists):
-        return None
-    return max(1.0, float(lists.totsize) / max(1, ivf.nlist))
+    return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+
+def mapped_list_bytes(index: faiss.Index) -> float | None:
+    """The mean bytes of one inverted list if the index's lists are on disk, else None."""
+    lists = ondisk_lists(index)
+    return None if lists is None else max(1.0, float(lists.totsize) / max(1, lists.nlist))
 
 
 def _nlist_of(index: faiss.Index) -> int:
@@ -405,12 +416,8 @@ def release_mapped_lists(index: faiss.Index) -> None:
     makes their pages count in the process's resident set until then; this keeps an index
     larger than memory from growing its reader's RSS toward the file's size. No-op for lists in
     memory and on systems without ``madvise``."""
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:  # not an IVF index
-        return
-    lists = faiss.downcast_InvertedLists(ivf.invlists)
-    if not isinstance(lists, faiss.OnDiskInvertedLists) or lists.ptr is None or not lists.totsize:
+    lists = ondisk_lists(index)
+    if lists is None or lists.ptr is None or not lists.totsize:
         return
     import ctypes
     import mmap

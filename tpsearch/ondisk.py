@@ -26,23 +26,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .index import c_stdout_silenced, release_mapped_lists
+from .index import c_stdout_silenced, mapped_list_bytes, release_mapped_lists, transform_chain
 
 #: Bytes of run records :meth:`ListWriter.finish` reads, sorts and writes out at a time.
 DEFAULT_CHUNK_BYTES = 256 << 20
 #: Bytes of an on-disk index's lists a searcher reads through the memory map before it
 #: releases the mapped pages (:class:`MappedLists`).
 MAPPED_LISTS_CAP = 256 << 20
-
-
-def _transforms(index) -> tuple[list, faiss.IndexIVF]:
-    """The index's vector transforms (those of an ``IndexPreTransform``) and its IVF part."""
-    outer = faiss.downcast_index(index)
-    chain = []
-    if isinstance(outer, faiss.IndexPreTransform):
-        chain = [faiss.downcast_VectorTransform(outer.chain.at(i))
-                 for i in range(outer.chain.size())]
-    return chain, faiss.extract_index_ivf(index)
 
 
 class ListWriter:
@@ -53,7 +43,7 @@ class ListWriter:
 
     def __init__(self, index, work: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         self.index = index
-        self.chain, self.ivf = _transforms(index)
+        self.chain, self.ivf = transform_chain(index), faiss.extract_index_ivf(index)
         if not self.ivf.is_trained:
             raise ValueError("the IVF index must be trained before its lists are written")
         if self.ivf.ntotal:
@@ -153,22 +143,16 @@ class MappedLists:
     released (:func:`~tpsearch.index.release_mapped_lists`); the file's pages stay in the page
     cache while memory allows, so hot lists are faulted back in without disk reads."""
 
-    def __init__(self, index, cap: int = MAPPED_LISTS_CAP):
-        ivf = faiss.extract_index_ivf(index)
-        lists = faiss.downcast_InvertedLists(ivf.invlists)
+    def __init__(self, index, per_list: float, cap: int = MAPPED_LISTS_CAP):
         self.index, self.cap, self.read = index, cap, 0.0
-        self.per_list = float(lists.totsize) / max(1, ivf.nlist)
+        self.per_list = per_list  # mean bytes of one list
         self.releases = 0
 
     @classmethod
     def of(cls, index, cap: int = MAPPED_LISTS_CAP) -> "MappedLists | None":
         """The account of ``index`` if its lists are on disk, else None."""
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:  # not IVF
-            return None
-        lists = faiss.downcast_InvertedLists(ivf.invlists)
-        return cls(index, cap) if isinstance(lists, faiss.OnDiskInvertedLists) else None
+        per_list = mapped_list_bytes(index)
+        return None if per_list is None else cls(index, per_list, cap)
 
     def searched(self, queries: int, nprobe: int) -> None:
         """Count a search of ``queries`` queries probing ``nprobe`` lists each."""
