@@ -52,14 +52,43 @@ SETS = {"scifact-dev": (BEIR / "scifact-dev", "dev"), "pydoc-dev": (BEIR / "pydo
         "stsb-dev": (ROOT / "runs" / "stsb-beir", "test")}
 
 
-def encode_probe(enc: TPEncoder, texts: list[str], below: int = 2) -> dict[str, np.ndarray]:
+def with_block_slots(rows: list[list[int]], spans: list[tuple[int, int]], pst_id: int,
+                     block: int) -> tuple[list[list[int]], list[tuple[int, int]], list[int],
+                                          list[list[tuple[int, int]]]]:
+    """Hierarchical TP's block summary slots (arXiv 2511.14868) in tpsearch's prompt: a text of
+    n > ``block`` tokens is cut into ceil(n / block) blocks and as many extra ``<PST>`` slots
+    go just before the prompt's own ``<PST>`` (so every token of the text sees every block's
+    summary); slot j is filled, over TP's layers, from block j's last token, and the prompt's
+    ``<PST>`` stays TP's whole-text slot. Texts of at most ``block`` tokens are left as TP has
+    them. Returns the new rows, the texts' shifted spans, each row's TP ``<PST>`` position and
+    its (slot, source) pairs, positions within the unpadded row."""
+    out_rows, out_spans, pst_pos, pairs = [], [], [], []
+    for row, (start, end) in zip(rows, spans):
+        p = row.index(pst_id)
+        n = end - start
+        k = -(-n // block) if n > block else 0
+        out_rows.append(row[:p] + [pst_id] * k + row[p:])
+        out_spans.append((start + k, end + k))
+        pst_pos.append(p + k)
+        pairs.append([(p + j, start + k + min((j + 1) * block, n) - 1) for j in range(k)])
+    return out_rows, out_spans, pst_pos, pairs
+
+
+def encode_probe(enc: TPEncoder, texts: list[str], below: int = 2,
+                 block: int = 0) -> dict[str, np.ndarray]:
     """``last``: (below + 1, N, d) last-token states at the output layer and the ``below``
     layers under it (lowest first); ``mean``: (N, d) the mean over each text's own tokens at
-    the output layer. ``enc`` must pool by mean (so that tokenising yields the spans)."""
+    the output layer. ``enc`` must pool by mean (so that tokenising yields the spans). With
+    ``block``, texts longer than that many tokens get block summary slots
+    (:func:`with_block_slots`)."""
     from tqdm.auto import tqdm
+    from tpsearch.tp import BlockSlots
 
     tok = enc.tokenize(texts)
     rows, spans = tok.input_ids, tok.spans
+    pst_pos = pairs = None
+    if block:
+        rows, spans, pst_pos, pairs = with_block_slots(rows, spans, enc.placeholder_id, block)
     out_idx = enc.plan.output_index
     also = list(range(out_idx - below, out_idx))
     last = np.zeros((below + 1, len(rows), enc.dim), dtype=np.float32)
@@ -68,10 +97,18 @@ def encode_probe(enc: TPEncoder, texts: list[str], below: int = 2) -> dict[str, 
     for batch in plan_batches([len(r) for r in rows], 16, 8192, enc.row_ladder):
         t = enc._batch_tensors([rows[j] for j in batch], [spans[j] for j in batch])
         record = {i: None for i in also}
+        slots = None
+        if block:  # left padding: a row's positions move by width - its length
+            off = [int(t["last"][b]) + 1 - len(rows[j]) for b, j in enumerate(batch)]
+            t["pst"] = torch.tensor([o + pst_pos[j] for o, j in zip(off, batch)])
+            flat = [(b, o + d, o + s) for b, (o, j) in enumerate(zip(off, batch))
+                    for d, s in pairs[j]]
+            if flat:
+                slots = BlockSlots(*(torch.tensor(c, dtype=torch.long) for c in zip(*flat)))
         with torch.inference_mode(), model_lock(enc.model):
             hidden = forward_with_tp(enc.model, enc.layers, enc.plan,
                                      t["pst"] if enc.placeholder_id is not None else None,
-                                     t["last"], record, input_ids=t["input_ids"],
+                                     t["last"], record, slots, input_ids=t["input_ids"],
                                      attention_mask=t["attention_mask"],
                                      position_ids=t["position_ids"])
             at = torch.arange(hidden.shape[0])
@@ -129,7 +166,7 @@ class DevSet:
     """One dev set's units, encodings under one TP setting, BM25 ranking and qrels."""
 
     def __init__(self, name: str, where: tuple[Path, str], enc: TPEncoder, qenc: TPEncoder,
-                 cache: Path):
+                 cache: Path, block: int = 0):
         self.name = name
         data = load_beir(*where)
         self.judged = [q for q, r in data.qrels.items() if any(v > 0 for v in r.values())]
@@ -140,11 +177,11 @@ class DevSet:
         self.unit_texts = [u[1] for u in us]
         self.query_texts = [data.queries[x] for x in self.judged]
         self.passages = cached(cache / f"{name}-passages.npz",
-                               lambda: encode_probe(enc, self.unit_texts))
+                               lambda: encode_probe(enc, self.unit_texts, block=block))
         self.queries = cached(cache / f"{name}-queries.npz",
-                              lambda: encode_probe(qenc, self.query_texts))
+                              lambda: encode_probe(qenc, self.query_texts, block=block))
         firsts = [first_sentence(d) for d in data.corpus][:1000]
-        self.firsts = cached(cache / f"{name}-firsts.npz", lambda: encode_probe(qenc, firsts))
+        self.firsts = cached(cache / f"{name}-firsts.npz", lambda: encode_probe(qenc, firsts, block=block))
         lexdir = cache.parent / f"bm25-{name}"
         if not (lexdir / "lexical").is_dir():
             lb = LexicalBuilder()
@@ -326,6 +363,9 @@ def main() -> None:
     ap.add_argument("--placeholder-init", default=None)
     ap.add_argument("--quantize", default="none", choices=("none", "int8"),
                     help="int8: tpsearch's int8 (per-token), compiled; cached apart (label -int8)")
+    ap.add_argument("--blocks", type=int, default=0, metavar="TOKENS",
+                    help="Hierarchical TP: a block summary slot per this many tokens of a "
+                         "longer text, beside TP's own (cached apart, label -blocksN)")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--report", action="store_true", help="print the cached settings' tables")
@@ -346,12 +386,15 @@ def main() -> None:
                                     compile_layers=args.quantize == "int8", **extra)
     label = "none" if tp is None else "{}-{}".format(*enc.settings.tp_layers)
     label += f"-{args.placeholder_init}" if args.placeholder_init else ""
+    if args.blocks and tp is None:
+        ap.error("--blocks needs TP (block slots are filled over TP's layers)")
+    label += f"-blocks{args.blocks}" if args.blocks else ""
     label += "-int8" if args.quantize == "int8" else ""
     cache = args.cache / label
     cache.mkdir(parents=True, exist_ok=True)
     qenc = enc.variant(prompt="question")
     print(f"{args.model}: TP {enc.settings.tp_layers}, {enc.settings.n_layers} layers", flush=True)
-    sets = [DevSet(n, SETS[n], enc, qenc, cache) for n in args.sets.split(",")]
+    sets = [DevSet(n, SETS[n], enc, qenc, cache, args.blocks) for n in args.sets.split(",")]
     rows = score_setting(sets, enc)
     (cache / "scores.json").write_text(json.dumps(rows, indent=1))
     for n, v in rows.items():

@@ -104,6 +104,66 @@ def test_a_texts_vector_does_not_depend_on_its_batch(tiny_model_dir, arch, dtype
                                        rtol=0, err_msg=f"batch size {bs}")
 
 
+def _with_slots(enc: TPEncoder, text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+    """The prompted text with two block slots just before its ``<PST>``, filled from the 5th
+    and 8th positions after it: (row, TP's <PST> position, [(slot, source), ...])."""
+    row = enc.tokenize([text]).input_ids[0]
+    p = row.index(enc.placeholder_id)
+    return row[:p] + [enc.placeholder_id] * 2 + row[p:], p + 2, [(p, p + 6), (p + 1, p + 9)]
+
+
+def reference_with_slots(enc: TPEncoder, row, pst, pairs, tp_layers) -> np.ndarray:
+    """One unpadded row; every slot replaced through the previous layer's output."""
+    ids = torch.tensor([row])
+    last = len(row) - 1
+    moves = [(pst, last)] + pairs
+
+    def replace(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        h = h.clone()
+        for d, s in moves:
+            h[0, d] = output[0][0, s] if isinstance(output, tuple) else output[0, s]
+        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+    handles = [layer_stack(enc.model)[i - 1].register_forward_hook(replace)
+               for i in range(*tp_layers)]
+    try:
+        with torch.no_grad():
+            out = enc.model(input_ids=ids, output_hidden_states=True, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out.hidden_states[-1][0, last].float().numpy()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_block_slots_are_filled_from_their_blocks(tiny_model_dir, arch):
+    """Hierarchical TP's block summary slots (``tp.BlockSlots``) beside TP's own: in a padded
+    batch of rows of different lengths each row equals its own unpadded reference, and the
+    slots change the vector (against the same row whose extra ``<PST>``s stay unfilled)."""
+    from tpsearch.tp import BlockSlots, forward_with_tp
+
+    enc = TPEncoder.from_pretrained(str(tiny_model_dir(arch)), tp_layers=(1, 4), output_layer=-1,
+                                    device="cpu")
+    made = [_with_slots(enc, t) for t in (CORPUS[7], CORPUS[1], CORPUS[8])]
+    t = enc._batch_tensors([m[0] for m in made])
+    off = [int(t["last"][b]) + 1 - len(m[0]) for b, m in enumerate(made)]
+    pst = torch.tensor([o + m[1] for o, m in zip(off, made)])
+    flat = [(b, o + d, o + s) for b, (o, m) in enumerate(zip(off, made)) for d, s in m[2]]
+    slots = BlockSlots(*(torch.tensor(c) for c in zip(*flat)))
+    inputs = {k: t[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        got = forward_with_tp(enc.model, enc.layers, enc.plan, pst, t["last"], None, slots,
+                              **inputs)
+        plain = forward_with_tp(enc.model, enc.layers, enc.plan, pst, t["last"], **inputs)
+    rows = torch.arange(len(made))
+    got, plain = got[rows, t["last"]].float().numpy(), plain[rows, t["last"]].float().numpy()
+    for b, (row, p, pairs) in enumerate(made):
+        ref = reference_with_slots(enc, row, p, pairs, (1, 4))
+        np.testing.assert_allclose(got[b], ref, atol=TOL, rtol=0)
+        assert np.abs(got[b] - plain[b]).max() > 1e-4
+
+
 def test_tp_changes_embedding_and_vanilla_has_no_placeholder(tiny_model_dir):
     path = str(tiny_model_dir("llama"))
     tp = TPEncoder.from_pretrained(path, tp_layers=(1, 4), device="cpu")

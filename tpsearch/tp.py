@@ -95,6 +95,17 @@ class ForwardPlan:
         return self.tp_layers is not None and self.tp_layers[0] <= layer < self.tp_layers[1]
 
 
+@dataclass
+class BlockSlots:
+    """Block summary slots beside TP's own (Hierarchical Token Prepending, arXiv 2511.14868):
+    flat over the batch, slot ``k`` is position ``dst[k]`` of row ``rows[k]`` and takes the
+    hidden state at ``src[k]`` (its block's last token) before each layer of the TP range."""
+
+    rows: torch.Tensor
+    dst: torch.Tensor
+    src: torch.Tensor
+
+
 def _split_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
@@ -114,15 +125,23 @@ def token_prepending(
     pst_index: torch.Tensor | None,
     last_index: torch.Tensor,
     record: dict[int, torch.Tensor] | None = None,
+    blocks: BlockSlots | None = None,
 ) -> Iterator[None]:
     """Arm the hooks for one forward pass over a batch.
 
     ``pst_index`` and ``last_index`` give, per row, the position of ``<PST>`` and of the last
     real token. The replacement is out of place, so tensors the model keeps are not mutated.
     ``record``, if given, names extra hidden-state indices (below the output layer) whose
-    last-token rows are stored into it during the pass (for layer sweeps).
+    last-token rows are stored into it during the pass (for layer sweeps). ``blocks``, if
+    given, adds block summary slots that the same layers fill from their blocks' last tokens.
     """
     rows = torch.arange(last_index.shape[0], device=last_index.device)
+    if blocks is not None and pst_index is not None:
+        rows, dst, src = (torch.cat([rows, blocks.rows]), torch.cat([pst_index, blocks.dst]),
+                          torch.cat([last_index, blocks.src]))
+    else:
+        dst, src = pst_index, last_index
+    last_rows = torch.arange(last_index.shape[0], device=last_index.device)
     handles = []
 
     def make_hook(i: int):
@@ -133,9 +152,9 @@ def token_prepending(
         def hook(module, args, kwargs):
             hidden = _split_hidden(args, kwargs)
             if replace:
-                hidden = hidden.index_put((rows, pst_index), hidden[rows, last_index])
+                hidden = hidden.index_put((rows, dst), hidden[rows, src])
             if keep:
-                record[i] = hidden[rows, last_index]
+                record[i] = hidden[last_rows, last_index]
             if capture:
                 raise EarlyExit(hidden)
             return _join_hidden(args, kwargs, hidden) if replace else None
@@ -156,11 +175,12 @@ def token_prepending(
 
 def forward_with_tp(model: nn.Module, layers: nn.ModuleList, plan: ForwardPlan,
                     pst_index: torch.Tensor | None, last_index: torch.Tensor,
-                    record: dict[int, torch.Tensor] | None = None, **inputs) -> torch.Tensor:
+                    record: dict[int, torch.Tensor] | None = None,
+                    blocks: BlockSlots | None = None, **inputs) -> torch.Tensor:
     """One forward pass with the hooks armed (:func:`token_prepending`): the hidden states at
     the plan's output layer, every position (the pass stops there; later layers never run).
     The one place a forward pass of the encoder runs, for every batching path."""
-    with token_prepending(layers, plan, pst_index, last_index, record):
+    with token_prepending(layers, plan, pst_index, last_index, record, blocks):
         try:
             out = model(**inputs, use_cache=False)
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
