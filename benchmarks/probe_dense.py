@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,39 @@ def with_block_slots(rows: list[list[int]], spans: list[tuple[int, int]], pst_id
     return out_rows, out_spans, pst_pos, pairs
 
 
+KV_ROUTE = "tpsearch_kv_route"
+
+
+def kv_route_attention(module, query, key, value, attention_mask, kv_route=None, **kwargs):
+    """KV-Embedding's re-routing (arXiv 2601.01046) through transformers' attention interface:
+    at the layers of ``kv_route = (rows, dst, src, start, stop)``, the key and value at each
+    row's ``<PST>`` (``dst``) become those of its last token (``src``), after the rotary
+    embedding; the residual stream at ``<PST>`` is left alone (TP overwrites that instead).
+    Then the model's own SDPA attention runs."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if kv_route is not None and kv_route[3] <= module.layer_idx < kv_route[4]:
+        rows, dst, src = kv_route[:3]
+        key, value = key.clone(), value.clone()
+        key[rows, :, dst] = key[rows, :, src]
+        value[rows, :, dst] = value[rows, :, src]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def arm_kv_route(enc: TPEncoder) -> None:
+    """Route ``enc``'s attention through :func:`kv_route_attention` (a no-op without the
+    ``kv_route`` argument)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(KV_ROUTE, kv_route_attention)
+    for module in enc.model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
+            config._attn_implementation = KV_ROUTE
+
+
 def encode_probe(enc: TPEncoder, texts: list[str], below: int = 2,
-                 block: int = 0) -> dict[str, np.ndarray]:
+                 block: int = 0, kv_route: bool = False) -> dict[str, np.ndarray]:
     """``last``: (below + 1, N, d) last-token states at the output layer and the ``below``
     layers under it (lowest first); ``mean``: (N, d) the mean over each text's own tokens at
     the output layer. ``enc`` must pool by mean (so that tokenising yields the spans). With
@@ -105,12 +137,17 @@ def encode_probe(enc: TPEncoder, texts: list[str], below: int = 2,
                     for d, s in pairs[j]]
             if flat:
                 slots = BlockSlots(*(torch.tensor(c, dtype=torch.long) for c in zip(*flat)))
+        plan, extra = enc.plan, {}
+        if kv_route:  # TP's own overwrite off; its range and <PST> serve the re-routing
+            rows_b = torch.arange(len(batch))
+            plan = replace(enc.plan, tp_layers=None)
+            extra["kv_route"] = (rows_b, t["pst"], t["last"], *enc.plan.tp_layers)
         with torch.inference_mode(), model_lock(enc.model):
-            hidden = forward_with_tp(enc.model, enc.layers, enc.plan,
+            hidden = forward_with_tp(enc.model, enc.layers, plan,
                                      t["pst"] if enc.placeholder_id is not None else None,
                                      t["last"], record, slots, input_ids=t["input_ids"],
                                      attention_mask=t["attention_mask"],
-                                     position_ids=t["position_ids"])
+                                     position_ids=t["position_ids"], **extra)
             at = torch.arange(hidden.shape[0])
             final = hidden[at, t["last"]]
             last[:, batch] = torch.stack([record[i] for i in also] + [final]).float().numpy()
@@ -166,7 +203,7 @@ class DevSet:
     """One dev set's units, encodings under one TP setting, BM25 ranking and qrels."""
 
     def __init__(self, name: str, where: tuple[Path, str], enc: TPEncoder, qenc: TPEncoder,
-                 cache: Path, block: int = 0):
+                 cache: Path, block: int = 0, kv_route: bool = False):
         self.name = name
         data = load_beir(*where)
         self.judged = [q for q, r in data.qrels.items() if any(v > 0 for v in r.values())]
@@ -177,11 +214,14 @@ class DevSet:
         self.unit_texts = [u[1] for u in us]
         self.query_texts = [data.queries[x] for x in self.judged]
         self.passages = cached(cache / f"{name}-passages.npz",
-                               lambda: encode_probe(enc, self.unit_texts, block=block))
+                               lambda: encode_probe(enc, self.unit_texts, block=block,
+                                                   kv_route=kv_route))
         self.queries = cached(cache / f"{name}-queries.npz",
-                              lambda: encode_probe(qenc, self.query_texts, block=block))
+                              lambda: encode_probe(qenc, self.query_texts, block=block,
+                                                   kv_route=kv_route))
         firsts = [first_sentence(d) for d in data.corpus][:1000]
-        self.firsts = cached(cache / f"{name}-firsts.npz", lambda: encode_probe(qenc, firsts, block=block))
+        self.firsts = cached(cache / f"{name}-firsts.npz", lambda: encode_probe(qenc, firsts, block=block,
+                                                   kv_route=kv_route))
         lexdir = cache.parent / f"bm25-{name}"
         if not (lexdir / "lexical").is_dir():
             lb = LexicalBuilder()
@@ -366,6 +406,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=0, metavar="TOKENS",
                     help="Hierarchical TP: a block summary slot per this many tokens of a "
                          "longer text, beside TP's own (cached apart, label -blocksN)")
+    ap.add_argument("--kv-route", action="store_true",
+                    help="KV-Embedding instead of TP: over TP's layers, <PST>'s key and value "
+                         "are the last token's (cached apart, label kv-A-B)")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--report", action="store_true", help="print the cached settings' tables")
@@ -388,13 +431,19 @@ def main() -> None:
     label += f"-{args.placeholder_init}" if args.placeholder_init else ""
     if args.blocks and tp is None:
         ap.error("--blocks needs TP (block slots are filled over TP's layers)")
+    if args.kv_route and (tp is None or args.blocks):
+        ap.error("--kv-route needs a TP range (its layers) and no --blocks")
+    label = f"kv-{label}" if args.kv_route else label
     label += f"-blocks{args.blocks}" if args.blocks else ""
     label += "-int8" if args.quantize == "int8" else ""
     cache = args.cache / label
     cache.mkdir(parents=True, exist_ok=True)
     qenc = enc.variant(prompt="question")
     print(f"{args.model}: TP {enc.settings.tp_layers}, {enc.settings.n_layers} layers", flush=True)
-    sets = [DevSet(n, SETS[n], enc, qenc, cache, args.blocks) for n in args.sets.split(",")]
+    if args.kv_route:
+        arm_kv_route(enc)  # qenc shares the model
+    sets = [DevSet(n, SETS[n], enc, qenc, cache, args.blocks, args.kv_route)
+            for n in args.sets.split(",")]
     rows = score_setting(sets, enc)
     (cache / "scores.json").write_text(json.dumps(rows, indent=1))
     for n, v in rows.items():
