@@ -135,8 +135,7 @@ def build_with_ray(config: BuildConfig, options: RayOptions = RayOptions(),
     :class:`~tpsearch.pipeline.runner.BuildResult`. A new index, or ``overwrite``: an
     incremental build or update goes through ``tpsearch build``/``add`` without Ray."""
     from .distributor import Distributor
-    from .runner import (BuildResult, _prepare_work, load_encoder, query_prompt_for,
-                         work_settings)
+    from .runner import BuildResult, _prepare_work, start_build
     from .validate import validate_build
 
     options.check()
@@ -148,18 +147,11 @@ def build_with_ray(config: BuildConfig, options: RayOptions = RayOptions(),
     with BuildLock(out):
         began, times = time.perf_counter(), StageTimes()
         reader = CorpusReader(_spec(config))
-        fingerprint = reader.fingerprint(reader.check_ids())
         times.read += time.perf_counter() - began
-        encoder = load_encoder(config, Distributor(), times, reader.num_rows)
-        from ..index import choose_index
-        from ..config import parse_size
-
-        choose_index(config.index, reader.num_rows, encoder.dim,
-                     parse_size(config.max_index_memory))
-        qp = query_prompt_for(config, encoder)
-        work = WorkDir(out)
-        settings = {**work_settings(config, encoder, fingerprint), "base_version": None}
-        _prepare_work(work, settings, config, reader)
+        start = start_build(config, reader, Distributor(), times, out, rebuild=True)
+        encoder, work, qp, fingerprint = start.encoder, start.work, start.query_prompt, \
+            start.fingerprint
+        _prepare_work(work, start.settings, config, reader)
         try:
             docs, tokens = _encode(ray, config, options, work, reader, encoder, times,
                                    show_progress)

@@ -262,21 +262,48 @@ def load_encoder(config: BuildConfig, d: Distributor, times: StageTimes,
     return encoder
 
 
+@dataclass
+class BuildStart:
+    """What every engine settles before encoding: the corpus's fingerprint, the encoder, the
+    version an incremental build starts from, the index's query prompt and the work dir with
+    the settings its shards are tied to."""
+
+    fingerprint: str
+    encoder: TPEncoder
+    base: tuple | None
+    query_prompt: str | None
+    work: WorkDir
+    settings: dict
+
+
+def start_build(config: BuildConfig, reader: CorpusReader, d: Distributor, times: StageTimes,
+                out: Path, encoder: TPEncoder | None = None, rebuild: bool = False,
+                show_progress: bool = False) -> BuildStart:
+    """Check the corpus's ids, load the encoder (unless given), and refuse an index type the
+    corpus cannot fill, an incremental build against other settings, or a query prompt its
+    base does not have, all before any encoding."""
+    t0 = time.perf_counter()
+    fingerprint = reader.fingerprint(reader.check_ids())
+    times.read += time.perf_counter() - t0
+    encoder = encoder or load_encoder(config, d, times, reader.num_rows, show_progress)
+    choose_index(config.index, reader.num_rows, encoder.dim, parse_size(config.max_index_memory))
+    base = open_base(out, config, encoder, rebuild)
+    query_prompt = query_prompt_for(config, encoder, base)
+    settings = work_settings(config, encoder, fingerprint)
+    settings["base_version"] = base[0].version if base else None
+    return BuildStart(fingerprint, encoder, base, query_prompt, WorkDir(out), settings)
+
+
 def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, d: Distributor,
            out: Path, keep_shards: bool = False, rebuild: bool = False,
            keep_column: str | None = None, parts: BuildParts = BuildParts()) -> BuildResult:
     began, times = time.perf_counter(), StageTimes()
     reader = parts.read(CorpusSpec(config.corpus, config.text_column, config.id_column,
                                      config.title_column, config.metadata_list(), keep_column))
-    fingerprint = reader.fingerprint(reader.check_ids())
     times.read += time.perf_counter() - began
-    encoder = encoder or load_encoder(config, d, times, reader.num_rows, show_progress)
-    choose_index(config.index, reader.num_rows, encoder.dim, parse_size(config.max_index_memory))
-    base = open_base(out, config, encoder, rebuild)
-    query_prompt = query_prompt_for(config, encoder, base)  # refused here, before any work
-    work = WorkDir(out)
-    settings = work_settings(config, encoder, fingerprint)
-    settings["base_version"] = base[0].version if base else None
+    start = start_build(config, reader, d, times, out, encoder, rebuild, show_progress)
+    fingerprint, encoder, base, work = start.fingerprint, start.encoder, start.base, start.work
+    query_prompt, settings = start.query_prompt, start.settings
     # Rank 0 prepares (or discards) the work directory and drops shards whose corpus rows
     # changed since they were written; the others then check it.
     agreed(d, lambda: _prepare_work(work, settings, config, reader, keep_column is not None)
