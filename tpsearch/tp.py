@@ -135,13 +135,11 @@ def token_prepending(
     last-token rows are stored into it during the pass (for layer sweeps). ``blocks``, if
     given, adds block summary slots that the same layers fill from their blocks' last tokens.
     """
-    rows = torch.arange(last_index.shape[0], device=last_index.device)
+    last_rows = torch.arange(last_index.shape[0], device=last_index.device)
+    rows, dst, src = last_rows, pst_index, last_index  # (row, slot, source) of each copy
     if blocks is not None and pst_index is not None:
         rows, dst, src = (torch.cat([rows, blocks.rows]), torch.cat([pst_index, blocks.dst]),
                           torch.cat([last_index, blocks.src]))
-    else:
-        dst, src = pst_index, last_index
-    last_rows = torch.arange(last_index.shape[0], device=last_index.device)
     handles = []
 
     def make_hook(i: int):
