@@ -213,15 +213,13 @@ class DevSet:
         self.owner = np.array([u[0] for u in us])
         self.unit_texts = [u[1] for u in us]
         self.query_texts = [data.queries[x] for x in self.judged]
-        self.passages = cached(cache / f"{name}-passages.npz",
-                               lambda: encode_probe(enc, self.unit_texts, block=block,
-                                                   kv_route=kv_route))
-        self.queries = cached(cache / f"{name}-queries.npz",
-                              lambda: encode_probe(qenc, self.query_texts, block=block,
-                                                   kv_route=kv_route))
+        def encode(e: TPEncoder, texts: list[str]):
+            return lambda: encode_probe(e, texts, block=block, kv_route=kv_route)
+
+        self.passages = cached(cache / f"{name}-passages.npz", encode(enc, self.unit_texts))
+        self.queries = cached(cache / f"{name}-queries.npz", encode(qenc, self.query_texts))
         firsts = [first_sentence(d) for d in data.corpus][:1000]
-        self.firsts = cached(cache / f"{name}-firsts.npz", lambda: encode_probe(qenc, firsts, block=block,
-                                                   kv_route=kv_route))
+        self.firsts = cached(cache / f"{name}-firsts.npz", encode(qenc, firsts))
         lexdir = cache.parent / f"bm25-{name}"
         if not (lexdir / "lexical").is_dir():
             lb = LexicalBuilder()
@@ -423,6 +421,10 @@ def main() -> None:
     if args.tp_table:
         return tp_table(args.cache, args.sts_json)
     tp = None if args.tp_layers == "none" else args.tp_layers
+    if args.blocks and tp is None:
+        ap.error("--blocks needs TP (block slots are filled over TP's layers)")
+    if args.kv_route and (tp is None or args.blocks):
+        ap.error("--kv-route needs a TP range (its layers) and no --blocks")
     extra = {"placeholder_init": args.placeholder_init} if args.placeholder_init else {}
     enc = TPEncoder.from_pretrained(args.model, tp_layers=tp, output_layer=-1, pooling="mean",
                                     max_length=512, quantize=args.quantize,
@@ -432,10 +434,6 @@ def main() -> None:
                                     **extra)
     label = "none" if tp is None else "{}-{}".format(*enc.settings.tp_layers)
     label += f"-{args.placeholder_init}" if args.placeholder_init else ""
-    if args.blocks and tp is None:
-        ap.error("--blocks needs TP (block slots are filled over TP's layers)")
-    if args.kv_route and (tp is None or args.blocks):
-        ap.error("--kv-route needs a TP range (its layers) and no --blocks")
     label = f"kv-{label}" if args.kv_route else label
     label += f"-blocks{args.blocks}" if args.blocks else ""
     label += "-int8" if args.quantize == "int8" else ""
