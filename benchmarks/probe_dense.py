@@ -26,6 +26,7 @@ Example (2 CPU cores, float32: about 25 minutes per setting for the three sets):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -51,6 +52,13 @@ BEIR = Path(os.environ.get("TPSEARCH_BEIR_DIR", ROOT.parent / "shared" / "data" 
 #: ``pipelines/stsb_to_beir.py`` (its split is named test).
 SETS = {"scifact-dev": (BEIR / "scifact-dev", "dev"), "pydoc-dev": (BEIR / "pydoc-dev", "dev"),
         "stsb-dev": (ROOT / "runs" / "stsb-beir", "test")}
+
+
+def prompt_label(prompt: str) -> str:
+    """A cache label for a prompt: a method's name as is, a template by a short hash."""
+    if prompt.isidentifier():
+        return prompt
+    return hashlib.sha1(prompt.encode()).hexdigest()[:8]
 
 
 def with_block_slots(rows: list[list[int]], spans: list[tuple[int, int]], pst_id: int,
@@ -407,6 +415,12 @@ def main() -> None:
     ap.add_argument("--kv-route", action="store_true",
                     help="KV-Embedding instead of TP: over TP's layers, <PST>'s key and value "
                          "are the last token's (cached apart, label kv-A-B)")
+    ap.add_argument("--prompt", default=None,
+                    help="the passages' prompt (a method name such as pcot or ke, or a template); "
+                         "default: the preset's (cached apart, label -p<name> or -p<hash>)")
+    ap.add_argument("--query-prompt", default="question",
+                    help="the queries' (and first sentences') prompt (cached apart unless "
+                         "question, label -q<name>)")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--report", action="store_true", help="print the cached settings' tables")
@@ -426,6 +440,8 @@ def main() -> None:
     if args.kv_route and (tp is None or args.blocks):
         ap.error("--kv-route needs a TP range (its layers) and no --blocks")
     extra = {"placeholder_init": args.placeholder_init} if args.placeholder_init else {}
+    if args.prompt:
+        extra["prompt"] = args.prompt
     enc = TPEncoder.from_pretrained(args.model, tp_layers=tp, output_layer=-1, pooling="mean",
                                     max_length=512, quantize=args.quantize,
                                     # the re-routing's per-layer test would recompile
@@ -436,10 +452,12 @@ def main() -> None:
     label += f"-{args.placeholder_init}" if args.placeholder_init else ""
     label = f"kv-{label}" if args.kv_route else label
     label += f"-blocks{args.blocks}" if args.blocks else ""
+    label += f"-p{prompt_label(args.prompt)}" if args.prompt else ""
+    label += f"-q{prompt_label(args.query_prompt)}" if args.query_prompt != "question" else ""
     label += "-int8" if args.quantize == "int8" else ""
     cache = args.cache / label
     cache.mkdir(parents=True, exist_ok=True)
-    qenc = enc.variant(prompt="question")
+    qenc = enc.variant(prompt=args.query_prompt)
     print(f"{args.model}: TP {enc.settings.tp_layers}, {enc.settings.n_layers} layers", flush=True)
     if args.kv_route:
         arm_kv_route(enc)  # qenc shares the model
