@@ -149,14 +149,14 @@ def build_with_ray(config: BuildConfig, options: RayOptions = RayOptions(),
         reader = CorpusReader(_spec(config))
         times.read += time.perf_counter() - began
         start = start_build(config, reader, Distributor(), times, out, rebuild=True)
-        encoder, work, qp, fingerprint = start.encoder, start.work, start.query_prompt, \
-            start.fingerprint
+        encoder, work = start.encoder, start.work
         _prepare_work(work, start.settings, config, reader)
         try:
             docs, tokens = _encode(ray, config, options, work, reader, encoder, times,
                                    show_progress)
-            manifest = _assemble_and_publish(ray, config, options, encoder, work, times, qp,
-                                             reader, fingerprint, began, docs, tokens)
+            manifest = _assemble_and_publish(ray, config, options, encoder, work, times,
+                                             start.query_prompt, reader, start.fingerprint,
+                                             began, docs, tokens)
         except InputError:
             work.discard()  # bad data will not get better on a rerun: leave nothing behind
             raise
