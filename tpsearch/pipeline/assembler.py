@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,7 @@ from ..passages import sentence_spans
 from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, TransformSettings,
                          fit_transform, read_example_queries, read_vector)
 from .mapper import StageTimes
+from .prefill import Prefilled
 from .reader import join_title
 from .writer import read_table, read_vectors, shard_meta, shard_rows
 
@@ -74,6 +75,8 @@ class AssemblyOptions:
     prefilled: "tuple[Any, IndexPlan] | None" = None
     # the id map, lexical units and first sentences made while encoding (one-process builds)
     tables: "ShardTables | None" = None
+    # the graph filled while encoding, kept if its rules allow (tpsearch.pipeline.prefill)
+    graph: Any = None
 
 
 @dataclass(frozen=True)
@@ -209,27 +212,52 @@ def _fit(shards, sample: np.ndarray, opts: AssemblyOptions, encode_queries: Quer
         log.info("transform: kept from the base version (documents' mean moved %.3f of their "
                  "spread)", drift or 0.0)
         return fitted, sample, info, "kept", drift
-    queries, source = None, None
-    if ts.kind != "none":
-        if ts.query_examples:
-            texts, source = read_example_queries(ts.query_examples), f"examples:{ts.query_examples}"
-        else:
-            texts = (sample_sentences(firsts, QUERY_SAMPLE) if firsts is not None
-                     else first_sentences(shards, QUERY_SAMPLE))
-            source = "first-sentences"
-        queries = encode_queries(texts) if texts else None
+    queries, source = _query_vectors(shards, ts, encode_queries, firsts)
     fitted = fit_transform(sample, queries, ts, opts.unembedding)
     if fitted.note:
         log.info("transform: %s", fitted.note)
-    info = TransformInfo(kind=fitted.kind, dim=fitted.out_dim if fitted.kind == "whiten" else None,
+    return fitted, sample, _transform_info(fitted, ts, len(sample), source, queries), "fitted", None
+
+
+def _fit_prefilled(graph: Prefilled, shards, opts: AssemblyOptions,
+                   encode_queries: QueryEncoder, firsts: list[str] | None,
+                   why: str) -> tuple[FittedTransform, TransformInfo]:
+    """The transform fitted on the prefix while encoding, with the query shift made as
+    :func:`_fit` makes it (the documents' mean being the prefix's)."""
+    ts = opts.transform
+    queries, source = _query_vectors(shards, ts, encode_queries, firsts)
+    shift = (graph.mean - np.asarray(queries, dtype=np.float32).mean(0)).astype(np.float32) \
+        if queries is not None and len(queries) else None
+    note = "; ".join(x for x in (graph.fitted.note, why) if x)
+    fitted = replace(graph.fitted, query_shift=shift, note=note)
+    return fitted, _transform_info(fitted, ts, graph.fitted_on, source, queries)
+
+
+def _query_vectors(shards, ts: TransformSettings, encode_queries: QueryEncoder,
+                   firsts: list[str] | None) -> tuple[np.ndarray | None, str | None]:
+    """Query-like vectors for the query shift (example queries, or the documents' first
+    sentences), and where they came from."""
+    if ts.kind == "none":
+        return None, None
+    if ts.query_examples:
+        texts, source = read_example_queries(ts.query_examples), f"examples:{ts.query_examples}"
+    else:
+        texts = (sample_sentences(firsts, QUERY_SAMPLE) if firsts is not None
+                 else first_sentences(shards, QUERY_SAMPLE))
+        source = "first-sentences"
+    return (encode_queries(texts) if texts else None), source
+
+
+def _transform_info(fitted: FittedTransform, ts: TransformSettings, fitted_on: int,
+                    source: str | None, queries: np.ndarray | None) -> TransformInfo:
+    return TransformInfo(kind=fitted.kind, dim=fitted.out_dim if fitted.kind == "whiten" else None,
                          embed_filter=list(ts.embed_filter) if fitted.filtered else None,
                          out_dim=fitted.out_dim,
-                         fitted_on=len(sample) if fitted.kind != "none" else 0,
+                         fitted_on=fitted_on if fitted.kind != "none" else 0,
                          query_stats=source if fitted.query_shift is not None else None,
                          query_samples=len(queries) if fitted.query_shift is not None else 0,
                          query_shift_file=QUERY_SHIFT_FILE if fitted.query_shift is not None else None,
                          note=fitted.note)
-    return fitted, sample, info, "fitted", None
 
 
 def needs_first_sentences(opts: AssemblyOptions) -> bool:
@@ -385,10 +413,20 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     sample, queries = gather_many(shards, counts, [sample_rows(n, FIT_SAMPLE),
                                                    sample_rows(n, RECALL_QUERIES, seed=1)])
     tables = opts.tables if opts.tables is not None and opts.tables.covers(shards) else None
-    fitted, sample, tinfo, source, drift = _fit(shards, sample, opts, encode_queries,
-                                                tables.firsts if tables is not None else None)
-    if opts.prefilled is not None:
-        index, plan = opts.prefilled
+    firsts = tables.firsts if tables is not None else None
+    graph = None
+    if opts.graph is not None and opts.prefilled is None and opts.trained is None:
+        graph, why = opts.graph.take(sample, lambda dim: index_plan(opts, n, dim), n)
+        log.info("index filled while encoding: %s", "kept" if graph is not None else "no")
+        log.info("%s", why)
+    prefilled = opts.prefilled
+    if graph is not None:
+        fitted, tinfo = _fit_prefilled(graph, shards, opts, encode_queries, firsts, why)
+        source, drift, prefilled = "fitted", graph.drift, (graph.index, graph.plan)
+    else:
+        fitted, sample, tinfo, source, drift = _fit(shards, sample, opts, encode_queries, firsts)
+    if prefilled is not None:
+        index, plan = prefilled
     elif opts.trained is not None:  # an index trained once for all segments (rank assembly)
         path, plan = opts.trained
         index = faiss.read_index(str(path))
@@ -399,12 +437,12 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     log.info("index: %s (%s)", plan.factory, plan.reason)
     truth = None if plan.is_exact else ExactTopK(fitted.apply(queries), 10)
     lists = None
-    if plan.ondisk and opts.prefilled is None:  # a prefilled index has its lists file already
+    if plan.ondisk and prefilled is None:  # a prefilled index has its lists file already
         chunk = opts.memory_budget // 4 if opts.memory_budget else ONDISK_CHUNK_BYTES
         lists = ListWriter(index, final / ".lists", chunk_bytes=chunk)
     try:
         lexical = _fill(index, shards, final, opts, truth, fitted, lists,
-                        add=opts.prefilled is None, tables=tables)
+                        add=prefilled is None, tables=tables)
     except BaseException:
         if lists is not None:
             lists.abort()

@@ -29,10 +29,12 @@ from ..layout import is_index_dir, new_version_name, read_pointer, restore_legac
 from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, file_digests,
                         open_manifest, write_manifest)
 from ..index_encoder import encoder_mismatches
-from .assembler import Assembled, AssemblyOptions, KeptTransform, assemble
+from ..transform import FIT_SAMPLE
+from .assembler import Assembled, AssemblyOptions, KeptTransform, assemble, index_plan
 from .distributor import Distributor
 from .follower import ShardFollower
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
+from .prefill import GraphPrefill, fitter, spare_threads
 from .reader import CorpusReader, CorpusSpec, window_digest
 from .reuse import STORE_DIR, BaseStore, fill_store
 from .validate import validate_build
@@ -62,6 +64,10 @@ class BuildParts:
     # Whether a one-process build makes the id map and lexical units while it encodes (the
     # follower, :mod:`tpsearch.pipeline.follower`) rather than after
     follow: bool = True
+    # Passages after which a one-process build whose index is a graph fits the transform on
+    # them and fills the graph while encoding goes on (:mod:`tpsearch.pipeline.prefill`);
+    # 0: never (the graph is built after encoding)
+    prefill_after: int = FIT_SAMPLE
 
     def read(self, spec: CorpusSpec) -> CorpusReader:
         return (self.reader or CorpusReader)(spec)
@@ -312,9 +318,11 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
         work.prepare(settings, fresh=False)
     # One process, the standard assembler: the id map and lexical units are made from each
     # shard as it is written, while encoding goes on (:mod:`tpsearch.pipeline.follower`).
-    follower = ShardFollower.for_build(work, reader.num_rows, config.shard_rows,
-                                       _assembly_options(config, encoder, base, False)) \
-        if parts.follow and not d.active and parts.assembler is None else None
+    follower = None
+    if parts.follow and not d.active and parts.assembler is None:
+        opts = _assembly_options(config, encoder, base, False)
+        follower = ShardFollower.for_build(work, reader.num_rows, config.shard_rows, opts,
+                                           _prefill(config, encoder, base, opts, reader, parts))
     try:
         select = (lambda runs: d.select(runs, config.shard_rows)) if d.active else None
         docs, tokens = encode_shards(config, reader, encoder, work, times, show_progress, select,
@@ -325,12 +333,16 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
             manifest = _assemble_on_ranks(config, encoder, work, times, base, query_prompt, d,
                                           reader, fingerprint, began, docs, tokens, keep_shards)
             return BuildResult(out, manifest, docs, tokens)
-        tables = None
+        tables = prefill = None
         if follower is not None:
             tables = follower.result()
             times.extra["tables_while_encoding"] = follower.seconds
+            if follower.prefill is not None and tables is not None:
+                prefill = follower.prefill
+                if prefill.index is not None:  # a graph was started (kept or not)
+                    times.extra["graph_while_encoding"] = follower.graph_seconds
         part = agreed(d, lambda: _assemble(config, encoder, work, times, base, query_prompt,
-                                           parts, tables))
+                                           parts, tables, prefill))
     except UnbuildableIndex:
         raise  # the shards serve a rerun with another --index
     except InputError:
@@ -511,11 +523,27 @@ def publish_segments(config: BuildConfig, encoder: TPEncoder, work: WorkDir, tim
     return manifest
 
 
+def _prefill(config: BuildConfig, encoder: TPEncoder, base, opts: AssemblyOptions,
+             reader: CorpusReader, parts: BuildParts) -> GraphPrefill | None:
+    """The graph filled while encoding, for a build that fits its transform (not one that
+    keeps its base version's) into one index."""
+    if not parts.prefill_after or opts.keep_transform is not None:
+        return None
+    import torch
+
+    return GraphPrefill(lambda n, dim: index_plan(opts, n, dim), reader.num_rows,
+                        fitter(opts.transform,
+                               lambda: _assembly_options(config, encoder, base).unembedding),
+                        after=parts.prefill_after,
+                        threads=spare_threads(torch.get_num_threads(), encoder.device.type != "cpu"))
+
+
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
               base=None, qp: str | None = None, parts: BuildParts = BuildParts(),
-              tables=None) -> Assembled:
-    """One process assembles every shard (``tables``: what was made of them while encoding)."""
-    opts = replace(_assembly_options(config, encoder, base), tables=tables)
+              tables=None, prefill: GraphPrefill | None = None) -> Assembled:
+    """One process assembles every shard (``tables``: what was made of them while encoding;
+    ``prefill``: the graph filled meanwhile)."""
+    opts = replace(_assembly_options(config, encoder, base), tables=tables, graph=prefill)
     return parts.assemble(work.complete_shards(), work.fresh_final(), opts, times,
                           _query_encoder(config, encoder, qp), config.corpus, config.text_column)
 
