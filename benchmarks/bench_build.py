@@ -8,7 +8,10 @@
 1. Throughput: the bare encoder (``TPEncoder.encode`` on the same texts, same batch size) and
    the whole build (read, tokenise, encode, write shards, assemble the index) on the same
    corpus, in the same process, alternately, after one warm-up. Prints docs/s and tokens/s of
-   each and the pipeline's share of the encoder's throughput (goal >= 90%).
+   each and the pipeline's share of the encoder's throughput (goal >= 90%). ``--arms`` runs
+   some arms only: at 1,000,000 documents run each in a process of its own (the bare
+   encoder's arm tokenises every text at once, a 13 GB heap the build then inherits) and
+   compare the ``--json`` files with ``benchmarks/compare_build_arms.py``.
 2. With ``--update-share``: an incremental build after changing that share of the documents,
    against the full build's time (goal <= 10% for 1%).
 3. Memory: peak RSS of a build in a fresh subprocess for the corpus and for the corpus repeated
@@ -129,6 +132,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs of each arm (the best counts)")
     ap.add_argument("--no-serial", action="store_true",
                     help="skip the arm that makes the id map and lexical units after encoding")
+    ap.add_argument("--arms", default="encoder,pipeline,serial",
+                    help="which arms to run, comma-separated (encoder, pipeline, serial); one arm "
+                         "per process keeps an arm's heap from the next (run each with --json "
+                         "and compare the files)")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch's threads (0: its default). 1 on a 2-core machine leaves a core "
                          "free beside the encoder, as a GPU encoder leaves the CPU: what overlap "
@@ -158,7 +165,13 @@ def main() -> None:
                  for h, t in zip(c.titles, c.texts)]
         mc = ModelConfig(model=args.model, batch_size=args.batch_size)
         enc = TPEncoder.from_pretrained(**mc.encoder_kwargs())
-        tokens = enc.tokenize(texts).num_tokens
+        documents = len(texts)
+        wanted = set(args.arms.split(","))
+        # Only the bare encoder needs every text in memory (and counting the tokens first
+        # tokenises them all, a heap a build never holds); without it the build counts them.
+        tokens = enc.tokenize(texts).num_tokens if "encoder" in wanted else None
+        if "encoder" not in wanted:
+            del texts[64:]
         enc.encode(texts[:64], batch_size=args.batch_size)  # warm-up
         # The build as it runs ("pipeline": the id map and lexical units made while encoding,
         # by the follower) and with them made after encoding ("serial"), side by side.
@@ -166,15 +179,17 @@ def main() -> None:
 
         arms = {"pipeline": BuildParts(), "serial": BuildParts(follow=False)}
         if args.no_serial:
-            del arms["serial"]
-        runs = {"encoder": [], **{a: [] for a in arms}}
+            wanted.discard("serial")
+        arms = {a: parts for a, parts in arms.items() if a in wanted}
+        runs = {**({"encoder": []} if "encoder" in wanted else {}), **{a: [] for a in arms}}
         cores = {name: [] for name in runs}  # CPU seconds per wall second (cores kept busy)
         stages = {}
         for i in range(args.repeats):
-            t, c = time.perf_counter(), cpu_seconds()
-            enc.encode(texts, batch_size=args.batch_size)
-            runs["encoder"].append(time.perf_counter() - t)
-            cores["encoder"].append((cpu_seconds() - c) / runs["encoder"][-1])
+            if "encoder" in runs:
+                t, c = time.perf_counter(), cpu_seconds()
+                enc.encode(texts, batch_size=args.batch_size)
+                runs["encoder"].append(time.perf_counter() - t)
+                cores["encoder"].append((cpu_seconds() - c) / runs["encoder"][-1])
             for arm, parts in arms.items():
                 t, c = time.perf_counter(), cpu_seconds()
                 res = build_index(BuildConfig(corpus=str(corpus), out=str(tmp / f"idx-{arm}{i}"),
@@ -183,29 +198,33 @@ def main() -> None:
                 runs[arm].append(time.perf_counter() - t)
                 cores[arm].append((cpu_seconds() - c) / runs[arm][-1])
                 stages[arm] = res.manifest.build.stage_seconds
+                tokens = tokens if tokens is not None else res.encoded_tokens
         import torch
 
-        print(f"{len(texts)} documents, {tokens} tokens (prompted), model {args.model}, "
+        print(f"{documents} documents, {tokens} tokens (prompted), model {args.model}, "
               f"batch size {args.batch_size}, torch threads {torch.get_num_threads()} of "
               f"{os.cpu_count()} CPUs")
         for name, secs in runs.items():
             best = min(secs)
-            figures[name] = {"seconds": best, "docs_per_s": len(texts) / best, "tokens_per_s": tokens / best}
+            figures[name] = {"seconds": best, "docs_per_s": documents / best, "tokens_per_s": tokens / best}
             busy = cores[name][secs.index(best)]
             figures[name]["cores_busy"] = busy
-            print(f"  {name:9s} {best:8.1f} s  {len(texts) / best:8.2f} docs/s  {tokens / best:9.1f} "
+            print(f"  {name:9s} {best:8.1f} s  {documents / best:8.2f} docs/s  {tokens / best:9.1f} "
                   f"tokens/s  {busy:.2f} cores busy")
-        share = min(runs["encoder"]) / min(runs["pipeline"])
-        figures["pipeline_share_of_encoder"] = share
-        figures["stage_seconds"] = stages["pipeline"]
         serial = ""
-        if "serial" in runs:
+        if "encoder" in runs and "pipeline" in runs:
+            share = min(runs["encoder"]) / min(runs["pipeline"])
+            figures["pipeline_share_of_encoder"] = share
+        if "pipeline" in stages:
+            figures["stage_seconds"] = stages["pipeline"]
+        if "serial" in runs and "encoder" in runs:
             figures["serial_share_of_encoder"] = min(runs["encoder"]) / min(runs["serial"])
             serial = f"; serial: {figures['serial_share_of_encoder'] * 100:.1f}%"
         for arm, st in stages.items():
             print(f"  {arm} stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()))
-        print(f"  pipeline keeps {share * 100:.1f}% of the bare encoder's throughput (goal >= 90%)"
-              + serial)
+        if "pipeline_share_of_encoder" in figures:
+            print(f"  pipeline keeps {figures['pipeline_share_of_encoder'] * 100:.1f}% of the bare "
+                  "encoder's throughput (goal >= 90%)" + serial)
 
         if args.update_share:
             figures["update"] = measure_update(corpus, tmp / "idx-pipeline0", mc, enc, args.update_share,
