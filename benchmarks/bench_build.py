@@ -136,6 +136,8 @@ def main() -> None:
                     help="which arms to run, comma-separated (encoder, pipeline, serial); one arm "
                          "per process keeps an arm's heap from the next (run each with --json "
                          "and compare the files)")
+    ap.add_argument("--no-prefill", action="store_true",
+                    help="the pipeline arm builds its HNSW graph after encoding, not while")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch's threads (0: its default). 1 on a 2-core machine leaves a core "
                          "free beside the encoder, as a GPU encoder leaves the CPU: what overlap "
@@ -177,7 +179,8 @@ def main() -> None:
         # by the follower) and with them made after encoding ("serial"), side by side.
         from tpsearch.pipeline.runner import BuildParts
 
-        arms = {"pipeline": BuildParts(), "serial": BuildParts(follow=False)}
+        arms = {"pipeline": BuildParts(prefill_after=0) if args.no_prefill else BuildParts(),
+                "serial": BuildParts(follow=False)}
         if args.no_serial:
             wanted.discard("serial")
         arms = {a: parts for a, parts in arms.items() if a in wanted}
