@@ -107,3 +107,10 @@ def test_graph_moved_too_far_is_rebuilt_as_without_the_prefill(tmp_path, tiny_mo
         for mode in ("dense", "hybrid"):
             assert_same_hits(a.search(query, k=8, mode=mode, efSearch=512),
                              b.search(query, k=8, mode=mode, efSearch=512))
+
+
+def test_graph_threads_leave_the_encoders_cores(monkeypatch):
+    monkeypatch.setattr(prefill.os, "cpu_count", lambda: 16)
+    assert prefill.spare_threads(16, on_gpu=False) == 1  # never none
+    assert prefill.spare_threads(12, on_gpu=False) == 4
+    assert prefill.spare_threads(16, on_gpu=True) == 14  # the GPU's feeder and the tokeniser

@@ -131,9 +131,10 @@ class GraphPrefill:
 
 def spare_threads(torch_threads: int, on_gpu: bool) -> int:
     """OpenMP threads for the graph beside the encoder: the cores torch leaves free on a CPU
-    encoder (at least one), all of them beside a GPU encoder."""
+    encoder (at least one); beside a GPU encoder, all but two (the thread feeding the GPU and
+    the tokenising thread)."""
     cores = os.cpu_count() or 1
-    return cores if on_gpu else max(1, cores - torch_threads)
+    return max(1, cores - 2) if on_gpu else max(1, cores - torch_threads)
 
 
 def fitter(settings, unembedding: Callable[[], object]) -> Callable[[np.ndarray], FittedTransform]:
