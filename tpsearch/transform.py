@@ -127,6 +127,13 @@ def fit_transform(docs: np.ndarray, queries: np.ndarray | None,
     return FittedTransform(kind, chain, out, shift, note, filtered=basis is not None)
 
 
+def mean_drift(sample: np.ndarray, mean: np.ndarray) -> float:
+    """How far ``sample``'s mean lies from ``mean`` (a fitted transform's), relative to the
+    sample's mean distance from it; rounded to 4 places."""
+    spread = float(np.linalg.norm(sample - mean, axis=1).mean()) or 1.0
+    return round(float(np.linalg.norm(sample.mean(0) - mean)) / spread, 4)
+
+
 def _filter_basis(unembedding, embed_filter: tuple[int, int], d: int):
     """(kept basis or None, why it was skipped or None)."""
     top, bottom = embed_filter

@@ -29,7 +29,7 @@ from ..integrity import inside
 from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
 from ..passages import sentence_spans
 from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, TransformSettings,
-                         fit_transform, read_example_queries, read_vector)
+                         fit_transform, mean_drift, read_example_queries, read_vector)
 from .mapper import StageTimes
 from .prefill import Prefilled
 from .reader import join_title
@@ -198,9 +198,8 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
                              filtered=info.embed_filter is not None)
     drift = None
     if chain and hasattr(chain[0], "mean") and len(sample):
-        mu = faiss.vector_to_array(faiss.downcast_VectorTransform(chain[0]).mean)
-        spread = float(np.linalg.norm(sample - mu, axis=1).mean()) or 1.0
-        drift = round(float(np.linalg.norm(sample.mean(0) - mu)) / spread, 4)
+        drift = mean_drift(sample, faiss.vector_to_array(
+            faiss.downcast_VectorTransform(chain[0]).mean))
     return fitted, info, drift
 
 
@@ -417,8 +416,8 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
     graph = None
     if opts.graph is not None and opts.prefilled is None and opts.trained is None:
         graph, why = opts.graph.take(sample, lambda dim: index_plan(opts, n, dim), n)
-        log.info("index filled while encoding: %s", "kept" if graph is not None else "no")
-        log.info("%s", why)
+        log.info("graph filled while encoding %s: %s", "kept" if graph is not None else "not kept",
+                 why)
     prefilled = opts.prefilled
     if graph is not None:
         fitted, tinfo = _fit_prefilled(graph, shards, opts, encode_queries, firsts, why)

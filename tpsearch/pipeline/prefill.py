@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from ..index import IndexPlan, new_index
-from ..transform import FIT_SAMPLE, FittedTransform, fit_transform
+from ..transform import FIT_SAMPLE, FittedTransform, fit_transform, mean_drift
 
 log = logging.getLogger("tpsearch")
 
@@ -46,13 +46,6 @@ class Prefilled:
     drift: float
 
 
-def drift_of(sample: np.ndarray, mean: np.ndarray) -> float:
-    """How far ``sample``'s mean lies from ``mean``, relative to the sample's mean distance
-    from it."""
-    spread = float(np.linalg.norm(sample - mean, axis=1).mean()) or 1.0
-    return float(np.linalg.norm(sample.mean(0) - mean)) / spread
-
-
 class GraphPrefill:
     """Collects shards' vectors in corpus order; after ``after`` of them, fits the transform
     on them and from then on adds every vector to a new graph index.
@@ -70,11 +63,6 @@ class GraphPrefill:
         self._seen = 0
         self.off: str | None = None  # why nothing is prefilled
         self.index = self.plan = self.fitted = self.mean = None
-
-    @property
-    def vectors(self) -> int:
-        """Vectors added to the graph so far."""
-        return self.index.ntotal if self.index is not None else 0
 
     def add(self, vectors: np.ndarray) -> None:
         """The next shard's vectors (raw, as encoded)."""
@@ -118,7 +106,7 @@ class GraphPrefill:
         final = plan(self.fitted.out_dim)
         if final.factory != self.plan.factory or final.ondisk:
             return None, f"{n} vectors need {final.factory}, not {self.plan.factory}: rebuilt"
-        drift = round(drift_of(sample, self.mean), 4)
+        drift = mean_drift(sample, self.mean)
         if drift > MAX_DRIFT:
             return None, (f"the documents' mean moved {drift} of their spread from the first "
                           f"{self.after} passages' (over {MAX_DRIFT}): transform refitted on a "
