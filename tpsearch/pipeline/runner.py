@@ -35,6 +35,7 @@ from .distributor import Distributor
 from .follower import ShardFollower
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .prefill import GraphPrefill, fitter, spare_threads
+from .preparer import PROCESS_MIN_ROWS, PrepareJob, prepare_in_process
 from .reader import CorpusReader, CorpusSpec, window_digest
 from .reuse import STORE_DIR, BaseStore, fill_store
 from .validate import validate_build
@@ -68,6 +69,10 @@ class BuildParts:
     # them and fills the graph while encoding goes on (:mod:`tpsearch.pipeline.prefill`);
     # 0: never (the graph is built after encoding)
     prefill_after: int = FIT_SAMPLE
+    # Whether windows are read, cut and tokenised in a process of their own rather than a
+    # thread beside the encoder (:mod:`tpsearch.pipeline.preparer`); None: when a fresh build
+    # with the standard reader and mapper has PROCESS_MIN_ROWS corpus rows or more to encode
+    prepare_process: bool | None = None
 
     def read(self, spec: CorpusSpec) -> CorpusReader:
         return (self.reader or CorpusReader)(spec)
@@ -132,9 +137,15 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
         bar = tqdm(total=sum(b - a for a, b in runs), unit="doc", desc="embedding", smoothing=0.1)
     docs = tokens = 0
     started = time.perf_counter()
-    chunks = (c for a, b in runs for c in reader.chunks(config.shard_rows, start_row=a, stop_row=b))
+    if _prepare_in_process(parts, base, encoder, runs, config.shard_rows):
+        job = PrepareJob(reader.spec, tuple(runs), config.shard_rows, encoder.prompter, embed.o)
+        windows = prepare_in_process(job, times)
+    else:
+        chunks = (c for a, b in runs
+                  for c in reader.chunks(config.shard_rows, start_row=a, stop_row=b))
+        windows = prefetch(chunks, embed.prepare, times)
     try:
-        for prepared in prefetch(chunks, embed.prepare, times):
+        for prepared in windows:
             shard = embed.encode(prepared, times, bar.update if bar is not None else None)
             t_write = time.perf_counter()
             path = parts.write(work.shard_path(shard.start), shard, reader.id_kind,
@@ -151,6 +162,17 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
         if bar is not None:
             bar.close()
     return docs, tokens
+
+
+def _prepare_in_process(parts: BuildParts, base: BaseStore | None, encoder,
+                        runs: list[tuple[int, int]], shard_rows: int) -> bool:
+    """Whether this build prepares its windows in a process (see :class:`BuildParts`)."""
+    standard = (parts.reader is None and parts.mapper is None and base is None
+                and getattr(encoder, "prompter", None) is not None)
+    if parts.prepare_process is not None:
+        return parts.prepare_process and standard
+    rows = sum(b - a for a, b in runs)
+    return standard and rows >= PROCESS_MIN_ROWS and rows > shard_rows
 
 
 def prefetch(chunks: Iterator, prepare: Callable, times: StageTimes, depth: int = 2) -> Iterator:

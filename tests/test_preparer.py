@@ -1,0 +1,111 @@
+"""Corpus windows prepared in a process of their own (tpsearch.pipeline.preparer)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from helpers import config, write_corpus
+from tpsearch import TPEncoder
+from tpsearch.errors import InputError, TPSearchError
+from tpsearch.passages import PassageSettings
+from tpsearch.pipeline import build_index
+from tpsearch.pipeline.mapper import ChunkEmbedder, MapperOptions, StageTimes
+from tpsearch.pipeline.preparer import PrepareJob, prepare_in_process
+from tpsearch.pipeline.reader import CorpusReader, CorpusSpec
+from tpsearch.pipeline.runner import BuildParts, _prepare_in_process
+from tpsearch.pipeline.workdir import WorkDir
+from tpsearch.pipeline.writer import read_vectors
+
+from test_follower import long_texts
+
+OPTIONS = MapperOptions(8, None, False, "id", "text", PassageSettings(40, 8))
+
+
+def _job(corpus, model, runs=((0, 96),), shard_rows=32, options=OPTIONS) -> PrepareJob:
+    enc = TPEncoder.from_pretrained(str(model), device="cpu", dtype="float32")
+    return PrepareJob(CorpusSpec(str(corpus)), tuple(runs), shard_rows, enc.prompter, options)
+
+
+def test_windows_prepared_in_a_process_equal_those_of_a_thread(tmp_path, tiny_model_dir):
+    model = tiny_model_dir("llama")
+    corpus = write_corpus(tmp_path / "c.parquet", 100, texts=long_texts(100))
+    job = _job(corpus, model, runs=((0, 32), (64, 100)))
+    times = StageTimes()
+    got = list(prepare_in_process(job, times))
+    reader = CorpusReader(CorpusSpec(str(corpus)))
+    embed = ChunkEmbedder(TPEncoder.from_pretrained(str(model), device="cpu", dtype="float32"),
+                          OPTIONS)
+    want = [embed.prepare(c) for a, b in job.runs for c in reader.chunks(32, a, b)]
+    assert [p.chunk.start for p in got] == [0, 64, 96]
+    for g, w in zip(got, want):
+        assert (g.ids, g.numbers, g.spans, g.embedded) == (w.ids, w.numbers, w.spans, w.embedded)
+        assert g.tokenized.input_ids == w.tokenized.input_ids and g.tokens == w.tokens
+        assert len(g.ids) > g.documents  # long texts: several passages per document
+    assert times.read > 0
+
+
+def test_an_error_in_the_process_surfaces_in_corpus_order(tmp_path, tiny_model_dir):
+    texts = long_texts(96)
+    texts[70] = "  "
+    corpus = write_corpus(tmp_path / "c.parquet", 96, texts=texts)
+    strict = MapperOptions(8, None, True, "id", "text", PassageSettings(40, 8))
+    windows = prepare_in_process(_job(corpus, tiny_model_dir("llama"), options=strict), StageTimes())
+    assert [next(windows).chunk.start, next(windows).chunk.start] == [0, 32]
+    with pytest.raises(InputError, match="corpus row 70 .*doc-70.*null or empty"):
+        next(windows)
+
+
+def test_the_process_is_stopped_with_its_consumer_and_its_death_is_an_error(tmp_path,
+                                                                            tiny_model_dir):
+    corpus = write_corpus(tmp_path / "c.parquet", 96, texts=long_texts(96))
+    job = _job(corpus, tiny_model_dir("llama"), shard_rows=8)
+    windows = prepare_in_process(job, StageTimes(), depth=1)
+    next(windows)
+    assert [p.name for p in multiprocessing.active_children()] == ["tpsearch-prepare"]
+    windows.close()  # the consumer stops early: the child goes too
+    assert multiprocessing.active_children() == []
+
+    windows = prepare_in_process(job, StageTimes(), depth=1)
+    next(windows)
+    (child,) = multiprocessing.active_children()
+    os.kill(child.pid, signal.SIGKILL)
+    with pytest.raises(TPSearchError, match=r"preparing the corpus windows died \(exit code -9\)"):
+        for _ in windows:  # at most the window on the queue, then the error: never a hang
+            pass
+
+
+def test_a_build_prepared_in_a_process_equals_one_prepared_in_a_thread(tmp_path, tiny_model_dir):
+    model = tiny_model_dir("llama")
+    corpus = write_corpus(tmp_path / "c.parquet", 120, texts=long_texts(120))
+    options = dict(passage_tokens=40, passage_overlap=8, transform="center", lexical=True,
+                   mode="hybrid", index="flat")
+    results = {}
+    for arm in ("process", "thread"):
+        (tmp_path / arm).mkdir()
+        res = build_index(config(tmp_path / arm, model, corpus, **options), keep_shards=True,
+                          parts=BuildParts(prepare_process=arm == "process"))
+        shards = WorkDir(res.out).complete_shards()
+        results[arm] = (res, np.concatenate([read_vectors(p) for p in shards]))
+    (a, va), (b, vb) = results["process"], results["thread"]
+    np.testing.assert_array_equal(va, vb)
+    assert a.manifest.corpus == b.manifest.corpus and a.encoded_tokens == b.encoded_tokens
+    assert a.manifest.build.stage_seconds["read"] > 0
+
+
+def test_which_builds_prepare_in_a_process(tmp_path):
+    class Encoder:
+        prompter = object()
+
+    big = [(0, 20_000)]
+    assert _prepare_in_process(BuildParts(), None, Encoder(), big, 2048)
+    assert not _prepare_in_process(BuildParts(), None, Encoder(), [(0, 2000)], 2048)  # small
+    assert not _prepare_in_process(BuildParts(), object(), Encoder(), big, 2048)  # an update
+    assert not _prepare_in_process(BuildParts(mapper=ChunkEmbedder), None, Encoder(), big, 2048)
+    assert not _prepare_in_process(BuildParts(), None, object(), big, 2048)  # no tokenizer
+    assert _prepare_in_process(BuildParts(prepare_process=True), None, Encoder(), [(0, 9)], 2048)
+    assert not _prepare_in_process(BuildParts(prepare_process=False), None, Encoder(), big, 2048)
