@@ -38,9 +38,10 @@ DEMO = ROOT / "data" / "demo" / "stdlib_docs.parquet"
 
 
 def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far (all its threads)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """User + system CPU seconds of this process so far (all its threads) and of its children
+    that have ended (the build's preparing process)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def synthetic_table(n: int, seed: int = 0) -> pa.Table:
@@ -133,11 +134,15 @@ def main() -> None:
     ap.add_argument("--no-serial", action="store_true",
                     help="skip the arm that makes the id map and lexical units after encoding")
     ap.add_argument("--arms", default="encoder,pipeline,serial",
-                    help="which arms to run, comma-separated (encoder, pipeline, serial); one arm "
+                    help="which arms to run, comma-separated (encoder, pipeline, pipeline-thread, "
+                         "serial; in that order within each repeat); one arm "
                          "per process keeps an arm's heap from the next (run each with --json "
                          "and compare the files)")
     ap.add_argument("--no-prefill", action="store_true",
                     help="the pipeline arm builds its HNSW graph after encoding, not while")
+    ap.add_argument("--prepare", choices=("auto", "process", "thread"), default="auto",
+                    help="where the pipeline arm reads, cuts and tokenises its windows: a process "
+                         "of their own, a thread beside the encoder, or as a build chooses")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch's threads (0: its default). 1 on a 2-core machine leaves a core "
                          "free beside the encoder, as a GPU encoder leaves the CPU: what overlap "
@@ -178,9 +183,14 @@ def main() -> None:
         # The build as it runs ("pipeline": the id map and lexical units made while encoding,
         # by the follower) and with them made after encoding ("serial"), side by side.
         from tpsearch.pipeline.runner import BuildParts
+        from tpsearch.transform import FIT_SAMPLE
 
-        arms = {"pipeline": BuildParts(prefill_after=0) if args.no_prefill else BuildParts(),
-                "serial": BuildParts(follow=False)}
+        where = {"auto": None, "process": True, "thread": False}[args.prepare]
+        prefill_after = 0 if args.no_prefill else FIT_SAMPLE
+        arms = {"pipeline": BuildParts(prefill_after=prefill_after, prepare_process=where),
+                # the A/B of the preparing process: the same build, windows prepared in a thread
+                "pipeline-thread": BuildParts(prefill_after=prefill_after, prepare_process=False),
+                "serial": BuildParts(follow=False, prepare_process=where)}
         if args.no_serial:
             wanted.discard("serial")
         arms = {a: parts for a, parts in arms.items() if a in wanted}
@@ -212,8 +222,10 @@ def main() -> None:
             figures[name] = {"seconds": best, "docs_per_s": documents / best, "tokens_per_s": tokens / best}
             busy = cores[name][secs.index(best)]
             figures[name]["cores_busy"] = busy
+            figures[name]["runs_seconds"] = secs
+            every = f"  (runs: {', '.join(f'{x:.1f}' for x in secs)} s)" if len(secs) > 1 else ""
             print(f"  {name:9s} {best:8.1f} s  {documents / best:8.2f} docs/s  {tokens / best:9.1f} "
-                  f"tokens/s  {busy:.2f} cores busy")
+                  f"tokens/s  {busy:.2f} cores busy{every}")
         serial = ""
         if "encoder" in runs and "pipeline" in runs:
             share = min(runs["encoder"]) / min(runs["pipeline"])
