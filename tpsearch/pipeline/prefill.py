@@ -118,9 +118,9 @@ class GraphPrefill:
 
 
 def spare_threads(torch_threads: int, on_gpu: bool) -> int:
-    """OpenMP threads for the graph beside the encoder: the cores torch leaves free on a CPU
-    encoder (at least one); beside a GPU encoder, all but two (the thread feeding the GPU and
-    the tokenising thread)."""
+    """Threads for work beside the encoder (the graph's OpenMP threads, the preparing
+    process's tokenizer): the cores torch leaves free on a CPU encoder (at least one); beside
+    a GPU encoder, all but two (the thread feeding the GPU and the tokenising process)."""
     cores = os.cpu_count() or 1
     return max(1, cores - 2) if on_gpu else max(1, cores - torch_threads)
 

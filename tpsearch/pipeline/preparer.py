@@ -15,6 +15,7 @@ version's store, which lives in the parent, and keep the thread.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import queue
 import time
@@ -43,6 +44,7 @@ class PrepareJob:
     shard_rows: int
     prompter: PromptTokenizer
     options: MapperOptions
+    threads: int | None = None  # the tokenizer's threads (None: its default, every core)
 
 
 def _prepare_all(job: PrepareJob, out: multiprocessing.Queue) -> None:
@@ -50,6 +52,11 @@ def _prepare_all(job: PrepareJob, out: multiprocessing.Queue) -> None:
     Prepared), then ("done",); an error as ("error", exception) and nothing after it. Gives
     up when the parent is gone."""
     parent = multiprocessing.parent_process()
+    if job.threads is not None:  # read by the tokenizers library when it first runs a batch
+        if job.threads <= 1:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        else:
+            os.environ["RAYON_NUM_THREADS"] = str(job.threads)
 
     def put(message: tuple) -> bool:
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

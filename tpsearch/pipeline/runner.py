@@ -138,7 +138,11 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
     docs = tokens = 0
     started = time.perf_counter()
     if _prepare_in_process(parts, base, encoder, runs, config.shard_rows):
-        job = PrepareJob(reader.spec, tuple(runs), config.shard_rows, encoder.prompter, embed.o)
+        import torch
+
+        on_gpu = getattr(encoder, "device", torch.device("cpu")).type != "cpu"
+        job = PrepareJob(reader.spec, tuple(runs), config.shard_rows, encoder.prompter, embed.o,
+                         threads=spare_threads(torch.get_num_threads(), on_gpu))
         windows = prepare_in_process(job, times)
     else:
         chunks = (c for a, b in runs
