@@ -59,6 +59,8 @@ def _prepare_all(job: PrepareJob, out: multiprocessing.Queue) -> None:
             os.environ["RAYON_NUM_THREADS"] = str(job.threads)
 
     def put(message: tuple) -> bool:
+        # pickled here, not by the queue's feeder thread, so that an error pickling it raises
+        # in this function (and is reported) rather than being lost with the message
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         while True:
             try:

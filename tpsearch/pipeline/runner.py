@@ -138,11 +138,8 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
     docs = tokens = 0
     started = time.perf_counter()
     if _prepare_in_process(parts, base, encoder, runs, config.shard_rows):
-        import torch
-
-        on_gpu = getattr(encoder, "device", torch.device("cpu")).type != "cpu"
         job = PrepareJob(reader.spec, tuple(runs), config.shard_rows, encoder.prompter, embed.o,
-                         threads=spare_threads(torch.get_num_threads(), on_gpu))
+                         threads=_threads_beside(encoder))
         windows = prepare_in_process(job, times)
     else:
         chunks = (c for a, b in runs
@@ -166,6 +163,14 @@ def encode_shards(config: BuildConfig, reader: CorpusReader, encoder: TPEncoder,
         if bar is not None:
             bar.close()
     return docs, tokens
+
+
+def _threads_beside(encoder: TPEncoder) -> int:
+    """Threads for the work beside this encoder (the prefilled graph, the preparing process's
+    tokenizer): :func:`~tpsearch.pipeline.prefill.spare_threads` of torch's threads."""
+    import torch
+
+    return spare_threads(torch.get_num_threads(), encoder.device.type != "cpu")
 
 
 def _prepare_in_process(parts: BuildParts, base: BaseStore | None, encoder,
@@ -555,13 +560,11 @@ def _prefill(config: BuildConfig, encoder: TPEncoder, base, opts: AssemblyOption
     keeps its base version's) into one index."""
     if not parts.prefill_after or opts.keep_transform is not None:
         return None
-    import torch
-
     return GraphPrefill(lambda n, dim: index_plan(opts, n, dim), reader.num_rows,
                         fitter(opts.transform,
                                lambda: _assembly_options(config, encoder, base).unembedding),
                         after=parts.prefill_after,
-                        threads=spare_threads(torch.get_num_threads(), encoder.device.type != "cpu"))
+                        threads=_threads_beside(encoder))
 
 
 def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: StageTimes,
