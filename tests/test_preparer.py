@@ -66,18 +66,22 @@ def test_the_process_is_stopped_with_its_consumer_and_its_death_is_an_error(tmp_
                                                                             tiny_model_dir):
     corpus = write_corpus(tmp_path / "c.parquet", 96, texts=long_texts(96))
     job = _job(corpus, tiny_model_dir("llama"), shard_rows=8)
-    windows = prepare_in_process(job, StageTimes(), depth=1)
+    windows = prepare_in_process(job, StageTimes())
     next(windows)
     assert [p.name for p in multiprocessing.active_children()] == ["tpsearch-prepare"]
     windows.close()  # the consumer stops early: the child goes too
     assert multiprocessing.active_children() == []
 
-    windows = prepare_in_process(job, StageTimes(), depth=1)
+    # Windows of ~140 KB, over the pipe's 64 KiB: once the first is taken, the child blocks
+    # part-way through sending the second, and dies there (or while preparing it).
+    corpus = write_corpus(tmp_path / "big.parquet", 288, texts=long_texts(288))
+    windows = prepare_in_process(_job(corpus, tiny_model_dir("llama"), runs=((0, 288),),
+                                      shard_rows=144), StageTimes())
     next(windows)
     (child,) = multiprocessing.active_children()
     os.kill(child.pid, signal.SIGKILL)
     with pytest.raises(TPSearchError, match=r"preparing the corpus windows died \(exit code -9\)"):
-        for _ in windows:  # at most the window on the queue, then the error: never a hang
+        for _ in windows:  # the error, never a hang on the half-sent window
             pass
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import queue
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -31,10 +30,6 @@ from .reader import CorpusReader, CorpusSpec
 #: process (a fresh interpreter, the tokenizer sent over) costs a few seconds, about what
 #: encoding a thousand short documents takes on one CPU core.
 PROCESS_MIN_ROWS = 16_384
-#: Seconds between checks that the other side is still alive while waiting on the queue.
-POLL_SECONDS = 1.0
-
-
 @dataclass(frozen=True)
 class PrepareJob:
     """Everything the preparing process needs, all of it picklable."""
@@ -47,28 +42,18 @@ class PrepareJob:
     threads: int | None = None  # the tokenizer's threads (None: its default, every core)
 
 
-def _prepare_all(job: PrepareJob, out: multiprocessing.Queue) -> None:
-    """The child: each window prepared and put on ``out`` as pickled ("item", read seconds,
-    Prepared), then ("done",); an error as ("error", exception) and nothing after it. Gives
-    up when the parent is gone."""
-    parent = multiprocessing.parent_process()
+def _prepare_all(job: PrepareJob, conn) -> None:
+    """The child: each window prepared and sent on ``conn`` pickled, as ("item", read seconds,
+    Prepared), then ("done",); an error as ("error", exception) and nothing after it. A send
+    fails once the parent has closed its end (it stopped, or it is gone): the child ends."""
     if job.threads is not None:  # read by the tokenizers library when it first runs a batch
         if job.threads <= 1:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
         else:
             os.environ["RAYON_NUM_THREADS"] = str(job.threads)
 
-    def put(message: tuple) -> bool:
-        # pickled here, not by the queue's feeder thread, so that an error pickling it raises
-        # in this function (and is reported) rather than being lost with the message
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        while True:
-            try:
-                out.put(payload, timeout=POLL_SECONDS)
-                return True
-            except queue.Full:
-                if parent is not None and not parent.is_alive():
-                    return False
+    def send(message: tuple) -> None:
+        conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
     try:
         reader = CorpusReader(job.spec)
@@ -77,35 +62,43 @@ def _prepare_all(job: PrepareJob, out: multiprocessing.Queue) -> None:
             t_read = time.perf_counter()
             for chunk in reader.chunks(job.shard_rows, start_row=a, stop_row=b):
                 read = time.perf_counter() - t_read
-                if not put(("item", read, embed.prepare(chunk))):
-                    return
+                send(("item", read, embed.prepare(chunk)))
                 t_read = time.perf_counter()
-        put(("done",))
+        send(("done",))
+    except (BrokenPipeError, ConnectionResetError):  # nobody reads any more
+        return
     except BaseException as exc:  # handed to the parent, raised there
         try:
-            put(("error", exc))
+            send(("error", exc))
+        except (BrokenPipeError, ConnectionResetError):
+            return
         except Exception:  # the exception itself does not pickle: its text does
-            put(("error", TPSearchError(f"{type(exc).__name__}: {exc}")))
+            send(("error", TPSearchError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        conn.close()
 
 
-def prepare_in_process(job: PrepareJob, times: StageTimes, depth: int = 2) -> Iterator[Prepared]:
-    """The windows of ``job`` prepared in a child process, in corpus order, at most ``depth``
-    ahead of the consumer. Errors surface in the consumer in corpus order; the child is
-    stopped when the consumer stops early, and its death is an error, not a hang."""
+def prepare_in_process(job: PrepareJob, times: StageTimes) -> Iterator[Prepared]:
+    """The windows of ``job`` prepared in a child process, in corpus order: one waits in the
+    pipe while the consumer encodes the last, and the child prepares the next meanwhile.
+    Errors surface in the consumer in corpus order; the child is stopped when the consumer
+    stops early, and its death (even in the middle of a window) is an error, not a hang: the
+    child holds the pipe's only writing end, so its death ends the pipe."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process running torch's threads
-    out = ctx.Queue(maxsize=depth)
-    child = ctx.Process(target=_prepare_all, args=(job, out), name="tpsearch-prepare", daemon=True)
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_prepare_all, args=(job, sender), name="tpsearch-prepare",
+                        daemon=True)
     child.start()
+    sender.close()
     try:
         while True:
             try:
-                payload = out.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if not child.is_alive():
-                    raise TPSearchError(
-                        f"the process preparing the corpus windows died (exit code "
-                        f"{child.exitcode}) before it finished") from None
-                continue
+                payload = receiver.recv_bytes()
+            except EOFError:
+                child.join(timeout=10)
+                raise TPSearchError(
+                    f"the process preparing the corpus windows died (exit code "
+                    f"{child.exitcode}) before it finished") from None
             message = pickle.loads(payload)
             if message[0] == "done":
                 return
@@ -114,11 +107,10 @@ def prepare_in_process(job: PrepareJob, times: StageTimes, depth: int = 2) -> It
             times.read += message[1]
             yield message[2]
     finally:
+        receiver.close()  # a child still sending gets a broken pipe and ends
         if child.is_alive():
             child.terminate()
         child.join(timeout=10)
-        out.close()
-        out.join_thread()
 
 
 __all__ = ["PrepareJob", "prepare_in_process", "PROCESS_MIN_ROWS"]
