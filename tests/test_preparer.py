@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -30,6 +33,20 @@ OPTIONS = MapperOptions(8, None, False, "id", "text", PassageSettings(40, 8))
 def _job(corpus, model, runs=((0, 96),), shard_rows=32, options=OPTIONS) -> PrepareJob:
     enc = TPEncoder.from_pretrained(str(model), device="cpu", dtype="float32")
     return PrepareJob(CorpusSpec(str(corpus)), tuple(runs), shard_rows, enc.prompter, options)
+
+
+def _preparing_children() -> list[int]:
+    """Pids of this process's living children running the preparer (from /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"preparer" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def test_windows_prepared_in_a_process_equal_those_of_a_thread(tmp_path, tiny_model_dir):
@@ -68,9 +85,9 @@ def test_the_process_is_stopped_with_its_consumer_and_its_death_is_an_error(tmp_
     job = _job(corpus, tiny_model_dir("llama"), shard_rows=8)
     windows = prepare_in_process(job, StageTimes())
     next(windows)
-    assert [p.name for p in multiprocessing.active_children()] == ["tpsearch-prepare"]
+    assert len(_preparing_children()) == 1
     windows.close()  # the consumer stops early: the child goes too
-    assert multiprocessing.active_children() == []
+    assert _preparing_children() == []
 
     # Windows of ~140 KB, over the pipe's 64 KiB: once the first is taken, the child blocks
     # part-way through sending the second, and dies there (or while preparing it).
@@ -78,11 +95,38 @@ def test_the_process_is_stopped_with_its_consumer_and_its_death_is_an_error(tmp_
     windows = prepare_in_process(_job(corpus, tiny_model_dir("llama"), runs=((0, 288),),
                                       shard_rows=144), StageTimes())
     next(windows)
-    (child,) = multiprocessing.active_children()
-    os.kill(child.pid, signal.SIGKILL)
+    (child,) = _preparing_children()
+    os.kill(child, signal.SIGKILL)
     with pytest.raises(TPSearchError, match=r"preparing the corpus windows died \(exit code -9\)"):
         for _ in windows:  # the error, never a hang on the half-sent window
             pass
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path, tiny_model_dir):
+    """The preparing process imports tpsearch, never the user's script (multiprocessing's
+    spawn would run a script without ``if __name__ == "__main__":`` again in the child)."""
+    corpus = write_corpus(tmp_path / "c.parquet", 96, texts=long_texts(96))
+    runs_file = tmp_path / "runs.txt"
+    script = tmp_path / "ingest.py"
+    script.write_text(textwrap.dedent(f"""
+        from tpsearch import TPEncoder
+        from tpsearch.passages import PassageSettings
+        from tpsearch.pipeline.mapper import MapperOptions, StageTimes
+        from tpsearch.pipeline.preparer import PrepareJob, prepare_in_process
+        from tpsearch.pipeline.reader import CorpusSpec
+        with open({str(runs_file)!r}, "a") as f:
+            f.write("ran\\n")
+        enc = TPEncoder.from_pretrained({str(tiny_model_dir("llama"))!r}, device="cpu",
+                                        dtype="float32")
+        job = PrepareJob(CorpusSpec({str(corpus)!r}), ((0, 96),), 32, enc.prompter,
+                         MapperOptions(8, None, False, "id", "text", PassageSettings(40, 8)))
+        print(len(list(prepare_in_process(job, StageTimes()))))
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3"]
+    assert runs_file.read_text() == "ran\n"
 
 
 def test_a_build_prepared_in_a_process_equals_one_prepared_in_a_thread(tmp_path, tiny_model_dir):

@@ -14,11 +14,14 @@ version's store, which lives in the parent, and keep the thread.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from multiprocessing import spawn
+from multiprocessing.connection import Connection
 from typing import Iterator
 
 from ..errors import TPSearchError
@@ -30,6 +33,8 @@ from .reader import CorpusReader, CorpusSpec
 #: process (a fresh interpreter, the tokenizer sent over) costs a few seconds, about what
 #: encoding a thousand short documents takes on one CPU core.
 PROCESS_MIN_ROWS = 16_384
+
+
 @dataclass(frozen=True)
 class PrepareJob:
     """Everything the preparing process needs, all of it picklable."""
@@ -78,27 +83,59 @@ def _prepare_all(job: PrepareJob, conn) -> None:
         conn.close()
 
 
+def _child_main(job_fd: int, out_fd: int) -> None:
+    """The child's entry point: reads the pickled :class:`PrepareJob` from ``job_fd``, then
+    sends the windows on ``out_fd`` (see :func:`_prepare_all`)."""
+    with os.fdopen(job_fd, "rb") as f:
+        job = pickle.load(f)
+    _prepare_all(job, Connection(out_fd, readable=False))
+
+
+def _start_child(job: PrepareJob) -> tuple[subprocess.Popen, Connection]:
+    """A fresh interpreter running :func:`_child_main`, and the reading end of its messages.
+
+    Not a ``multiprocessing`` process: its spawn start method runs the parent's main script
+    again in the child, so a user's script that calls ``build_index`` without an
+    ``if __name__ == "__main__":`` guard would run twice. This child imports tpsearch only
+    (with the parent's ``sys.path``) and reads its job from a pipe."""
+    job_r, job_w = os.pipe()
+    out_r, out_w = os.pipe()
+    code = (f"import sys; sys.path[:0] = {[p for p in sys.path if p]!r}; "
+            "from tpsearch.pipeline.preparer import _child_main; "
+            f"_child_main({job_r}, {out_w})")
+    try:
+        child = subprocess.Popen([spawn.get_executable(), "-c", code], pass_fds=(job_r, out_w),
+                                 stdin=subprocess.DEVNULL, close_fds=True)
+    except BaseException:
+        for fd in (job_r, job_w, out_r, out_w):
+            os.close(fd)
+        raise
+    os.close(job_r)
+    os.close(out_w)  # the child holds the only writing end: its death ends the pipe
+    receiver = Connection(out_r, writable=False)
+    try:
+        with os.fdopen(job_w, "wb") as f:
+            pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except BrokenPipeError:  # the child died before reading its job: said on the first read
+        pass
+    return child, receiver
+
+
 def prepare_in_process(job: PrepareJob, times: StageTimes) -> Iterator[Prepared]:
     """The windows of ``job`` prepared in a child process, in corpus order: one waits in the
     pipe while the consumer encodes the last, and the child prepares the next meanwhile.
     Errors surface in the consumer in corpus order; the child is stopped when the consumer
     stops early, and its death (even in the middle of a window) is an error, not a hang: the
     child holds the pipe's only writing end, so its death ends the pipe."""
-    ctx = multiprocessing.get_context("spawn")  # never fork a process running torch's threads
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_prepare_all, args=(job, sender), name="tpsearch-prepare",
-                        daemon=True)
-    child.start()
-    sender.close()
+    child, receiver = _start_child(job)
     try:
         while True:
             try:
                 payload = receiver.recv_bytes()
             except EOFError:
-                child.join(timeout=10)
                 raise TPSearchError(
                     f"the process preparing the corpus windows died (exit code "
-                    f"{child.exitcode}) before it finished") from None
+                    f"{_exit_code(child)}) before it finished") from None
             message = pickle.loads(payload)
             if message[0] == "done":
                 return
@@ -108,9 +145,18 @@ def prepare_in_process(job: PrepareJob, times: StageTimes) -> Iterator[Prepared]
             yield message[2]
     finally:
         receiver.close()  # a child still sending gets a broken pipe and ends
-        if child.is_alive():
+        if child.poll() is None:
             child.terminate()
-        child.join(timeout=10)
+        _exit_code(child)
+
+
+def _exit_code(child: subprocess.Popen) -> int | None:
+    """The child's exit code once it has ended (waited for up to 10 s; killed after that)."""
+    try:
+        return child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()
 
 
 __all__ = ["PrepareJob", "prepare_in_process", "PROCESS_MIN_ROWS"]
