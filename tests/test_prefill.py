@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import faiss
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from helpers import assert_same_hits, config, version_dir, write_corpus
 from tpsearch import Searcher
 from tpsearch.index import IndexPlan
-from tpsearch.pipeline import build_index, prefill
+from tpsearch.pipeline import assembler, build_index, prefill
 from tpsearch.pipeline.prefill import GraphPrefill
 from tpsearch.pipeline.runner import BuildParts
 from tpsearch.pipeline.workdir import WorkDir
@@ -88,11 +90,42 @@ def test_build_fills_the_graph_while_encoding(tmp_path, tiny_model_dir, monkeypa
     assert len(hits) == 5
 
 
-def test_graph_moved_too_far_is_rebuilt_as_without_the_prefill(tmp_path, tiny_model_dir,
-                                                              monkeypatch):
+def test_graph_moved_a_little_keeps_its_links_with_vectors_reseated():
+    p, x = _prefill(after=100), _vectors(2000)
+    x[1000:] += 0.5  # a corpus sorted by something the vectors see: the prefix's mean is off
+    for part in np.array_split(x, 10):
+        p.add(part)
+    got, why = p.take(x[::4], lambda dim: HNSW, 2000)
+    assert got is not None and got.reseat and prefill.MAX_DRIFT < got.drift, why
+    assert "links" in why and "re-seated" in why
+    uniform = prefill.fitter(TransformSettings("center", embed_filter=None), lambda: None)(x[::4])
+    index, store = prefill.reseat(got, uniform)
+    for part in np.array_split(x, 3):
+        store(uniform.apply(part))
+    inner = faiss.downcast_index(faiss.downcast_index(index).index)
+    np.testing.assert_allclose(inner.storage.reconstruct_n(0, inner.ntotal), uniform.apply(x),
+                               atol=1e-6)
+    # searched through the old links, the re-seated graph finds the exact neighbours
+    faiss.downcast_index(index.index).hnsw.efSearch = 256
+    queries = x[::97]
+    _, found = index.search(queries, 10)
+    exact = uniform.apply(x) @ uniform.apply(queries).T
+    want = np.argsort(-exact, axis=0)[:10].T
+    assert np.mean([len(set(f) & set(w)) / 10 for f, w in zip(found, want)]) >= 0.95
+
+
+@pytest.mark.parametrize("case", ["re-seated", "rebuilt", "re-seated, recall too low"])
+def test_graph_whose_mean_moved_ends_as_without_the_prefill(case, tmp_path, tiny_model_dir,
+                                                            monkeypatch):
+    """However the graph filled while encoding ends (links kept and vectors re-seated, or
+    rebuilt), the index holds the vectors, transform and hits of a build without the prefill."""
     model = tiny_model_dir("llama")
     corpus = write_corpus(tmp_path / "c.parquet", 160, texts=long_texts(160))
-    monkeypatch.setattr(prefill, "MAX_DRIFT", -1.0)  # any move is too far
+    monkeypatch.setattr(prefill, "MAX_DRIFT", -1.0)  # any move is too far to keep as it is
+    if case == "rebuilt":
+        monkeypatch.setattr(prefill, "MAX_RESEAT_DRIFT", -1.0)
+    if case == "re-seated, recall too low":
+        monkeypatch.setattr(assembler, "TARGET_RECALL", 1.01)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     refit = build_index(config(tmp_path / "a", model, corpus, **OPTIONS),
@@ -101,7 +134,18 @@ def test_graph_moved_too_far_is_rebuilt_as_without_the_prefill(tmp_path, tiny_mo
                         parts=BuildParts(prefill_after=0))
     assert "graph_while_encoding" in refit.manifest.build.stage_seconds
     assert "graph_while_encoding" not in plain.manifest.build.stage_seconds
-    assert refit.manifest.transform == plain.manifest.transform
+    note = refit.manifest.transform.note
+    assert {"re-seated": "kept its links, its vectors re-seated",
+            "rebuilt": "graph rebuilt", "re-seated, recall too low": "re-seated, then rebuilt"
+            }[case] in note
+    assert replace(refit.manifest.transform, note=None) == replace(plain.manifest.transform,
+                                                                   note=None)
+    stored = []
+    for res in (refit, plain):
+        index = faiss.read_index(str(next(version_dir(res.out).rglob("index.faiss"))))
+        inner = faiss.downcast_index(faiss.downcast_index(index).index)
+        stored.append(inner.storage.reconstruct_n(0, inner.ntotal))
+    np.testing.assert_allclose(stored[0], stored[1], atol=1e-5)
     a, b = Searcher.open(refit.out), Searcher.open(plain.out)
     for query in ("alpha river", "stone cloud north 7", "harbour light"):
         for mode in ("dense", "hybrid"):
