@@ -47,20 +47,22 @@ def test_graph_holds_every_vector_behind_the_prefix_fitted_transform():
     np.testing.assert_allclose(stored, got.fitted.apply(x), atol=1e-6)  # all, in order
 
 
-@pytest.mark.parametrize("case", ["too few", "moved", "other plan", "not a graph", "missing"])
+@pytest.mark.parametrize("case", ["too few", "moved", "other plan", "not a graph", "missing",
+                                  "trained codes"])
 def test_graph_is_not_kept_where_its_rules_say_no(case):
     x = _vectors(300)
-    plan = IndexPlan("Flat", "test") if case == "not a graph" else HNSW
+    plan = {"not a graph": IndexPlan("Flat", "test"),
+            "trained codes": IndexPlan("HNSW32,SQ8", "test")}.get(case, HNSW)
     p = _prefill(after=400 if case == "too few" else 50, plan=plan)
     for part in np.array_split(x, 6):
         p.add(part)
     sample = _vectors(200, seed=1, shift=1.0) if case == "moved" else x[::2]
-    final = IndexPlan("IVF16,Flat", "test") if case == "other plan" else HNSW
+    final = {"other plan": IndexPlan("IVF16,Flat", "test"), "trained codes": plan}.get(case, HNSW)
     got, why = p.take(sample, lambda dim: final, 301 if case == "missing" else 300)
     assert got is None
     assert {"too few": "encoding ended before 400", "moved": "mean moved",
             "other plan": "need IVF16,Flat", "not a graph": "not a graph",
-            "missing": "holds 300 of 301"}[case] in why
+            "missing": "holds 300 of 301", "trained codes": "trains its codes first"}[case] in why
 
 
 def test_build_fills_the_graph_while_encoding(tmp_path, tiny_model_dir, monkeypatch):

@@ -98,8 +98,12 @@ class GraphPrefill:
         if "HNSW" not in plan.factory or plan.ondisk:
             self.off = f"the index is {plan.factory}, not a graph: nothing to fill while encoding"
             return
+        inner = new_index(plan, fitted.out_dim)
+        if not inner.is_trained:  # e.g. HNSW32,SQ8: its codes are trained on a uniform sample
+            self.off = f"{plan.factory} trains its codes first: the graph is built after encoding"
+            return
         self.fitted, self.plan, self.mean = fitted, plan, vectors[:self.after].mean(0)
-        self.index = fitted.wrap(new_index(plan, fitted.out_dim))
+        self.index = fitted.wrap(inner)
         self.index.add(vectors)
         log.info("transform fitted on the first %d passages; filling %s while encoding",
                  self.after, plan.factory)
