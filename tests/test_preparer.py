@@ -21,6 +21,7 @@ from tpsearch.pipeline import build_index
 from tpsearch.pipeline.mapper import ChunkEmbedder, MapperOptions, StageTimes
 from tpsearch.pipeline.preparer import PrepareJob, prepare_in_process
 from tpsearch.pipeline.reader import CorpusReader, CorpusSpec
+from tpsearch.pipeline import runner
 from tpsearch.pipeline.runner import BuildParts, _prepare_in_process
 from tpsearch.pipeline.workdir import WorkDir
 from tpsearch.pipeline.writer import read_vectors
@@ -147,7 +148,7 @@ def test_a_build_prepared_in_a_process_equals_one_prepared_in_a_thread(tmp_path,
     assert a.manifest.build.stage_seconds["read"] > 0
 
 
-def test_which_builds_prepare_in_a_process(tmp_path):
+def test_which_builds_prepare_in_a_process(tmp_path, monkeypatch):
     class Encoder:
         prompter = object()
 
@@ -159,3 +160,6 @@ def test_which_builds_prepare_in_a_process(tmp_path):
     assert not _prepare_in_process(BuildParts(), None, object(), big, 2048)  # no tokenizer
     assert _prepare_in_process(BuildParts(prepare_process=True), None, Encoder(), [(0, 9)], 2048)
     assert not _prepare_in_process(BuildParts(prepare_process=False), None, Encoder(), big, 2048)
+    monkeypatch.setattr(runner, "process_available", lambda: False)  # not POSIX: a thread
+    assert not _prepare_in_process(BuildParts(), None, Encoder(), big, 2048)
+    assert not _prepare_in_process(BuildParts(prepare_process=True), None, Encoder(), big, 2048)

@@ -35,6 +35,12 @@ from .reader import CorpusReader, CorpusSpec
 PROCESS_MIN_ROWS = 16_384
 
 
+def process_available() -> bool:
+    """Whether windows can be prepared in a process here: the child is handed its pipes as
+    inherited descriptors (``pass_fds``), which only POSIX systems have; elsewhere a thread."""
+    return os.name == "posix"
+
+
 @dataclass(frozen=True)
 class PrepareJob:
     """Everything the preparing process needs, all of it picklable."""
@@ -159,4 +165,4 @@ def _exit_code(child: subprocess.Popen) -> int | None:
         return child.wait()
 
 
-__all__ = ["PrepareJob", "prepare_in_process", "PROCESS_MIN_ROWS"]
+__all__ = ["PrepareJob", "prepare_in_process", "process_available", "PROCESS_MIN_ROWS"]

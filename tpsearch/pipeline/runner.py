@@ -35,7 +35,7 @@ from .distributor import Distributor
 from .follower import ShardFollower
 from .mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .prefill import GraphPrefill, fitter, spare_threads
-from .preparer import PROCESS_MIN_ROWS, PrepareJob, prepare_in_process
+from .preparer import PROCESS_MIN_ROWS, PrepareJob, prepare_in_process, process_available
 from .reader import CorpusReader, CorpusSpec, window_digest
 from .reuse import STORE_DIR, BaseStore, fill_store
 from .validate import validate_build
@@ -71,7 +71,8 @@ class BuildParts:
     prefill_after: int = FIT_SAMPLE
     # Whether windows are read, cut and tokenised in a process of their own rather than a
     # thread beside the encoder (:mod:`tpsearch.pipeline.preparer`); None: when a fresh build
-    # with the standard reader and mapper has PROCESS_MIN_ROWS corpus rows or more to encode
+    # with the standard reader and mapper has PROCESS_MIN_ROWS corpus rows or more to encode;
+    # never off POSIX (a thread there)
     prepare_process: bool | None = None
 
     def read(self, spec: CorpusSpec) -> CorpusReader:
@@ -177,7 +178,7 @@ def _prepare_in_process(parts: BuildParts, base: BaseStore | None, encoder,
                         runs: list[tuple[int, int]], shard_rows: int) -> bool:
     """Whether this build prepares its windows in a process (see :class:`BuildParts`)."""
     standard = (parts.reader is None and parts.mapper is None and base is None
-                and getattr(encoder, "prompter", None) is not None)
+                and getattr(encoder, "prompter", None) is not None and process_available())
     if parts.prepare_process is not None:
         return parts.prepare_process and standard
     rows = sum(b - a for a, b in runs)
