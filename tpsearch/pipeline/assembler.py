@@ -31,7 +31,7 @@ from ..passages import sentence_spans
 from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, TransformSettings,
                          fit_transform, mean_drift, read_example_queries, read_vector)
 from .mapper import StageTimes
-from .prefill import Prefilled, reseat
+from .prefill import RESEATED, Prefilled, reseat
 from .reader import join_title
 from .writer import read_table, read_vectors, shard_meta, shard_rows
 
@@ -468,8 +468,8 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
             index.add(read_vectors(path))
         params, recall, n_queries = _recall(index, plan, queries, truth)
         tinfo = replace(tinfo, note=tinfo.note.replace(
-            "kept its links, its vectors re-seated under it",
-            f"re-seated, then rebuilt (recall@10 under {TARGET_RECALL})"))
+            RESEATED, f"the graph filled while encoding re-seated, then rebuilt (recall@10 "
+            f"under {TARGET_RECALL})"))
     faiss.write_index(index, str(final / INDEX_FILE))
     if fitted.query_shift is not None:
         np.save(final / QUERY_SHIFT_FILE, fitted.query_shift)

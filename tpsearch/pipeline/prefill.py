@@ -43,6 +43,9 @@ MAX_DRIFT = 0.05
 #: The largest such move under which the graph keeps its links, its vectors re-seated under the
 #: transform fitted on the uniform sample; beyond it the graph is rebuilt after encoding.
 MAX_RESEAT_DRIFT = 0.5
+#: How the transform note says a graph kept its links with its vectors re-seated (the assembler
+#: replaces these words where the recall check then has the graph rebuilt).
+RESEATED = "the graph filled while encoding kept its links, its vectors re-seated under it"
 
 
 @dataclass
@@ -131,8 +134,7 @@ class GraphPrefill:
         if drift > MAX_DRIFT:
             return (Prefilled(self.index, self.plan, self.fitted, self.mean, self.after, drift,
                               reseat=True),
-                    moved + "the graph filled while encoding kept its links, its vectors "
-                    "re-seated under it")
+                    moved + RESEATED)
         return (Prefilled(self.index, self.plan, self.fitted, self.mean, self.after, drift),
                 f"transform fitted on the first {self.after} passages and the graph filled "
                 f"while encoding (the documents' mean moved {drift} of their spread over a "
