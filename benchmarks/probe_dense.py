@@ -15,6 +15,9 @@ pseudo-relevance feedback on the dense side. ``--tp-layers none`` is vanilla (th
 without ``<PST>``). Run it once per TP setting into one cache directory; ``--report`` prints
 every setting's rows side by side.
 
+``--ensemble`` scores combinations of cached settings (e.g. prompts) as one ensemble, and
+``--contrastive`` encodes with Contrastive Prompting's steering (arXiv 2505.12831).
+
 Example (2 CPU cores, float32: about 25 minutes per setting for the three sets)::
 
     python pipelines/stsb_to_beir.py --sts-dir ../shared/data/sts --out runs/stsb-beir
@@ -114,18 +117,71 @@ def arm_kv_route(enc: TPEncoder) -> None:
             config._attn_implementation = KV_ROUTE
 
 
+#: Contrastive Prompting's auxiliary words (arXiv 2505.12831): put before a prompt's own
+#: subject ("this sentence", "this question"), they ask the model for what is *not* the core.
+AUX_PREFIX = "The irrelevant information of "
+
+
+def auxiliary_prompt(template: str) -> str:
+    """The auxiliary template of a prompt that starts with ``This``: ``This sentence : ...``
+    becomes ``The irrelevant information of this sentence : ...`` (the paper's auxiliary
+    prompt for PromptEOL; the same words for the question prompt)."""
+    if not template.startswith("This "):
+        raise SystemExit(f"--contrastive needs a prompt that starts with 'This ': {template!r}")
+    return AUX_PREFIX + "t" + template[1:]
+
+
+class ContrastiveSteering:
+    """Contrastive Prompting's intervention (arXiv 2505.12831, norm scaling): at one decoder
+    layer, the last token's attention output (the input of ``o_proj``, all heads) of the normal
+    prompt becomes ``alpha * (v_normal - v_auxiliary)``, the auxiliary prompt's taken at the
+    same layer in a pass that stops there; later layers run on. ``alpha`` None keeps the
+    normal output's norm instead (the difference rescaled to it). ``layer`` must run eagerly
+    (its hook raises and reads per-batch state), so it is taken out of a compiled model."""
+
+    def __init__(self, layers, layer: int, alpha: float | None):
+        self.alpha = alpha
+        self.rows = self.last = self.aux = None
+        self.collect = False
+        block = layers[layer]
+        if getattr(block, "_tpsearch_compiled", False):
+            del block.forward  # the class's eager forward again
+            block._tpsearch_compiled = False
+        self.handle = block.self_attn.o_proj.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        x = args[0]
+        v = x[self.rows, self.last]
+        if self.collect:
+            self.aux = v.clone()
+            from tpsearch.tp import EarlyExit
+            raise EarlyExit(x)
+        d = v - self.aux
+        if self.alpha is None:  # norm preserving: the difference at the normal output's norm
+            d = d * (v.norm(dim=-1, keepdim=True) / d.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        else:
+            d = self.alpha * d
+        x = x.index_put((self.rows, self.last), d.to(x.dtype))
+        return (x,) + tuple(args[1:])
+
+
 def encode_probe(enc: TPEncoder, texts: list[str], below: int = 2,
-                 block: int = 0, kv_route: bool = False) -> dict[str, np.ndarray]:
+                 block: int = 0, kv_route: bool = False,
+                 contrast: tuple[TPEncoder, ContrastiveSteering] | None = None,
+                 ) -> dict[str, np.ndarray]:
     """``last``: (below + 1, N, d) last-token states at the output layer and the ``below``
     layers under it (lowest first); ``mean``: (N, d) the mean over each text's own tokens at
     the output layer. ``enc`` must pool by mean (so that tokenising yields the spans). With
     ``block``, texts longer than that many tokens get block summary slots
-    (:func:`with_block_slots`)."""
+    (:func:`with_block_slots`). With ``contrast`` (the auxiliary prompt's encoder and the
+    armed steering), each batch first runs its texts under the auxiliary prompt up to the
+    steered layer (:class:`ContrastiveSteering`)."""
     from tqdm.auto import tqdm
     from tpsearch.tp import BlockSlots
 
     tok = enc.tokenize(texts)
     rows, spans = tok.input_ids, tok.spans
+    aux_rows = contrast[0].tokenize(texts).input_ids if contrast else None
     pst_pos = pairs = None
     if block:
         rows, spans, pst_pos, pairs = with_block_slots(rows, spans, enc.placeholder_id, block)
@@ -151,6 +207,14 @@ def encode_probe(enc: TPEncoder, texts: list[str], below: int = 2,
             plan = replace(enc.plan, tp_layers=None)
             extra["kv_route"] = (rows_b, t["pst"], t["last"], *enc.plan.tp_layers)
         with torch.inference_mode(), model_lock(enc.model):
+            if contrast is not None:
+                aenc, steer = contrast
+                a = aenc._batch_tensors([aux_rows[j] for j in batch])
+                steer.rows, steer.last, steer.collect = torch.arange(len(batch)), a["last"], True
+                forward_with_tp(enc.model, enc.layers, aenc.plan, a["pst"], a["last"],
+                                input_ids=a["input_ids"], attention_mask=a["attention_mask"],
+                                position_ids=a["position_ids"])
+                steer.last, steer.collect = t["last"], False
             hidden = forward_with_tp(enc.model, enc.layers, plan,
                                      t["pst"] if enc.placeholder_id is not None else None,
                                      t["last"], record, slots, input_ids=t["input_ids"],
@@ -211,7 +275,8 @@ class DevSet:
     """One dev set's units, encodings under one TP setting, BM25 ranking and qrels."""
 
     def __init__(self, name: str, where: tuple[Path, str], enc: TPEncoder, qenc: TPEncoder,
-                 cache: Path, block: int = 0, kv_route: bool = False):
+                 cache: Path, block: int = 0, kv_route: bool = False,
+                 steer: ContrastiveSteering | None = None):
         self.name = name
         data = load_beir(*where)
         self.judged = [q for q, r in data.qrels.items() if any(v > 0 for v in r.values())]
@@ -222,7 +287,8 @@ class DevSet:
         self.unit_texts = [u[1] for u in us]
         self.query_texts = [data.queries[x] for x in self.judged]
         def encode(e: TPEncoder, texts: list[str]):
-            return lambda: encode_probe(e, texts, block=block, kv_route=kv_route)
+            aux = (e.variant(prompt=auxiliary_prompt(e.prompt.templates[0])), steer) if steer else None
+            return lambda: encode_probe(e, texts, block=block, kv_route=kv_route, contrast=aux)
 
         self.passages = cached(cache / f"{name}-passages.npz", encode(enc, self.unit_texts))
         self.queries = cached(cache / f"{name}-queries.npz", encode(qenc, self.query_texts))
@@ -368,6 +434,55 @@ def report(cache: Path) -> None:
             print(f"| {n} | {' | '.join(f'{x:.2f}' for x in v)} | {np.mean(v):.2f} |")
 
 
+def label_settings(label: str) -> dict:
+    """The encoder settings a cache label names (``none...`` = vanilla, ``A-B...`` = TP A..B,
+    ``-p<name>`` = the passages' prompt), for re-cutting that setting's passages."""
+    parts = label.split("-")
+    out: dict = {"tp_layers": None if parts[0] == "none" else (int(parts[0]), int(parts[1]))}
+    for part in parts[1:]:
+        if part.startswith("p") and part[1:].isidentifier():
+            out["prompt"] = {"ppcot": "pcot", "pke": "ke"}.get(part, part[1:])
+    return out
+
+
+def ensemble(cache: Path, labels: list[str], model: str, sets: list[str]) -> None:
+    """Score every combination of cached settings as one ensemble: a document's dense score is
+    the sum over the settings of its best passage's cosine (each setting with the build's
+    transform; their passages may be cut differently, hence per document). MetaEOL's idea
+    (several prompts' embeddings averaged) at retrieval, at the cost of one encoding each."""
+    from itertools import combinations
+
+    base = TPEncoder.from_pretrained(model, tp_layers="1:5", output_layer=-1, pooling="mean",
+                                     max_length=512)
+    qenc = base.variant(prompt="question")
+    head = output_head(base.model).detach().float().cpu().numpy()
+    filt = edge_filter(head[: base.placeholder_id], 32, 32)
+    rows: dict[str, dict[str, tuple[float, float]]] = {}
+    for name in sets:
+        per = {}
+        for label in labels:
+            enc = base.variant(**label_settings(label))
+            ds = DevSet(name, SETS[name], enc, qenc, cache / label)
+            x, q = transformed(ds, "last", ds.passages["last"].shape[0] - 1, filt)
+            sims = q @ x.T
+            best = np.full((sims.shape[0], len(ds.ids)), -np.inf, dtype=np.float32)
+            for i, row in enumerate(sims):
+                np.maximum.at(best[i], ds.owner, row)
+            per[label] = best
+        every = np.arange(len(ds.ids))
+        for r in range(1, len(labels) + 1):
+            for combo in combinations(labels, r):
+                dense = doc_rank(sum(per[c] for c in combo), every, len(ds.ids))
+                hybrid = zfuse([dense, ds.lexical], [0.4, 0.6])
+                rows.setdefault(" + ".join(combo), {})[name] = (ds.ndcg(dense), ds.ndcg(hybrid))
+    print(f"| settings (dense / hybrid z 0.6) | {' | '.join(sets)} | mean |")
+    print(f"|---|{'---|' * (len(sets) + 1)}")
+    for combo, v in rows.items():
+        cells = [f"{v[s][0]:.2f} / {v[s][1]:.2f}" for s in sets]
+        mean = [np.mean([v[s][i] for s in sets]) for i in (0, 1)]
+        print(f"| {combo} | {' | '.join(cells)} | {mean[0]:.2f} / {mean[1]:.2f} |")
+
+
 #: The rows ``--tp-table`` compares across TP settings: (row in scores.json, label).
 TP_ROWS = (("dense last", "dense, output layer -1"),
            ("dense last, layer -1", "dense, output layer -2"),
@@ -415,6 +530,11 @@ def main() -> None:
     ap.add_argument("--kv-route", action="store_true",
                     help="KV-Embedding instead of TP: over TP's layers, <PST>'s key and value "
                          "are the last token's (cached apart, label kv-A-B)")
+    ap.add_argument("--contrastive", default=None, metavar="LAYER:ALPHA",
+                    help="Contrastive Prompting (2505.12831): at decoder layer LAYER the last "
+                         "token's attention output becomes ALPHA x (normal - auxiliary prompt's), or "
+                         "with ALPHA np that difference at the normal output's norm "
+                         "(cached apart, label -cpLAYER-ALPHA)")
     ap.add_argument("--prompt", default=None,
                     help="the passages' prompt (a method name such as pcot or ke, or a template); "
                          "default: the preset's (cached apart, label -p<name> or -p<hash>)")
@@ -427,6 +547,9 @@ def main() -> None:
     ap.add_argument("--tp-table", action="store_true",
                     help="print the TP settings side by side (dense at three output layers, "
                          "hybrid; with --sts-json DIR, STS too)")
+    ap.add_argument("--ensemble", default=None, metavar="LABEL,LABEL,...",
+                    help="score every combination of these cached settings as an ensemble "
+                         "(the sum of their cosines per document), dense and hybrid")
     ap.add_argument("--sts-json", type=Path, default=None,
                     help="folder of sts-<setting>.json (tpsearch eval sts --json) for --tp-table")
     args = ap.parse_args()
@@ -434,6 +557,8 @@ def main() -> None:
         return report(args.cache)
     if args.tp_table:
         return tp_table(args.cache, args.sts_json)
+    if args.ensemble:
+        return ensemble(args.cache, args.ensemble.split(","), args.model, args.sets.split(","))
     tp = None if args.tp_layers == "none" else args.tp_layers
     if args.blocks and tp is None:
         ap.error("--blocks needs TP (block slots are filled over TP's layers)")
@@ -452,6 +577,7 @@ def main() -> None:
     label += f"-{args.placeholder_init}" if args.placeholder_init else ""
     label = f"kv-{label}" if args.kv_route else label
     label += f"-blocks{args.blocks}" if args.blocks else ""
+    label += "-cp{}-{}".format(*args.contrastive.split(":")) if args.contrastive else ""
     label += f"-p{prompt_label(args.prompt)}" if args.prompt else ""
     label += f"-q{prompt_label(args.query_prompt)}" if args.query_prompt != "question" else ""
     label += "-int8" if args.quantize == "int8" else ""
@@ -461,7 +587,11 @@ def main() -> None:
     print(f"{args.model}: TP {enc.settings.tp_layers}, {enc.settings.n_layers} layers", flush=True)
     if args.kv_route:
         arm_kv_route(enc)  # qenc shares the model
-    sets = [DevSet(n, SETS[n], enc, qenc, cache, args.blocks, args.kv_route)
+    steer = None
+    if args.contrastive:
+        layer, alpha = args.contrastive.split(":")
+        steer = ContrastiveSteering(enc.layers, int(layer), None if alpha == "np" else float(alpha))
+    sets = [DevSet(n, SETS[n], enc, qenc, cache, args.blocks, args.kv_route, steer)
             for n in args.sets.split(",")]
     rows = score_setting(sets, enc)
     (cache / "scores.json").write_text(json.dumps(rows, indent=1))
