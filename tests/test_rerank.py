@@ -89,6 +89,34 @@ def test_untied_base_model_without_head_is_refused(tiny_model_dir):
         output_head(enc.model)
 
 
+def test_an_untied_models_head_is_read_from_its_checkpoint(tmp_path):
+    """A causal LM's checkpoint with an untied head (most 7B models; the bundled 1.5B Qwen's
+    GGUF) loads as a bare decoder, and its head comes from the checkpoint: reranking and
+    EmbedFilter have it (a build's transform is filtered), where they had nothing before."""
+    from safetensors import safe_open
+    from tpsearch.embedfilter import unembedding_of
+    from tpsearch.loading import find_output_head
+    from tpsearch.testing import save_tiny_model
+
+    where = save_tiny_model(tmp_path / "m", "llama", corpus_texts(40), with_head=True)
+    path, key = find_output_head(where)
+    with safe_open(str(path), "pt") as f:
+        saved = f.get_tensor(key)
+    enc = TPEncoder.from_pretrained(str(where), device="cpu", dtype="float32")
+    assert not enc.model.config.tie_word_embeddings
+    assert enc.model.get_output_embeddings() is None  # the bare decoder
+    assert torch.equal(output_head(enc.model), saved)
+    assert not torch.equal(saved, enc.model.get_input_embeddings().weight)
+    assert unembedding_of(enc.model, enc.placeholder_row).shape == tuple(saved.shape)
+
+    corpus = write_corpus(tmp_path / "c.parquet", 30)
+    res = build_index(config(tmp_path, where, corpus, transform="center", embed_filter="4:4"))
+    t = res.manifest.transform
+    assert t.embed_filter == [4, 4] and t.out_dim == res.manifest.dim - 8
+    assert not (t.note and "embed filter skipped" in t.note)
+    assert Searcher.open(res.out, device="cpu").search("a query about cats", k=3, rerank=3)
+
+
 def test_bad_template_and_weight_are_refused():
     with pytest.raises(InputError, match="passage"):
         RerankSettings(template="no slot")

@@ -73,7 +73,7 @@ def unembedding_of(model: "torch.nn.Module", exclude: int | None = None) -> np.n
     from .tp import text_config
 
     try:
-        w = output_head(model)
+        w = output_head(model, keep=False)
     except InputError:
         return None
     w = w[: int(text_config(model).vocab_size)].detach()

@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 import importlib.util
 from importlib import import_module
@@ -252,10 +252,16 @@ def gguf_cache_entry(source: ModelSource) -> Path:
     from transformers import AutoModel, AutoTokenizer
 
     entry = cache_dir() / "dequantised" / source.weights_sha256[:24]
-    if (entry / "tpsearch-complete").is_file():
-        return entry
     gguf = Path(source.path)
-    model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if (entry / "tpsearch-complete").is_file() and not _head_missing(entry):
+        return entry
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # An untied model keeps its output head (EmbedFilter and reranking read it): the head's
+    # weights are saved beside the decoder's, which the bare decoder's load leaves aside.
+    auto = AutoModel if tied_embeddings(config.to_dict()) else AutoModelForCausalLM
+    model = auto.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised already; drop the GGUF quantiser so they save as plain fp32.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -318,13 +324,99 @@ def _load_model(source: ModelSource, device: torch.device, dtype: torch.dtype,
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    head = untied_output_head(Path(where))
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(where, **kwargs)
+        # the head is read apart (below), so transformers' report of it as unused is noise
+        with quiet_transformers() if head else nullcontext():
+            model = AutoModel.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as exc:
         hint = " (no network here? use a local directory or a .gguf file)" if source.kind == "hub" else ""
         raise InputError(f"cannot load model {source.spec!r}{hint}: {exc}") from exc
+    if head is not None:
+        model._tpsearch_output_head = OutputHeadFile(*head, dtype=dtype, device=device)
     model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+#: The key under which transformers saves a causal LM's output head.
+HEAD_KEY = "lm_head.weight"
+
+
+def tied_embeddings(config: dict) -> bool:
+    """Whether a model's config (as a dict) ties its output head to its input embeddings
+    (transformers' default where the key is absent; a multimodal config's text part decides)."""
+    text = config.get("text_config") or {}
+    return bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
+
+
+def find_output_head(where: Path) -> tuple[Path, str] | None:
+    """The safetensors file and key of the output head in a model directory (a causal LM's
+    checkpoint), or None (a bare decoder's, or another format)."""
+    from safetensors import safe_open
+
+    if not where.is_dir():
+        return None
+    for path in sorted(where.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                if key == HEAD_KEY or key.endswith("." + HEAD_KEY):
+                    return path, key
+    return None
+
+
+def untied_output_head(where: Path) -> tuple[Path, str] | None:
+    """Where an untied model directory keeps its output head (:func:`find_output_head`); None
+    for a tied model, a bare decoder's checkpoint, or no local directory."""
+    try:
+        config = json.loads((where / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if tied_embeddings(config) else find_output_head(where)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off for the duration (errors still raise)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(was)
+
+
+def _head_missing(entry: Path) -> bool:
+    """A dequantised entry of an untied model written without its head (tpsearch <= 0.8)."""
+    try:
+        config = json.loads((entry / "config.json").read_text())
+    except (OSError, ValueError):
+        return True
+    return not tied_embeddings(config) and find_output_head(entry) is None
+
+
+@dataclass
+class OutputHeadFile:
+    """An untied model's output head, left in its checkpoint until asked for (vocab x dim: a
+    few hundred MB that only EmbedFilter's fit and reranking read); see :func:`tpsearch.tp.output_head`."""
+
+    path: Path
+    key: str
+    dtype: torch.dtype
+    device: torch.device
+    _kept: torch.Tensor | None = None
+
+    def load(self, keep: bool = True) -> torch.Tensor:
+        if self._kept is not None:
+            return self._kept
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), "pt") as f:
+            weight = f.get_tensor(self.key).to(device=self.device, dtype=self.dtype)
+        if keep:
+            self._kept = weight
+        return weight

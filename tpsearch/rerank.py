@@ -93,6 +93,9 @@ class QueryLikelihoodScorer:
         rows, m = self.rows(query, passages)
         out = np.zeros(len(rows))
         weight = output_head(self.model)
+        # an untied head read from the checkpoint has no row for an added <PST>
+        weight = weight[: self.vocab]
+        exclude = [i for i in self.exclude if i < weight.shape[0]]
         device = weight.device
         lengths = [len(r) for r in rows]
         for batch in plan_batches(lengths, len(rows), self.settings.max_batch_tokens):
@@ -105,11 +108,11 @@ class QueryLikelihoodScorer:
             # left padding: the query's m tokens are the last m columns, each predicted by the
             # column before it
             states = hidden[:, width - m - 1: width - 1]
-            logits = (states @ weight[: self.vocab].T).float()
+            logits = (states @ weight.T).float()
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
-            if self.exclude:
-                logits[..., self.exclude] = float("-inf")
+            if exclude:
+                logits[..., exclude] = float("-inf")
             logp = torch.log_softmax(logits, dim=-1)
             target = to_device(inputs["input_ids"][:, width - m:], device)
             got = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)

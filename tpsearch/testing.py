@@ -54,14 +54,16 @@ def tiny_config(arch: str, vocab_size: int, sliding_window: int | None = None):
 
 
 def save_tiny_model(path: Path, arch: str, texts: Sequence[str], seed: int = 0,
-                    sliding_window: int | None = None) -> Path:
+                    sliding_window: int | None = None, with_head: bool = False) -> Path:
     """A 6-layer, 64-wide ``arch`` decoder with a 400-token BPE tokenizer trained on ``texts``,
-    saved as a transformers directory at ``path``."""
-    from transformers import AutoModel
+    saved as a transformers directory at ``path`` (as a causal LM, output head included, with
+    ``with_head``)."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
     tokenizer = tiny_tokenizer(texts)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(tiny_config(arch, len(tokenizer), sliding_window))
+    auto = AutoModelForCausalLM if with_head else AutoModel
+    model = auto.from_config(tiny_config(arch, len(tokenizer), sliding_window))
     with hub_progress(False):
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)

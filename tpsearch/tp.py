@@ -190,10 +190,14 @@ def forward_with_tp(model: nn.Module, layers: nn.ModuleList, plan: ForwardPlan,
 
 
 # ------------------------------------------------------------------ model helpers
-def output_head(model: nn.Module) -> torch.Tensor:
-    """The decoder's unembedding matrix (vocab x dim): its output head, or the input embeddings
-    where the two are tied (every bundled model). A base model loaded without its head and with
-    untied embeddings cannot score tokens."""
+def output_head(model: nn.Module, keep: bool = True) -> torch.Tensor:
+    """The decoder's unembedding matrix (vocab x dim): its output head, the input embeddings
+    where the two are tied, or, for an untied model loaded as a bare decoder, the head read
+    from its checkpoint (kept in memory after the first read unless ``keep`` is False). A
+    bare decoder saved without its head and with untied embeddings cannot score tokens."""
+    stored = getattr(model, "_tpsearch_output_head", None)
+    if stored is not None:
+        return stored.load(keep)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
         return head.weight
