@@ -46,7 +46,7 @@ from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
 from tpsearch.shapes import plan_batches
 from tpsearch.tp import forward_with_tp, model_lock, output_head
 
-from probe_documents import doc_rank, units
+from probe_documents import doc_rank, doc_scores, units
 from probe_retrieval import edge_filter, first_sentence, l2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -440,8 +440,8 @@ def label_settings(label: str) -> dict:
     parts = label.split("-")
     out: dict = {"tp_layers": None if parts[0] == "none" else (int(parts[0]), int(parts[1]))}
     for part in parts[1:]:
-        if part.startswith("p") and part[1:].isidentifier():
-            out["prompt"] = {"ppcot": "pcot", "pke": "ke"}.get(part, part[1:])
+        if part.startswith("p") and part[1:].isidentifier():  # prompt_label's method name
+            out["prompt"] = part[1:]
     return out
 
 
@@ -464,11 +464,7 @@ def ensemble(cache: Path, labels: list[str], model: str, sets: list[str]) -> Non
             enc = base.variant(**label_settings(label))
             ds = DevSet(name, SETS[name], enc, qenc, cache / label)
             x, q = transformed(ds, "last", ds.passages["last"].shape[0] - 1, filt)
-            sims = q @ x.T
-            best = np.full((sims.shape[0], len(ds.ids)), -np.inf, dtype=np.float32)
-            for i, row in enumerate(sims):
-                np.maximum.at(best[i], ds.owner, row)
-            per[label] = best
+            per[label] = doc_scores(q @ x.T, ds.owner, len(ds.ids))
         every = np.arange(len(ds.ids))
         for r in range(1, len(labels) + 1):
             for combo in combinations(labels, r):

@@ -67,12 +67,18 @@ def transformed(docs, queries, kind, mu_q):
     return l2(pca.apply(np.ascontiguousarray(docs))), l2(pca.apply(np.ascontiguousarray(queries + shift)))
 
 
+def doc_scores(scores, owner, n_docs):
+    """(queries, n_docs): each document's best passage score (-inf for a document without one)."""
+    best = np.full((len(scores), n_docs), -np.inf, dtype=np.float32)
+    for b, row in zip(best, scores):
+        np.maximum.at(b, owner, row)
+    return best
+
+
 def doc_rank(scores, owner, n_docs, k=100):
     """Per query: document indices by their best passage score."""
     out = []
-    for row in scores:
-        b = np.full(n_docs, -np.inf, dtype=np.float32)
-        np.maximum.at(b, owner, row)
+    for b in doc_scores(scores, owner, n_docs):
         top = np.argsort(-b, kind="stable")[:k]
         out.append([(int(t), float(b[t])) for t in top if np.isfinite(b[t])])
     return out

@@ -367,14 +367,19 @@ def find_output_head(where: Path) -> tuple[Path, str] | None:
     return None
 
 
+def _config_of(where: Path) -> dict | None:
+    """A model directory's ``config.json``, or None where it has none that parses."""
+    try:
+        return json.loads((where / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def untied_output_head(where: Path) -> tuple[Path, str] | None:
     """Where an untied model directory keeps its output head (:func:`find_output_head`); None
     for a tied model, a bare decoder's checkpoint, or no local directory."""
-    try:
-        config = json.loads((where / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return None if tied_embeddings(config) else find_output_head(where)
+    config = _config_of(where)
+    return None if config is None or tied_embeddings(config) else find_output_head(where)
 
 
 @contextmanager
@@ -392,11 +397,8 @@ def quiet_transformers() -> Iterator[None]:
 
 def _head_missing(entry: Path) -> bool:
     """A dequantised entry of an untied model written without its head (tpsearch <= 0.8)."""
-    try:
-        config = json.loads((entry / "config.json").read_text())
-    except (OSError, ValueError):
-        return True
-    return not tied_embeddings(config) and find_output_head(entry) is None
+    config = _config_of(entry)
+    return config is None or (not tied_embeddings(config) and find_output_head(entry) is None)
 
 
 @dataclass
