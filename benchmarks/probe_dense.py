@@ -10,8 +10,9 @@ the documents' first sentences, which estimate the query mean the build's centri
 
 Scored from the cache, without encoding again, each with the build's transform (centred, query
 mean from first sentences, EmbedFilter 32:32): last / mean / mean+last pooling, the sparse
-PromptReps signal, BM25, fusions of each pair and of all three (z-scores), and Rocchio
-pseudo-relevance feedback on the dense side. ``--tp-layers none`` is vanilla (the same prompt
+PromptReps signal, BM25, fusions of each pair and of all three (z-scores), Rocchio
+pseudo-relevance feedback on the dense side, and the build's query adapter (fitted on the
+documents' first sentences, as a build fits it). ``--tp-layers none`` is vanilla (the same prompt
 without ``<PST>``). Run it once per TP setting into one cache directory; ``--report`` prints
 every setting's rows side by side.
 
@@ -43,6 +44,7 @@ import torch
 from tpsearch import TPEncoder
 from tpsearch.eval.retrieval import load_beir, score_run
 from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
+from tpsearch.query_adapter import document_targets, fit_adapter
 from tpsearch.shapes import plan_batches
 from tpsearch.tp import forward_with_tp, model_lock, output_head
 
@@ -322,6 +324,18 @@ def transformed(ds: DevSet, what: str, layer: int, filt: np.ndarray) -> tuple[np
     return l2(x - x.mean(0)), l2(q - f.mean(0))
 
 
+def adapted(ds: DevSet, x: np.ndarray, q: np.ndarray, layer: int, filt: np.ndarray) -> np.ndarray:
+    """Queries through the build's query adapter (tpsearch.query_adapter), fitted as a build
+    fits it: each document's first sentence (query prompt, centred on their mean) against the
+    unit mean of that document's passages (``x``, as the index stores them)."""
+    f = ds.firsts["last"][layer] @ filt
+    f = l2(f - f.mean(0))
+    n = len(f)
+    keep = ds.owner < n
+    w = fit_adapter(f, document_targets(x[keep], ds.owner[keep], n))
+    return l2(q @ w)
+
+
 def rocchio(x: np.ndarray, q: np.ndarray, k: int, beta: float) -> np.ndarray:
     """Queries moved toward the mean of their top-k passages, normalised."""
     s = q @ x.T
@@ -385,6 +399,8 @@ def score_setting(sets: list[DevSet], enc: TPEncoder) -> dict[str, dict[str, flo
             x, q = transformed(ds, what, out, filt)
             ranks[f"dense {what}"] = doc_rank(q @ x.T, ds.owner, len(ds.ids))
             if what == "last":
+                ranks["dense last + query adapter"] = doc_rank(
+                    adapted(ds, x, q, out, filt) @ x.T, ds.owner, len(ds.ids))
                 for k, beta in ((3, 0.3), (5, 0.5), (10, 0.3)):
                     ranks[f"dense last + PRF k={k} b={beta}"] = doc_rank(
                         rocchio(x, q, k, beta) @ x.T, ds.owner, len(ds.ids))
@@ -401,6 +417,8 @@ def score_setting(sets: list[DevSet], enc: TPEncoder) -> dict[str, dict[str, flo
         fused = {
             "hybrid dense+BM25 z 0.6 (the default)": zfuse([d, lx], [0.4, 0.6]),
             "hybrid dense mean+BM25 z 0.6": zfuse([ranks["dense mean"], lx], [0.4, 0.6]),
+            "hybrid dense + query adapter+BM25 z 0.6": zfuse([ranks["dense last + query adapter"], lx],
+                                                           [0.4, 0.6]),
             "hybrid dense both+BM25 z 0.6": zfuse([ranks["dense both"], lx], [0.4, 0.6]),
             "hybrid dense PRF k=3+BM25 z 0.6": zfuse([ranks["dense last + PRF k=3 b=0.3"], lx],
                                                    [0.4, 0.6]),

@@ -56,6 +56,8 @@ def test_tables_made_while_encoding_equal_assemblys_own(tmp_path, tiny_model_dir
     assert lex_a and lex_a == lex_b
     shift = [np.load(next(d.rglob("query_shift.npy"))) for d in (a, b)]
     np.testing.assert_array_equal(*shift)  # the same first sentences sampled
+    qmap = [np.load(next(d.rglob("query_map.npy"))) for d in (a, b)]
+    np.testing.assert_array_equal(*qmap)  # paired with the same documents' passages
     sa, sb = Searcher.open(followed.out), Searcher.open(own.out)
     for query in ("alpha river", "stone cloud north 7", "harbour light"):
         for mode in ("dense", "lexical", "hybrid"):

@@ -115,6 +115,7 @@ def build(corpus, out, overwrite, config_file, no_progress, engine, ray_address,
         f"tokens/s encoding, index {m.index.factory} + {m.transform.kind} transform"
         + (f" + embed filter {m.transform.embed_filter[0]}:{m.transform.embed_filter[1]}"
            if m.transform.embed_filter else "")
+        + (" + query adapter" if m.transform.query_map_file else "")
         + f"{' + BM25' if m.lexical else ''} ({size:.1f} MiB on disk)", err=True)
 
 

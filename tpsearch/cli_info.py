@@ -38,7 +38,9 @@ def info_rows(index_dir, m: "Manifest") -> list[tuple[str, str]]:
          + (f", embed filter {t.embed_filter[0]}:{t.embed_filter[1]} (to {t.out_dim} dims)"
             if t.embed_filter else "")
          + (f", fitted on {t.fitted_on} vectors; queries centred on {t.query_samples} "
-            f"{t.query_stats}" if t.kind != "none" else "") + (f" ({t.note})" if t.note else "")),
+            f"{t.query_stats}" if t.kind != "none" else "")
+         + (f"; query adapter fitted on {t.adapter_pairs} (first sentence, document) pairs"
+            if t.query_map_file else "") + (f" ({t.note})" if t.note else "")),
         ("segments", segments_row(m)),
         ("faiss index", f"{ix.factory} ({ix.reason}); search {ix.search_params or 'exact'}; "
                         f"recall@10 {ix.recall_at_10}"

@@ -93,6 +93,10 @@ class BuildConfig:
     query_examples: str | None = option(
         None, "Text file, one example query a line: their mean centres queries. Default: the "
         "first sentences of the corpus' documents.", path=True)
+    query_adapter: bool = option(
+        True, "Fit a linear map for query vectors on the corpus' own documents, each one's first "
+        "sentence as a pseudo-query for it (no labelled queries; documents are untouched). Not "
+        "with --query-examples. Default: on.")
     metadata_columns: str | None = option(
         None, "Comma-separated corpus columns to keep, typed, for filters at search time "
         "(strings, integers, floats, booleans, timestamps, dates, lists of strings; nulls "
@@ -129,7 +133,7 @@ class BuildConfig:
 
     def transform_settings(self) -> TransformSettings:
         return TransformSettings(self.transform, self.transform_dim, self.query_examples,
-                                 parse_filter(self.embed_filter))
+                                 parse_filter(self.embed_filter), self.query_adapter)
 
     def default_mode(self) -> str:
         return self.mode if self.lexical else "dense"

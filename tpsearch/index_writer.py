@@ -46,7 +46,7 @@ from .layout import SEGMENTS, VERSIONS, new_version_name, read_pointer
 from .lexical import TF_LIBRARY
 from .manifest import Manifest, SegmentInfo, UpdateInfo, open_manifest, write_manifest
 from .metadata import PREFIX
-from .pipeline.assembler import (QUERY_SHIFT_FILE, AssemblyOptions, KeptTransform, assemble,
+from .pipeline.assembler import (AssemblyOptions, KeptTransform, assemble, drop_query_files,
                                  no_query_encoder)
 from .pipeline.mapper import ChunkEmbedder, MapperOptions, StageTimes
 from .pipeline.reader import Chunk
@@ -320,7 +320,7 @@ class IndexWriter:
                         m.corpus.text_column)
         #: How far the segment's documents' mean lies from the one the transform was fitted on.
         self.last_drift = part.drift
-        (final / QUERY_SHIFT_FILE).unlink(missing_ok=True)  # the version holds it
+        drop_query_files(final)  # the version holds them
         return SegmentInfo(path="", documents=part.documents, vectors=part.vectors,
                            index=part.index, files={}, lexical=part.lexical)
 
@@ -334,9 +334,8 @@ class IndexWriter:
         staged = self.root / VERSIONS / f"{STAGING}{name}"
         staged.mkdir(parents=True)
         try:
-            shift = base.transform.query_shift_file
-            if shift:
-                shutil.copy2(inside(self.location.path, shift), staged / shift)
+            for name in base.transform.query_files():
+                shutil.copy2(inside(self.location.path, name), staged / name)
             kept, rows_per_doc = [], {}
             for info, mask in zip(segments, masks):
                 if mask.all() and len(mask):
@@ -358,7 +357,7 @@ class IndexWriter:
                 raise InputError(f"{self.root}: the commit would delete every document; an "
                                  "index needs at least one (delete the directory instead)")
             main = max(infos, key=lambda i: i.documents - i.deleted)
-            own = [shift] if shift else []
+            own = base.transform.query_files()
             own += [i.deletions for i in infos if i.deletions]
             lexical = base.lexical
             if lexical is not None:

@@ -83,6 +83,14 @@ class TransformInfo:
     # index's dimension is then the model's minus top + bottom. None: no filter (0.3 indexes).
     embed_filter: list[int] | None = None
     out_dim: int | None = field(default=None, metadata={"min": 1, "max": 65536})
+    # the query adapter (tpsearch.query_adapter): a (dim + 1, dim) float32 map applied to query
+    # vectors after the shift, fitted on ``adapter_pairs`` (first sentence, document) pairs
+    query_map_file: str | None = None
+    adapter_pairs: int = 0
+
+    def query_files(self) -> list[str]:
+        """The query side's files (shift, map) a version holds beside its segments."""
+        return [f for f in (self.query_shift_file, self.query_map_file) if f]
 
 
 @dataclass(frozen=True)
@@ -284,9 +292,7 @@ class Manifest:
                 names.append(self.index.data_file)
             if self.lexical:
                 names.append(self.lexical.dir)
-        if self.transform.query_shift_file:
-            names.append(self.transform.query_shift_file)
-        return names
+        return names + self.transform.query_files()
 
 
 def _release(version: str) -> tuple[int, ...]:

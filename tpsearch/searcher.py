@@ -27,6 +27,7 @@ from .idmap import Hit, IdMap
 from .index_encoder import check_encoder, encoder_mismatches, load_index_encoder
 from .queries import SearchRequest, clean_text, query_list
 from .transform import read_vector
+from .query_adapter import apply_query_map, read_query_map
 from .fusion import MODES, best_per_document, fuse
 from .segments import DenseSegments, OpenSegment, concat_idmaps, open_segment, read_deletions, segments_of
 from .layout import IndexLocation, locate
@@ -41,7 +42,7 @@ FUSION_DEPTH = 100
 class Searcher:
     """One version of an index directory, opened whole.
 
-    Everything the searcher reads (manifest, FAISS index, id map, query shift, BM25 index) is
+    Everything the searcher reads (manifest, FAISS index, id map, query shift and map, BM25 index) is
     opened by :meth:`open` from the version the directory's pointer names at that moment, so a
     republish of the directory never changes what this searcher answers from: see
     :attr:`version`, :meth:`is_current` and :meth:`reopen`. The model loads on first use."""
@@ -49,7 +50,7 @@ class Searcher:
     def __init__(self, location: IndexLocation, manifest: Manifest, segments: list[OpenSegment],
                  query_shift: np.ndarray | None = None, encoder: TPEncoder | None = None,
                  device: str = "auto", model: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, query_map: np.ndarray | None = None):
         self.location = location
         self.directory = location.root
         self.manifest = manifest
@@ -65,6 +66,8 @@ class Searcher:
                      else ~np.concatenate(deleted))
         self.lexical = self._lexical(segments)
         self.query_shift = query_shift
+        #: The query adapter's map (:mod:`tpsearch.query_adapter`), applied after the shift.
+        self.query_map = query_map
         self.device = device
         self.trust_remote_code = trust_remote_code
         self._model_override = model
@@ -146,10 +149,12 @@ class Searcher:
             if seg is None or seg.info.files != info.files:
                 seg = open_segment(location.root, info, manifest, checksums=verify)
             segments.append(seg.with_deletions(info, read_deletions(d, info)))
-        shift = manifest.transform.query_shift_file
+        shift, qmap = manifest.transform.query_shift_file, manifest.transform.query_map_file
         query_shift = read_vector(inside(d, shift), manifest.dim) if shift else None
+        query_map = read_query_map(inside(d, qmap), manifest.dim) if qmap else None
         return cls(location, manifest, segments, query_shift, encoder=encoder,
-                   device=device, model=model, trust_remote_code=trust_remote_code)
+                   device=device, model=model, trust_remote_code=trust_remote_code,
+                   query_map=query_map)
 
     # ------------------------------------------------------------------ versions
     @property
@@ -228,6 +233,8 @@ class Searcher:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.query_shift is not None:
             x = x + self.query_shift
+        if self.query_map is not None:
+            x = apply_query_map(x, self.query_map)
         k = max(1, min(k, self.dense.ntotal))
         return self.dense.search(x, k, params, allowed_rows)
 

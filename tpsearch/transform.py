@@ -15,7 +15,7 @@ of the space than long prompted passages. So the two sides get their own means:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -23,6 +23,7 @@ import numpy as np
 
 from .embedfilter import filter_transform, kept_basis
 from .errors import IndexDamaged, InputError
+from .query_adapter import DEFAULT_ADAPTER_SETTINGS, document_targets, fit_adapter, input_space_map
 
 KINDS = ("none", "center", "whiten")
 #: Whitening to ``dim`` needs this many fitting vectors per output dimension; fewer: centering.
@@ -41,6 +42,7 @@ class TransformSettings:
     dim: int = 256
     query_examples: str | None = None  # a text file, one example query per line
     embed_filter: tuple[int, int] | None = None  # EmbedFilter's (top, bottom) directions dropped
+    query_adapter: bool = True  # fit a query map on first sentences (tpsearch.query_adapter)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -66,6 +68,9 @@ class FittedTransform:
     query_shift: np.ndarray | None  # (d_in,) float32, added to query vectors before search
     note: str | None = None
     filtered: bool = False  # the chain holds the embed filter
+    # (d_in + 1, d_in): shifted query vectors become x @ m[:-1] + m[-1] (tpsearch.query_adapter)
+    query_map: np.ndarray | None = None
+    adapter_pairs: int = 0  # the (first sentence, document) pairs the map was fitted on
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The vectors as the index sees them."""
@@ -125,6 +130,33 @@ def fit_transform(docs: np.ndarray, queries: np.ndarray | None,
     if queries is not None and len(queries):
         shift = (mu_docs - np.asarray(queries, dtype=np.float32).mean(0)).astype(np.float32)
     return FittedTransform(kind, chain, out, shift, note, filtered=basis is not None)
+
+
+def with_query_map(fitted: FittedTransform, queries: np.ndarray | None,
+                   pairs: "QueryPairs | None", settings: TransformSettings) -> FittedTransform:
+    """``fitted`` with a query adapter fitted on ``pairs`` (``queries[i]`` is the first
+    sentence of the document whose passage vectors ``pairs`` holds), where the settings ask
+    for one and there are enough pairs; else as it is, with a note saying why not."""
+    if not settings.query_adapter or pairs is None or not fitted.chain or queries is None:
+        return fitted
+    if fitted.query_shift is None or len(queries) < DEFAULT_ADAPTER_SETTINGS.min_pairs:
+        note = (f"query adapter skipped: {len(queries)} first sentences, it needs "
+                f"{DEFAULT_ADAPTER_SETTINGS.min_pairs}")
+        return replace(fitted, note="; ".join(x for x in (fitted.note, note) if x))
+    q = fitted.apply(np.asarray(queries, np.float32) + fitted.query_shift)
+    targets = document_targets(fitted.apply(pairs.passages), pairs.owner, len(q))
+    w = fit_adapter(q, targets)
+    m = input_space_map(fitted.chain, w, pairs.passages.shape[1])
+    return replace(fitted, query_map=m, adapter_pairs=len(q))
+
+
+@dataclass(frozen=True)
+class QueryPairs:
+    """The passage vectors of the documents whose first sentences are the pseudo-queries:
+    ``owner[i]`` is the pseudo-query (by position) that passage ``i`` answers."""
+
+    passages: np.ndarray
+    owner: np.ndarray
 
 
 def mean_drift(sample: np.ndarray, mean: np.ndarray) -> float:

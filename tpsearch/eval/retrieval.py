@@ -164,6 +164,7 @@ def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress
                          "passages": m.passages.to_dict() if m.passages else None,
                          "transform": m.transform.kind, "transform_dim": m.transform.dim,
                          "embed_filter": m.transform.embed_filter,
+                         "query_adapter": m.transform.adapter_pairs or None,
                          "fusion": asdict(m.fusion) if mode == "hybrid" else None,
                          "rerank": rerank or None},
         })
@@ -176,7 +177,7 @@ def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress
 #: with the same passage setting shares one encoding (the shards are kept between builds:
 #: transforms, the query shift and the lexical index are made at assembly, queries at search).
 PREVIOUS = {"embed_filter": "none", "query_prompt": "same", "fusion": "minmax",
-            "lexical_weight": 0.7}  # tpsearch 0.3's retrieval defaults
+            "lexical_weight": 0.7, "query_adapter": False}  # tpsearch 0.3's retrieval defaults
 COMPARED = (
     ("whole document", {**PREVIOUS, "passage_tokens": 0, "transform": "none"}, ("dense", "lexical"), 0),
     ("whole document + transform", {**PREVIOUS, "passage_tokens": 0}, ("dense",), 0),
@@ -184,7 +185,9 @@ COMPARED = (
     ("passages + centering (0.3 defaults)", PREVIOUS, ("dense", "lexical", "hybrid"), 0),
     ("+ EmbedFilter", {**PREVIOUS, "embed_filter": None}, ("dense",), 0),
     ("+ question prompt for queries", {**PREVIOUS, "query_prompt": None}, ("dense",), 0),
-    ("defaults (both, z-score fusion)", {}, ("dense", "hybrid"), 0),
+    ("+ query adapter", {**PREVIOUS, "query_adapter": None}, ("dense",), 0),
+    ("defaults without the query adapter (0.8)", {"query_adapter": False}, ("dense", "hybrid"), 0),
+    ("defaults (all of the above, z-score fusion)", {}, ("dense", "hybrid"), 0),
     ("defaults + decoder rerank", {}, ("hybrid",), DEFAULT_RERANK),
     ("defaults without TP (vanilla)", {"tp_layers": "none"}, ("dense", "hybrid"), 0),
 )

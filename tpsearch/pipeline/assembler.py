@@ -28,8 +28,10 @@ from ..ondisk import ListWriter
 from ..integrity import inside
 from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
 from ..passages import sentence_spans
-from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, TransformSettings,
-                         fit_transform, mean_drift, read_example_queries, read_vector)
+from ..query_adapter import read_query_map
+from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, QueryPairs,
+                         TransformSettings, fit_transform, mean_drift, read_example_queries,
+                         read_vector, with_query_map)
 from .mapper import StageTimes
 from .prefill import RESEATED, Prefilled, reseat
 from .reader import join_title
@@ -44,6 +46,7 @@ ONDISK_CHUNK_BYTES = 256 << 20
 
 TRAIN_SAMPLE_PER_LIST = 64
 QUERY_SHIFT_FILE = "query_shift.npy"
+QUERY_MAP_FILE = "query_map.npy"
 
 #: Encodes query-like texts with the index's query prompt (the runner passes the encoder's).
 QueryEncoder = Callable[[list[str]], np.ndarray]
@@ -82,13 +85,19 @@ class AssemblyOptions:
 @dataclass(frozen=True)
 class KeptTransform:
     """Where a version's fitted transform lies: in a FAISS index file (its transform chain)
-    and the query shift's file, as its manifest describes them."""
+    and the query side's files (shift, adapter map), as its manifest describes them."""
 
     index_path: Path
     shift_path: Path | None
     info: TransformInfo
     dim: int
     lists_on_disk: bool = False  # the index file's inverted lists lie beside it
+    map_path: Path | None = None
+
+    def query_files(self) -> list[tuple[Path, str]]:
+        """(where each query-side file lies, its name in a version)."""
+        return [(p, n) for p, n in ((self.shift_path, self.info.query_shift_file),
+                                    (self.map_path, self.info.query_map_file)) if p and n]
 
     @classmethod
     def of(cls, location, manifest) -> "KeptTransform":
@@ -97,9 +106,10 @@ class KeptTransform:
 
         first = segments_of(location, manifest)[0]
         index_path = inside(segment_dir(location.root, first.path), first.index.file)
-        shift = manifest.transform.query_shift_file
+        shift, qmap = manifest.transform.query_shift_file, manifest.transform.query_map_file
         return cls(index_path, inside(location.path, shift) if shift else None,
-                   manifest.transform, manifest.dim, bool(first.index.data_file))
+                   manifest.transform, manifest.dim, bool(first.index.data_file),
+                   inside(location.path, qmap) if qmap else None)
 
 
 @dataclass
@@ -152,30 +162,53 @@ def gather_many(shards: list[Path], counts: list[int], row_sets: list[np.ndarray
     return out
 
 
-def shard_first_sentences(t: dict) -> list[str]:
-    """The first sentence of each document that starts in a shard (columns passage, text)."""
-    texts = []
-    for number, text in zip(t["passage"], t["text"]):
+#: A document's first sentence and the global rows of the document's passages.
+FirstSentence = tuple[str, np.ndarray]
+
+
+def shard_first_sentences(t: dict, offset: int = 0) -> list[FirstSentence]:
+    """The first sentence of each document that starts in a shard (columns passage, text,
+    row), with its document's passages' rows counted from ``offset`` (the shard's first)."""
+    rows = np.asarray(t["row"])
+    if not len(rows):
+        return []
+    order = np.argsort(rows, kind="stable")  # each document's passages, grouped
+    starts = np.flatnonzero(np.r_[True, np.diff(rows[order]) != 0])
+    group = {int(rows[order[a]]): offset + order[a:b]
+             for a, b in zip(starts, np.r_[starts[1:], len(rows)])}
+    out = []
+    for row, number, text in zip(t["row"], t["passage"], t["text"]):
         if number == 0:
             span = next(iter(sentence_spans(text)), None)
             if span:
-                texts.append(text[span[0]:span[1]])
-    return texts
+                out.append((text[span[0]:span[1]], group[int(row)]))
+    return out
 
 
-def sample_sentences(texts: list[str], limit: int) -> list[str]:
+def sample_sentences(texts: list, limit: int) -> list:
     """Up to ``limit`` of ``texts``, spread over the corpus (a fixed seed)."""
     if len(texts) > limit:
         texts = [texts[i] for i in sample_rows(len(texts), limit, seed=2)]
     return texts
 
 
-def first_sentences(shards: list[Path], limit: int) -> list[str]:
+def first_sentences(shards: list[Path], limit: int) -> list[FirstSentence]:
     """The first sentence of up to ``limit`` documents, spread over the corpus: query-like text."""
-    texts = []
+    texts, offset = [], 0
     for path in shards:
-        texts += shard_first_sentences(read_table(path, ["passage", "text"]).to_pydict())
+        t = read_table(path, ["passage", "text", "row"]).to_pydict()
+        texts += shard_first_sentences(t, offset)
+        offset += len(t["row"])
     return sample_sentences(texts, limit)
+
+
+def query_pairs(shards: list[Path], firsts: list[FirstSentence]) -> QueryPairs:
+    """The passage vectors of the first sentences' documents, each owned by its sentence."""
+    owner = np.concatenate([np.full(len(r), i) for i, (_, r) in enumerate(firsts)])
+    rows = np.concatenate([r for _, r in firsts])
+    order = np.argsort(rows, kind="stable")
+    vectors = gather(shards, [shard_rows(p) for p in shards], rows[order])
+    return QueryPairs(vectors, owner[order])
 
 
 def _kept(sample: np.ndarray, opts: AssemblyOptions):
@@ -194,8 +227,10 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
                 chain.append(faiss.read_VectorTransform(path))
     out_dim = chain[-1].d_out if chain else sample.shape[1]
     shift = read_vector(kept.shift_path, kept.dim) if kept.shift_path else None
+    qmap = read_query_map(kept.map_path, kept.dim) if kept.map_path else None
     fitted = FittedTransform(info.kind, chain, out_dim, shift, info.note,
-                             filtered=info.embed_filter is not None)
+                             filtered=info.embed_filter is not None, query_map=qmap,
+                             adapter_pairs=info.adapter_pairs)
     drift = None
     if chain and hasattr(chain[0], "mean") and len(sample):
         drift = mean_drift(sample, faiss.vector_to_array(
@@ -211,8 +246,8 @@ def _fit(shards, sample: np.ndarray, opts: AssemblyOptions, encode_queries: Quer
         log.info("transform: kept from the base version (documents' mean moved %.3f of their "
                  "spread)", drift or 0.0)
         return fitted, sample, info, "kept", drift
-    queries, source = _query_vectors(shards, ts, encode_queries, firsts)
-    fitted = fit_transform(sample, queries, ts, opts.unembedding)
+    queries, source, pairs = _query_vectors(shards, ts, encode_queries, firsts)
+    fitted = _adapted(fit_transform(sample, queries, ts, opts.unembedding), queries, pairs, ts)
     if fitted.note:
         log.info("transform: %s", fitted.note)
     return fitted, sample, _transform_info(fitted, ts, len(sample), source, queries), "fitted", None
@@ -224,27 +259,42 @@ def _fit_prefilled(graph: Prefilled, shards, opts: AssemblyOptions,
     """The transform fitted on the prefix while encoding, with the query shift made as
     :func:`_fit` makes it (the documents' mean being the prefix's)."""
     ts = opts.transform
-    queries, source = _query_vectors(shards, ts, encode_queries, firsts)
+    queries, source, pairs = _query_vectors(shards, ts, encode_queries, firsts)
     shift = (graph.mean - np.asarray(queries, dtype=np.float32).mean(0)).astype(np.float32) \
         if queries is not None and len(queries) else None
     note = "; ".join(x for x in (graph.fitted.note, why) if x)
-    fitted = replace(graph.fitted, query_shift=shift, note=note)
+    fitted = _adapted(replace(graph.fitted, query_shift=shift, note=note), queries, pairs, ts)
     return fitted, _transform_info(fitted, ts, graph.fitted_on, source, queries)
 
 
+def _adapted(fitted: FittedTransform, queries, pairs: QueryPairs | None,
+             ts: TransformSettings) -> FittedTransform:
+    """``fitted`` with the query adapter fitted where asked for (timed in the log)."""
+    t0 = time.perf_counter()
+    fitted = with_query_map(fitted, queries, pairs, ts)
+    if fitted.query_map is not None:
+        log.info("query adapter: fitted on %d (first sentence, document) pairs in %.1f s",
+                 fitted.adapter_pairs, time.perf_counter() - t0)
+    return fitted
+
+
 def _query_vectors(shards, ts: TransformSettings, encode_queries: QueryEncoder,
-                   firsts: list[str] | None) -> tuple[np.ndarray | None, str | None]:
+                   firsts: list[FirstSentence] | None
+                   ) -> tuple[np.ndarray | None, str | None, QueryPairs | None]:
     """Query-like vectors for the query shift (example queries, or the documents' first
-    sentences), and where they came from."""
+    sentences), where they came from, and (first sentences only, where the settings ask for
+    the query adapter) the passage vectors of their documents."""
     if ts.kind == "none":
-        return None, None
+        return None, None, None
     if ts.query_examples:
-        texts, source = read_example_queries(ts.query_examples), f"examples:{ts.query_examples}"
-    else:
-        texts = (sample_sentences(firsts, QUERY_SAMPLE) if firsts is not None
-                 else first_sentences(shards, QUERY_SAMPLE))
-        source = "first-sentences"
-    return (encode_queries(texts) if texts else None), source
+        texts = read_example_queries(ts.query_examples)
+        return (encode_queries(texts) if texts else None), f"examples:{ts.query_examples}", None
+    firsts = (sample_sentences(firsts, QUERY_SAMPLE) if firsts is not None
+              else first_sentences(shards, QUERY_SAMPLE))
+    if not firsts:
+        return None, "first-sentences", None
+    pairs = query_pairs(shards, firsts) if ts.query_adapter else None
+    return encode_queries([t for t, _ in firsts]), "first-sentences", pairs
 
 
 def _transform_info(fitted: FittedTransform, ts: TransformSettings, fitted_on: int,
@@ -256,7 +306,23 @@ def _transform_info(fitted: FittedTransform, ts: TransformSettings, fitted_on: i
                          query_stats=source if fitted.query_shift is not None else None,
                          query_samples=len(queries) if fitted.query_shift is not None else 0,
                          query_shift_file=QUERY_SHIFT_FILE if fitted.query_shift is not None else None,
+                         query_map_file=QUERY_MAP_FILE if fitted.query_map is not None else None,
+                         adapter_pairs=fitted.adapter_pairs if fitted.query_map is not None else 0,
                          note=fitted.note)
+
+
+def save_query_files(fitted: FittedTransform, folder: Path) -> None:
+    """The query shift and the adapter's map, where fitted, into ``folder``."""
+    if fitted.query_shift is not None:
+        np.save(folder / QUERY_SHIFT_FILE, fitted.query_shift)
+    if fitted.query_map is not None:
+        np.save(folder / QUERY_MAP_FILE, fitted.query_map)
+
+
+def drop_query_files(folder: Path) -> None:
+    """A segment's copies of the query-side files (the version holds them)."""
+    for name in (QUERY_SHIFT_FILE, QUERY_MAP_FILE):
+        (folder / name).unlink(missing_ok=True)
 
 
 def needs_first_sentences(opts: AssemblyOptions) -> bool:
@@ -277,7 +343,8 @@ class ShardTables:
         self.lexical = LexicalBuilder() if opts.lexical else None
         self.cols = (["id", "passage", "start", "end", "row", "doc_sha256"]
                      + (["text"] if opts.store_text else []) + [PREFIX + c for c in opts.metadata])
-        self.firsts: list[str] | None = [] if first_sentences else None
+        self.firsts: list[FirstSentence] | None = [] if first_sentences else None
+        self.rows = 0  # passages seen so far (the next shard's first global row)
         extra = (["title", "text"] if self.lexical is not None
                  else ["text"] if self.firsts is not None else [])
         self.read = self.cols + [c for c in extra if c not in self.cols]
@@ -294,10 +361,11 @@ class ShardTables:
         if self.lexical is not None or self.firsts is not None:
             t = shard.to_pydict()
             if self.firsts is not None:
-                self.firsts += shard_first_sentences(t)
+                self.firsts += shard_first_sentences(t, self.rows)
             if self.lexical is not None:
                 self.lexical.add([join_title(a, b) for a, b in zip(t["title"], t["text"])]
                                  if self.opts.lexical_unit == "passage" else document_texts(t))
+        self.rows += shard.num_rows
         self.shards.append(path)
 
     def close(self) -> None:
@@ -471,8 +539,7 @@ def assemble(shards: list[Path], final: Path, opts: AssemblyOptions, times: Stag
             RESEATED, f"the graph filled while encoding re-seated, then rebuilt (recall@10 "
             f"under {TARGET_RECALL})"))
     faiss.write_index(index, str(final / INDEX_FILE))
-    if fitted.query_shift is not None:
-        np.save(final / QUERY_SHIFT_FILE, fitted.query_shift)
+    save_query_files(fitted, final)
     times.index += time.perf_counter() - t0
     info = IndexInfo(factory=plan.factory, reason=plan.reason, file=INDEX_FILE,
                      search_params=params, recall_at_10=round(recall, 4), recall_queries=n_queries,

@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import faiss
-import numpy as np
 
 from ..manifest import INDEX_FILE, SegmentInfo, TransformInfo
 from ..segments import new_segment_name, seal_segment
 from ..typed import from_dict
 from ..index import IndexPlan, new_index
-from .assembler import (QUERY_SHIFT_FILE, Assembled, AssemblyOptions, KeptTransform, QueryEncoder,
-                        _fit, gather_many, index_plan, sample_rows, train_index)
+from .assembler import (QUERY_MAP_FILE, QUERY_SHIFT_FILE, Assembled, AssemblyOptions,
+                        KeptTransform, QueryEncoder, _fit, drop_query_files, gather_many,
+                        index_plan, sample_rows, save_query_files, train_index)
 from .mapper import StageTimes
 from .reuse import STORE_DIR, fill_store
 from .workdir import WorkDir
@@ -69,8 +69,7 @@ def prepare_shared(work: WorkDir, shards: list[Path], opts: AssemblyOptions,
     out.mkdir()
     if opts.keep_transform is None:
         faiss.write_index(fitted.wrap(faiss.IndexFlatIP(fitted.out_dim)), str(out / INDEX_FILE))
-        if fitted.query_shift is not None:
-            np.save(out / QUERY_SHIFT_FILE, fitted.query_shift)
+        save_query_files(fitted, out)
         (out / "transform.json").write_text(json.dumps({"info": asdict(info),
                                                         "dim": int(sample.shape[1])}))
     plan = index_plan(opts, n, fitted.out_dim)
@@ -93,9 +92,10 @@ def shared_transform(work: WorkDir) -> KeptTransform:
     """The transform rank 0 fitted for this build (see :func:`prepare_shared`)."""
     out = work.root / TRANSFORM_DIR
     raw = json.loads((out / "transform.json").read_text())
-    shift = out / QUERY_SHIFT_FILE
+    shift, qmap = out / QUERY_SHIFT_FILE, out / QUERY_MAP_FILE
     return KeptTransform(out / INDEX_FILE, shift if shift.exists() else None,
-                         from_dict(TransformInfo, raw["info"], "transform.json"), raw["dim"])
+                         from_dict(TransformInfo, raw["info"], "transform.json"), raw["dim"],
+                         map_path=qmap if qmap.exists() else None)
 
 
 def assemble_own_segment(work: WorkDir, shards: list[Path], opts: AssemblyOptions,
@@ -115,7 +115,7 @@ def assemble_own_segment(work: WorkDir, shards: list[Path], opts: AssemblyOption
     tmp.mkdir()
     part = assemble(shards, tmp, replace(opts, segment=True), times, encode_queries, corpus,
                     text_column)
-    (tmp / QUERY_SHIFT_FILE).unlink(missing_ok=True)  # the version holds it
+    drop_query_files(tmp)  # the version holds them
     # the shards stay in the work dir until the publish (a rerun needs them)
     fill_store(shards, tmp / STORE_DIR, opts.store_text, keep=True)
     info = seal_segment(tmp, segments, name, SegmentInfo(

@@ -539,9 +539,9 @@ def publish_segments(config: BuildConfig, encoder: TPEncoder, work: WorkDir, tim
     version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
     final = work.fresh_final()
     own = []
-    if kept.shift_path is not None and part.transform.query_shift_file:
-        shutil.copy2(kept.shift_path, final / part.transform.query_shift_file)
-        own.append(part.transform.query_shift_file)
+    for path, name in kept.query_files():
+        shutil.copy2(path, final / name)
+        own.append(name)
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs,
                          tokens, qp)
     history, dropped = bounded_history(base[1]) if base else ([], 0)
