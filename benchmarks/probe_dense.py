@@ -16,6 +16,7 @@ documents' first sentences, as a build fits it). ``--tp-layers none`` is vanilla
 without ``<PST>``). Run it once per TP setting into one cache directory; ``--report`` prints
 every setting's rows side by side.
 
+``--adapter-grid`` scores the query adapter's temperature and pull from one setting's cache,
 ``--ensemble`` scores combinations of cached settings (e.g. prompts) as one ensemble, and
 ``--contrastive`` encodes with Contrastive Prompting's steering (arXiv 2505.12831).
 
@@ -44,7 +45,8 @@ import torch
 from tpsearch import TPEncoder
 from tpsearch.eval.retrieval import load_beir, score_run
 from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
-from tpsearch.query_adapter import document_targets, fit_adapter
+from tpsearch.query_adapter import (DEFAULT_ADAPTER_SETTINGS, AdapterSettings, document_targets,
+                                    fit_adapter)
 from tpsearch.shapes import plan_batches
 from tpsearch.tp import forward_with_tp, model_lock, output_head
 
@@ -324,7 +326,8 @@ def transformed(ds: DevSet, what: str, layer: int, filt: np.ndarray) -> tuple[np
     return l2(x - x.mean(0)), l2(q - f.mean(0))
 
 
-def adapted(ds: DevSet, x: np.ndarray, q: np.ndarray, layer: int, filt: np.ndarray) -> np.ndarray:
+def adapted(ds: DevSet, x: np.ndarray, q: np.ndarray, layer: int, filt: np.ndarray,
+            settings: AdapterSettings = DEFAULT_ADAPTER_SETTINGS) -> np.ndarray:
     """Queries through the build's query adapter (tpsearch.query_adapter), fitted as a build
     fits it: each document's first sentence (query prompt, centred on their mean) against the
     unit mean of that document's passages (``x``, as the index stores them)."""
@@ -332,8 +335,31 @@ def adapted(ds: DevSet, x: np.ndarray, q: np.ndarray, layer: int, filt: np.ndarr
     f = l2(f - f.mean(0))
     n = len(f)
     keep = ds.owner < n
-    w = fit_adapter(f, document_targets(x[keep], ds.owner[keep], n))
+    w = fit_adapter(f, document_targets(x[keep], ds.owner[keep], n), settings)
     return l2(q @ w)
+
+
+def adapter_grid(sets: list[DevSet], enc: TPEncoder, temperatures: list[float],
+                 pulls: list[float]) -> None:
+    """The query adapter's temperature and pull, dense and hybrid, on every set (one cached
+    setting, scored without encoding)."""
+    head = output_head(enc.model).detach().float().cpu()
+    filt = edge_filter(head.numpy()[: enc.placeholder_id or head.shape[0]], 32, 32)
+    grid = [None] + [AdapterSettings(temperature=t, pull=p) for t in temperatures for p in pulls]
+    rows: dict[str, dict[str, float]] = {}
+    for ds in sets:
+        out = ds.passages["last"].shape[0] - 1
+        x, q = transformed(ds, "last", out, filt)
+        for st in grid:
+            label = "no adapter" if st is None else f"temperature {st.temperature}, pull {st.pull}"
+            qq = q if st is None else adapted(ds, x, q, out, filt, st)
+            d = doc_rank(qq @ x.T, ds.owner, len(ds.ids))
+            rows.setdefault(f"{label}: dense", {})[ds.name] = ds.ndcg(d)
+            rows.setdefault(f"{label}: hybrid", {})[ds.name] = ds.ndcg(
+                zfuse([d, ds.lexical], [0.4, 0.6]))
+    for n, v in rows.items():
+        cells = "  ".join(f"{k}={x:6.2f}" for k, x in v.items())
+        print(f"{n:<40s} {cells}  mean={np.mean(list(v.values())):6.2f}", flush=True)
 
 
 def rocchio(x: np.ndarray, q: np.ndarray, k: int, beta: float) -> np.ndarray:
@@ -561,6 +587,9 @@ def main() -> None:
     ap.add_argument("--tp-table", action="store_true",
                     help="print the TP settings side by side (dense at three output layers, "
                          "hybrid; with --sts-json DIR, STS too)")
+    ap.add_argument("--adapter-grid", default=None, metavar="TEMPERATURES/PULLS",
+                    help="score the query adapter at each temperature and pull (e.g. "
+                         "0.02,0.05,0.1/0.01,0.03,0.1) from this setting's cache")
     ap.add_argument("--ensemble", default=None, metavar="LABEL,LABEL,...",
                     help="score every combination of these cached settings as an ensemble "
                          "(the sum of their cosines per document), dense and hybrid")
@@ -607,6 +636,9 @@ def main() -> None:
         steer = ContrastiveSteering(enc.layers, int(layer), None if alpha == "np" else float(alpha))
     sets = [DevSet(n, SETS[n], enc, qenc, cache, args.blocks, args.kv_route, steer)
             for n in args.sets.split(",")]
+    if args.adapter_grid:
+        temps, pulls = ([float(v) for v in part.split(",")] for part in args.adapter_grid.split("/"))
+        return adapter_grid(sets, enc, temps, pulls)
     rows = score_setting(sets, enc)
     (cache / "scores.json").write_text(json.dumps(rows, indent=1))
     for n, v in rows.items():
