@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import corpus_texts, version_dir, write_corpus
-from tpsearch import Searcher
+from tpsearch import IndexWriter, Searcher
 from tpsearch.config import BuildConfig, ModelConfig
 from tpsearch.errors import IndexDamaged
 from tpsearch.passages import sentence_spans
@@ -140,6 +140,14 @@ def test_an_update_keeps_the_map_and_a_refit_fits_it_again(adapted):
     assert update.manifest.update.added == 5 and update.manifest.transform.adapter_pairs == DOCS
     assert (version_dir(update.out) / "query_map.npy").read_bytes() == before
     assert len(Searcher.open(update.out).search("Unique122 happens", k=3, mode="dense")) == 3
+    with IndexWriter(update.out, device="cpu", merge_policy=False) as w:  # a segment commit
+        w.upsert([{"id": "seg-1", "text": "A segment about the harbour light."}])
+        w.delete(["doc-3"])
+        w.commit()
+    after = Searcher.open(update.out)
+    assert len(after.segments) == 2 and after.manifest.transform.query_map_file == "query_map.npy"
+    assert (version_dir(update.out) / "query_map.npy").read_bytes() == before
+    assert after.search("harbour light", k=1, mode="dense")[0].id
     refit = _build(tmp, model, corpus, "with", refit=True)
     assert refit.manifest.transform.adapter_pairs == DOCS + 5
     assert (version_dir(refit.out) / "query_map.npy").read_bytes() != before

@@ -334,8 +334,8 @@ class IndexWriter:
         staged = self.root / VERSIONS / f"{STAGING}{name}"
         staged.mkdir(parents=True)
         try:
-            for name in base.transform.query_files():
-                shutil.copy2(inside(self.location.path, name), staged / name)
+            for query_file in base.transform.query_files():
+                shutil.copy2(inside(self.location.path, query_file), staged / query_file)
             kept, rows_per_doc = [], {}
             for info, mask in zip(segments, masks):
                 if mask.all() and len(mask):

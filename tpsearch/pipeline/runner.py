@@ -539,9 +539,9 @@ def publish_segments(config: BuildConfig, encoder: TPEncoder, work: WorkDir, tim
     version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
     final = work.fresh_final()
     own = []
-    for path, name in kept.query_files():
-        shutil.copy2(path, final / name)
-        own.append(name)
+    for path, query_file in kept.query_files():
+        shutil.copy2(path, final / query_file)
+        own.append(query_file)
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs,
                          tokens, qp)
     history, dropped = bounded_history(base[1]) if base else ([], 0)
