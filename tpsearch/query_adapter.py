@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from .errors import IndexDamaged
+from .npyfile import read_float32
 
 
 @dataclass(frozen=True)
@@ -107,19 +107,5 @@ def apply_query_map(x: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def read_query_map(path, dim: int) -> np.ndarray:
-    """A stored (dim + 1, dim) float32 map, its header checked before its data is read."""
-    try:
-        with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f, max_header_size=4096)
-            if shape != (dim + 1, dim) or dtype != np.dtype("<f4") or fortran:
-                raise IndexDamaged(f"{path} holds {dtype} of shape {shape}, not a float32 "
-                                   f"({dim + 1}, {dim}) query map")
-            m = np.frombuffer(f.read(4 * dim * (dim + 1) + 1), dtype="<f4")
-    except (ValueError, OSError, EOFError) as exc:
-        raise IndexDamaged(f"{path}: not a numpy array ({' '.join(str(exc).split())[:120]})") from None
-    if m.size != dim * (dim + 1) or not np.isfinite(m).all():
-        raise IndexDamaged(f"{path} does not hold exactly {dim + 1} x {dim} finite float32 values")
-    return m.reshape(dim + 1, dim).copy()
+    """A stored (dim + 1, dim) float32 map, checked before it is read."""
+    return read_float32(path, (dim + 1, dim), f"a float32 ({dim + 1}, {dim}) query map")

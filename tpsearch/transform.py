@@ -22,7 +22,8 @@ import faiss
 import numpy as np
 
 from .embedfilter import filter_transform, kept_basis
-from .errors import IndexDamaged, InputError
+from .errors import InputError
+from .npyfile import read_float32
 from .query_adapter import DEFAULT_ADAPTER_SETTINGS, document_targets, fit_adapter, input_space_map
 
 KINDS = ("none", "center", "whiten")
@@ -193,20 +194,5 @@ def read_example_queries(path: str) -> list[str]:
 
 
 def read_vector(path: Path, dim: int) -> np.ndarray:
-    """A float32 ``dim``-vector saved with numpy: the header is read and checked (bounded
-    size, no pickled objects, the right dtype and shape) before any data is."""
-    try:
-        with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f, max_header_size=4096)
-            if shape != (dim,) or dtype != np.dtype("<f4"):
-                raise IndexDamaged(f"{path} holds {dtype} of shape {shape}, not a float32 "
-                                   f"{dim}-vector")
-            v = np.frombuffer(f.read(4 * dim + 1), dtype="<f4")
-    except (ValueError, OSError, EOFError) as exc:
-        raise IndexDamaged(f"{path}: not a numpy vector ({' '.join(str(exc).split())[:120]})") from None
-    if v.shape != (dim,) or not np.isfinite(v).all():
-        raise IndexDamaged(f"{path} does not hold exactly {dim} finite float32 values")
-    return v.astype(np.float32)
+    """A float32 ``dim``-vector saved with numpy (the query shift), checked before it is read."""
+    return read_float32(path, (dim,), f"a float32 {dim}-vector")
