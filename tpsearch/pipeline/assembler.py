@@ -162,26 +162,19 @@ def gather_many(shards: list[Path], counts: list[int], row_sets: list[np.ndarray
     return out
 
 
-#: A document's first sentence and the global rows of the document's passages.
-FirstSentence = tuple[str, np.ndarray]
+#: A document's first sentence and the global row of the document's first passage.
+FirstSentence = tuple[str, int]
 
 
 def shard_first_sentences(t: dict, offset: int = 0) -> list[FirstSentence]:
-    """The first sentence of each document that starts in a shard (columns passage, text,
-    row), with its document's passages' rows counted from ``offset`` (the shard's first)."""
-    rows = np.asarray(t["row"])
-    if not len(rows):
-        return []
-    order = np.argsort(rows, kind="stable")  # each document's passages, grouped
-    starts = np.flatnonzero(np.r_[True, np.diff(rows[order]) != 0])
-    group = {int(rows[order[a]]): offset + order[a:b]
-             for a, b in zip(starts, np.r_[starts[1:], len(rows)])}
+    """The first sentence of each document that starts in a shard (columns passage, text),
+    with its first passage's row counted from ``offset`` (the shard's first)."""
     out = []
-    for row, number, text in zip(t["row"], t["passage"], t["text"]):
+    for i, (number, text) in enumerate(zip(t["passage"], t["text"])):
         if number == 0:
             span = next(iter(sentence_spans(text)), None)
             if span:
-                out.append((text[span[0]:span[1]], group[int(row)]))
+                out.append((text[span[0]:span[1]], offset + i))
     return out
 
 
@@ -196,19 +189,31 @@ def first_sentences(shards: list[Path], limit: int) -> list[FirstSentence]:
     """The first sentence of up to ``limit`` documents, spread over the corpus: query-like text."""
     texts, offset = [], 0
     for path in shards:
-        t = read_table(path, ["passage", "text", "row"]).to_pydict()
+        t = read_table(path, ["passage", "text"]).to_pydict()
         texts += shard_first_sentences(t, offset)
-        offset += len(t["row"])
+        offset += len(t["passage"])
     return sample_sentences(texts, limit)
 
 
 def query_pairs(shards: list[Path], firsts: list[FirstSentence]) -> QueryPairs:
-    """The passage vectors of the first sentences' documents, each owned by its sentence."""
-    owner = np.concatenate([np.full(len(r), i) for i, (_, r) in enumerate(firsts)])
-    rows = np.concatenate([r for _, r in firsts])
-    order = np.argsort(rows, kind="stable")
-    vectors = gather(shards, [shard_rows(p) for p in shards], rows[order])
-    return QueryPairs(vectors, owner[order])
+    """The passage vectors of the first sentences' documents (every passage with the same
+    corpus row as the first one, in its shard), each owned by its sentence."""
+    counts = [shard_rows(p) for p in shards]
+    bounds = np.cumsum([0] + counts)
+    heads = np.array([r for _, r in firsts], dtype=np.int64)
+    rows, owner = [], []
+    for k, path in enumerate(shards):
+        mine = np.flatnonzero((heads >= bounds[k]) & (heads < bounds[k + 1]))
+        if not len(mine):
+            continue
+        corpus_row = read_table(path, ["row"]).column("row").to_numpy()
+        for i in mine:
+            same = np.flatnonzero(corpus_row == corpus_row[heads[i] - bounds[k]])
+            rows.append(bounds[k] + same)
+            owner.append(np.full(len(same), i))
+    rows_all, owner_all = np.concatenate(rows), np.concatenate(owner)
+    order = np.argsort(rows_all, kind="stable")
+    return QueryPairs(gather(shards, counts, rows_all[order]), owner_all[order])
 
 
 def _kept(sample: np.ndarray, opts: AssemblyOptions):
