@@ -5,7 +5,8 @@ document's sentences 2-4 as further pseudo-queries for the same document (centre
 sentences' mean, as the build's shift centres queries), encodes them once (cached beside the
 setting's cache) and scores, against the passages of ``probe_dense.py``'s cache: no adapter,
 first sentences (the build's), the other sentences alone, and both. InfoNCE with one target per
-document (the unit mean of its passages), temperature 0.05, pull 0.03, 200 steps, as the build.
+document (the unit mean of its passages): the build's ``fit_adapter``, several pseudo-queries
+per document given as its labels.
 
     python benchmarks/probe_adapter_sentences.py --cache runs/dense/1-5-int8
 """
@@ -16,35 +17,16 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tpsearch import TPEncoder
 from tpsearch.eval.retrieval import load_beir
 from tpsearch.passages import sentence_spans
-from tpsearch.query_adapter import document_targets
+from tpsearch.query_adapter import document_targets, fit_adapter
 from tpsearch.tp import output_head
 
 from probe_dense import SETS, DevSet, cached, encode_probe, l2, transformed, zfuse
 from probe_documents import doc_rank
 from probe_retrieval import edge_filter
-
-
-def fit(queries: np.ndarray, targets: np.ndarray, labels: np.ndarray, temperature: float = 0.05,
-        pull: float = 0.03, steps: int = 200) -> np.ndarray:
-    """The build's fit (tpsearch.query_adapter.fit_adapter) with several queries per target."""
-    q, t = torch.from_numpy(queries), torch.from_numpy(targets)
-    lab = torch.from_numpy(labels)
-    eye = torch.eye(q.shape[1])
-    w = torch.nn.Parameter(eye.clone())
-    opt = torch.optim.Adam([w], lr=1e-3)
-    for _ in range(steps):
-        mapped = torch.nn.functional.normalize(q @ w, dim=1)
-        loss = torch.nn.functional.cross_entropy(mapped @ t.T / temperature, lab)
-        loss = loss + pull * ((w - eye) ** 2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return w.detach().numpy()
 
 
 def main() -> None:
@@ -77,10 +59,10 @@ def main() -> None:
         targets = document_targets(x[keep], ds.owner[keep], n)
         owner = np.array(owner)
         variants = {"no adapter": np.eye(x.shape[1], dtype=np.float32),
-                    "first sentences (the build's)": fit(f, targets, np.arange(n)),
-                    "sentences 2-4": fit(e, targets, owner),
-                    "first sentences + sentences 2-4": fit(np.vstack([f, e]), targets,
-                                                           np.r_[np.arange(n), owner])}
+                    "first sentences (the build's)": fit_adapter(f, targets),
+                    "sentences 2-4": fit_adapter(e, targets, labels=owner),
+                    "first sentences + sentences 2-4": fit_adapter(
+                        np.vstack([f, e]), targets, labels=np.r_[np.arange(n), owner])}
         for label, w in variants.items():
             r = doc_rank(l2(q @ w) @ x.T, ds.owner, len(ds.ids))
             print(f"{name} {label:<34s} dense={ds.ndcg(r):6.2f} "

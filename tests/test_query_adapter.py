@@ -57,6 +57,12 @@ def test_fitting_pulls_pseudo_queries_to_their_own_documents():
     np.testing.assert_allclose(stiff, np.eye(16), atol=1e-2)  # the pull keeps W near I
     with pytest.raises(ValueError, match="pseudo-queries"):
         fit_adapter(queries[:5], targets)
+    # several pseudo-queries per document: labels name each one's document
+    np.testing.assert_array_equal(fit_adapter(queries, targets, labels=np.arange(200)), w)
+    twice = fit_adapter(np.vstack([queries, queries]), targets, labels=np.tile(np.arange(200), 2))
+    assert top1(unit(queries @ twice)) > top1(queries) + 0.2
+    with pytest.raises(ValueError, match="labels"):
+        fit_adapter(queries, targets, labels=np.arange(5))
 
 
 def _docs(n: int) -> list[str]:

@@ -53,27 +53,33 @@ def document_targets(passages: np.ndarray, owner: np.ndarray, n: int) -> np.ndar
 
 
 def fit_adapter(queries: np.ndarray, targets: np.ndarray,
-                settings: AdapterSettings = DEFAULT_ADAPTER_SETTINGS) -> np.ndarray:
+                settings: AdapterSettings = DEFAULT_ADAPTER_SETTINGS,
+                labels: np.ndarray | None = None) -> np.ndarray:
     """``W`` (dim x dim, float32) such that ``unit(q @ W)`` ranks its own target first among
-    ``targets``; ``queries[i]`` and ``targets[i]`` are a pair, both as the index sees them."""
+    ``targets``, both as the index sees them: ``queries[i]`` is a pseudo-query for
+    ``targets[labels[i]]`` (by default ``targets[i]``: one pseudo-query per document). Full
+    batch and started at the identity, so the same pairs give the same map."""
     import torch
 
-    if len(queries) != len(targets):
-        raise ValueError(f"{len(queries)} pseudo-queries for {len(targets)} documents")
-    with torch.random.fork_rng(devices=[]):  # full-batch and started at I: deterministic
-        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-        t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
-        eye = torch.eye(q.shape[1])
-        w = torch.nn.Parameter(eye.clone())
-        opt = torch.optim.Adam([w], lr=settings.learning_rate)
-        labels = torch.arange(len(q))
-        for _ in range(settings.steps):
-            mapped = torch.nn.functional.normalize(q @ w, dim=1)
-            loss = torch.nn.functional.cross_entropy(mapped @ t.T / settings.temperature, labels)
-            loss = loss + settings.pull * ((w - eye) ** 2).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    if labels is None:
+        if len(queries) != len(targets):
+            raise ValueError(f"{len(queries)} pseudo-queries for {len(targets)} documents")
+        labels = np.arange(len(queries))
+    elif len(labels) != len(queries):
+        raise ValueError(f"{len(labels)} labels for {len(queries)} pseudo-queries")
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+    own = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    eye = torch.eye(q.shape[1])
+    w = torch.nn.Parameter(eye.clone())
+    opt = torch.optim.Adam([w], lr=settings.learning_rate)
+    for _ in range(settings.steps):
+        mapped = torch.nn.functional.normalize(q @ w, dim=1)
+        loss = torch.nn.functional.cross_entropy(mapped @ t.T / settings.temperature, own)
+        loss = loss + settings.pull * ((w - eye) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return w.detach().numpy().astype(np.float32)
 
 
