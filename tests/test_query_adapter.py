@@ -73,7 +73,7 @@ def _docs(n: int) -> list[str]:
 def _build(tmp_path, model_dir, corpus, out: str, **kw):
     model = ModelConfig(model=str(model_dir), device="cpu", batch_size=8, dtype="float32")
     return build_index(BuildConfig(corpus=str(corpus), out=str(tmp_path / out), model=model,
-                                   passage_tokens=24, passage_overlap=4, transform="center",
+                                   passage_tokens=64, passage_overlap=4, transform="center",
                                    shard_rows=32, **kw))
 
 
@@ -87,13 +87,14 @@ def adapted(tmp_path_factory, tiny_model_dir):
                                                        query_adapter=False), texts, tmp, model)
 
 
-def test_a_build_fits_the_map_on_each_documents_first_sentence_and_passages(adapted):
-    """The stored map is the one fitted on (first sentence under the query prompt, the unit
-    mean of that document's passages through the index's chain) for every document: the
-    pairs line up across shards (32 rows each), whatever the passages' count."""
+def test_a_build_fits_the_map_on_each_documents_first_sentences_and_passages(adapted):
+    """The stored map is the one fitted on (pseudo-query under the query prompt, the unit mean
+    of that document's passages through the index's chain) for every document, its
+    pseudo-queries being the first sentence of its first passage and up to three sentences
+    after it there: the pairs line up across shards (32 rows each), whatever the passages'
+    count."""
     res, *_ = adapted
     t = res.manifest.transform
-    assert t.query_map_file == "query_map.npy" and t.adapter_pairs == DOCS
     s = Searcher.open(res.out)
     assert s.query_map.shape == (res.manifest.dim + 1, res.manifest.dim)
     ids = pq.read_table(version_dir(res.out) / "ids.parquet").to_pydict()
@@ -109,14 +110,25 @@ def test_a_build_fits_the_map_on_each_documents_first_sentence_and_passages(adap
             x = vt.apply(x)
         return x
 
-    # the first sentence of each document's first passage (a sentence over the passage
-    # budget is cut at words: its first piece)
+    # the sentences of each document's first passage (a sentence over the passage budget is
+    # cut at words: its first piece)
     heads = {o: x for o, n, x in zip(owner, ids["passage"], ids["text"]) if n == 0}
-    firsts = [heads[i][a:b] for i in range(DOCS) for a, b in [next(iter(sentence_spans(heads[i])))]]
-    q = through(s.query_encoder.encode(firsts) + s.query_shift)
+    spans = [list(sentence_spans(heads[i])) for i in range(DOCS)]
+    firsts = [heads[i][a:b] for i in range(DOCS) for a, b in spans[i][:1]]
+    more = [(heads[i][a:b], i) for i in range(DOCS) for a, b in spans[i][1:4]]
+    assert 0 < len(more) <= 3 * DOCS and t.query_map_file == "query_map.npy"
+    assert t.adapter_pairs == DOCS + len(more)
+    texts = firsts + [x for x, _ in more]
+    q = through(s.query_encoder.encode(texts) + s.query_shift)
     targets = document_targets(through(s.encoder.encode(ids["text"])), owner, DOCS)
-    want = input_space_map(chain, fit_adapter(q, targets), res.manifest.dim)
+    labels = np.r_[np.arange(DOCS), [i for _, i in more]]
+    want = input_space_map(chain, fit_adapter(q, targets, labels=labels), res.manifest.dim)
     np.testing.assert_allclose(s.query_map, want, atol=2e-3)
+    # the query shift is still the first sentences' own: the others do not move its mean
+    shift = s.query_shift
+    docs_mean = faiss.vector_to_array(faiss.downcast_VectorTransform(chain[0]).mean)
+    np.testing.assert_allclose(shift, docs_mean - s.query_encoder.encode(firsts).mean(0),
+                               atol=2e-4)
 
 
 def test_the_map_changes_query_vectors_only(adapted):
@@ -143,7 +155,8 @@ def test_an_update_keeps_the_map_and_a_refit_fits_it_again(adapted):
     before = (version_dir(res.out) / "query_map.npy").read_bytes()
     corpus = write_corpus(tmp / "d.parquet", DOCS + 5, texts=texts + _docs(DOCS + 5)[DOCS:])
     update = _build(tmp, model, corpus, "with")
-    assert update.manifest.update.added == 5 and update.manifest.transform.adapter_pairs == DOCS
+    assert update.manifest.update.added == 5
+    assert update.manifest.transform.adapter_pairs == res.manifest.transform.adapter_pairs
     assert (version_dir(update.out) / "query_map.npy").read_bytes() == before
     assert len(Searcher.open(update.out).search("Unique122 happens", k=3, mode="dense")) == 3
     with IndexWriter(update.out, device="cpu", merge_policy=False) as w:  # a segment commit
@@ -155,7 +168,8 @@ def test_an_update_keeps_the_map_and_a_refit_fits_it_again(adapted):
     assert (version_dir(update.out) / "query_map.npy").read_bytes() == before
     assert after.search("harbour light", k=1, mode="dense")[0].id
     refit = _build(tmp, model, corpus, "with", refit=True)
-    assert refit.manifest.transform.adapter_pairs == DOCS + 5
+    t = refit.manifest.transform  # fitted again on the 125 documents' pseudo-queries
+    assert t.query_samples == DOCS + 5 and t.adapter_pairs > t.query_samples
     assert (version_dir(refit.out) / "query_map.npy").read_bytes() != before
 
 

@@ -39,7 +39,7 @@ def info_rows(index_dir, m: "Manifest") -> list[tuple[str, str]]:
             if t.embed_filter else "")
          + (f", fitted on {t.fitted_on} vectors; queries centred on {t.query_samples} "
             f"{t.query_stats}" if t.kind != "none" else "")
-         + (f"; query adapter fitted on {t.adapter_pairs} (first sentence, document) pairs"
+         + (f"; query adapter fitted on {t.adapter_pairs} (pseudo-query, document) pairs"
             if t.query_map_file else "") + (f" ({t.note})" if t.note else "")),
         ("segments", segments_row(m)),
         ("faiss index", f"{ix.factory} ({ix.reason}); search {ix.search_params or 'exact'}; "

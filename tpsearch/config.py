@@ -95,8 +95,8 @@ class BuildConfig:
         "first sentences of the corpus' documents.", path=True)
     query_adapter: bool = option(
         True, "Fit a linear map for query vectors on the corpus' own documents, each one's first "
-        "sentence as a pseudo-query for it (no labelled queries; documents are untouched). Not "
-        "with --query-examples. Default: on.")
+        "sentences (up to 4) as pseudo-queries for it (no labelled queries; documents are "
+        "untouched). Not with --query-examples. Default: on.")
     metadata_columns: str | None = option(
         None, "Comma-separated corpus columns to keep, typed, for filters at search time "
         "(strings, integers, floats, booleans, timestamps, dates, lists of strings; nulls "

@@ -84,7 +84,8 @@ class TransformInfo:
     embed_filter: list[int] | None = None
     out_dim: int | None = field(default=None, metadata={"min": 1, "max": 65536})
     # the query adapter (tpsearch.query_adapter): a (dim + 1, dim) float32 map applied to query
-    # vectors after the shift, fitted on ``adapter_pairs`` (first sentence, document) pairs
+    # vectors after the shift, fitted on ``adapter_pairs`` (pseudo-query, document) pairs
+    # (each sampled document's first sentences)
     query_map_file: str | None = None
     adapter_pairs: int = 0
 

@@ -1,9 +1,10 @@
-"""A query-side linear map fitted on the corpus' own (first sentence, document) pairs.
+"""A query-side linear map fitted on the corpus' own (pseudo-query, document) pairs.
 
 The query shift moves query vectors to the documents' region by a mean. The adapter goes one
-step further, still without a labelled query: each sampled document's first sentence, encoded
-with the query prompt, is a pseudo-query whose answer is its own document (the inverse cloze
-task of Lee et al. 2019, arXiv 1906.00300). A square map ``W`` of the index's space is fitted
+step further, still without a labelled query: each sampled document's first sentences (the
+first, then up to ``more_sentences`` after it in its first passage), encoded with the query
+prompt, are pseudo-queries whose answer is their own document (the inverse cloze task of Lee
+et al. 2019, arXiv 1906.00300). A square map ``W`` of the index's space is fitted
 so that a pseudo-query, mapped, is nearer its own document (the mean of its passages, as the
 index stores them) than every other sampled document: InfoNCE over all pairs at once, with a
 pull of ``W`` toward the identity that keeps it close to doing nothing. Documents are untouched
@@ -31,10 +32,12 @@ class AdapterSettings:
     """How the map is fitted (chosen on all dev sets together: docs/retrieval-quality.md)."""
 
     temperature: float = 0.05
-    pull: float = 0.03  # weight of ||W - I||^2 beside the InfoNCE loss
+    pull: float = 0.01  # weight of ||W - I||^2 beside the InfoNCE loss
     steps: int = 200  # full-batch Adam steps (converged by 100 on the dev sets)
     learning_rate: float = 1e-3
     min_pairs: int = 100  # fewer first sentences than this: no adapter (too few to fit on)
+    #: further pseudo-queries per sampled document: its first passage's sentences 2, 3, 4
+    more_sentences: int = 3
 
 
 DEFAULT_ADAPTER_SETTINGS = AdapterSettings()

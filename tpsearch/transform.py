@@ -71,7 +71,7 @@ class FittedTransform:
     filtered: bool = False  # the chain holds the embed filter
     # (d_in + 1, d_in): shifted query vectors become x @ m[:-1] + m[-1] (tpsearch.query_adapter)
     query_map: np.ndarray | None = None
-    adapter_pairs: int = 0  # the (first sentence, document) pairs the map was fitted on
+    adapter_pairs: int = 0  # the (pseudo-query, document) pairs the map was fitted on
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The vectors as the index sees them."""
@@ -136,17 +136,23 @@ def fit_transform(docs: np.ndarray, queries: np.ndarray | None,
 def with_query_map(fitted: FittedTransform, queries: np.ndarray | None,
                    pairs: "QueryPairs | None", settings: TransformSettings) -> FittedTransform:
     """``fitted`` with a query adapter fitted on ``pairs`` (``queries[i]`` is the first
-    sentence of the document whose passage vectors ``pairs`` holds), where the settings ask
-    for one and there are enough pairs; else as it is, with a note saying why not."""
+    sentence of the document whose passage vectors ``pairs`` holds; ``pairs.more`` holds
+    further pseudo-queries for the same documents), where the settings ask for one and there
+    are enough documents; else as it is, with a note saying why not."""
     if not settings.query_adapter or pairs is None or not fitted.chain or queries is None:
         return fitted
     if fitted.query_shift is None or len(queries) < DEFAULT_ADAPTER_SETTINGS.min_pairs:
         note = (f"query adapter skipped: {len(queries)} first sentences, it needs "
                 f"{DEFAULT_ADAPTER_SETTINGS.min_pairs}")
         return replace(fitted, note="; ".join(x for x in (fitted.note, note) if x))
+    n = len(queries)
+    labels = np.arange(n)
+    if pairs.more is not None and len(pairs.more):
+        queries = np.vstack([queries, pairs.more])
+        labels = np.r_[labels, pairs.more_owner]
     q = fitted.apply(np.asarray(queries, np.float32) + fitted.query_shift)
-    targets = document_targets(fitted.apply(pairs.passages), pairs.owner, len(q))
-    w = fit_adapter(q, targets)
+    targets = document_targets(fitted.apply(pairs.passages), pairs.owner, n)
+    w = fit_adapter(q, targets, labels=labels)
     m = input_space_map(fitted.chain, w, pairs.passages.shape[1])
     return replace(fitted, query_map=m, adapter_pairs=len(q))
 
@@ -154,10 +160,14 @@ def with_query_map(fitted: FittedTransform, queries: np.ndarray | None,
 @dataclass(frozen=True)
 class QueryPairs:
     """The passage vectors of the documents whose first sentences are the pseudo-queries:
-    ``owner[i]`` is the pseudo-query (by position) that passage ``i`` answers."""
+    ``owner[i]`` is the pseudo-query (by position) that passage ``i`` answers; and further
+    pseudo-queries (encoded, before the shift) with the document (by its first sentence's
+    position) each one belongs to."""
 
     passages: np.ndarray
     owner: np.ndarray
+    more: np.ndarray | None = None
+    more_owner: np.ndarray | None = None
 
 
 def mean_drift(sample: np.ndarray, mean: np.ndarray) -> float:

@@ -7,6 +7,7 @@ index, and tunes ANN search parameters for recall against exact search.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -28,7 +29,7 @@ from ..ondisk import ListWriter
 from ..integrity import inside
 from ..manifest import ID_MAP_FILE, INDEX_FILE, IndexInfo, LexicalInfo, TransformInfo
 from ..passages import sentence_spans
-from ..query_adapter import read_query_map
+from ..query_adapter import DEFAULT_ADAPTER_SETTINGS, read_query_map
 from ..transform import (FIT_SAMPLE, QUERY_SAMPLE, FittedTransform, QueryPairs,
                          TransformSettings, fit_transform, mean_drift, read_example_queries,
                          read_vector, with_query_map)
@@ -195,25 +196,36 @@ def first_sentences(shards: list[Path], limit: int) -> list[FirstSentence]:
     return sample_sentences(texts, limit)
 
 
-def query_pairs(shards: list[Path], firsts: list[FirstSentence]) -> QueryPairs:
+def query_pairs(shards: list[Path], firsts: list[FirstSentence],
+                more: int = 0) -> tuple[QueryPairs, list[str], np.ndarray]:
     """The passage vectors of the first sentences' documents (every passage with the same
-    corpus row as the first one, in its shard), each owned by its sentence."""
+    corpus row as the first one, in its shard), each owned by its sentence; and up to ``more``
+    further pseudo-queries per document, its first passage's sentences after the first, with
+    the position of the first sentence (the document) each one belongs to."""
     counts = [shard_rows(p) for p in shards]
     bounds = np.cumsum([0] + counts)
     heads = np.array([r for _, r in firsts], dtype=np.int64)
-    rows, owner = [], []
+    rows, owner, texts, labels = [], [], [], []
     for k, path in enumerate(shards):
         mine = np.flatnonzero((heads >= bounds[k]) & (heads < bounds[k + 1]))
         if not len(mine):
             continue
-        corpus_row = read_table(path, ["row"]).column("row").to_numpy()
+        t = read_table(path, ["row", "text"] if more else ["row"])
+        corpus_row = t.column("row").to_numpy()
         for i in mine:
-            same = np.flatnonzero(corpus_row == corpus_row[heads[i] - bounds[k]])
+            local = heads[i] - bounds[k]
+            same = np.flatnonzero(corpus_row == corpus_row[local])
             rows.append(bounds[k] + same)
             owner.append(np.full(len(same), i))
+            if more:
+                text = t.column("text")[int(local)].as_py() or ""
+                spans = itertools.islice(sentence_spans(text), 1, 1 + more)
+                texts += [text[a:b] for a, b in spans]
+                labels += [i] * (len(texts) - len(labels))
     rows_all, owner_all = np.concatenate(rows), np.concatenate(owner)
     order = np.argsort(rows_all, kind="stable")
-    return QueryPairs(gather(shards, counts, rows_all[order]), owner_all[order])
+    return (QueryPairs(gather(shards, counts, rows_all[order]), owner_all[order]), texts,
+            np.array(labels, dtype=np.int64))
 
 
 def _kept(sample: np.ndarray, opts: AssemblyOptions):
@@ -278,7 +290,7 @@ def _adapted(fitted: FittedTransform, queries, pairs: QueryPairs | None,
     t0 = time.perf_counter()
     fitted = with_query_map(fitted, queries, pairs, ts)
     if fitted.query_map is not None:
-        log.info("query adapter: fitted on %d (first sentence, document) pairs in %.1f s",
+        log.info("query adapter: fitted on %d (pseudo-query, document) pairs in %.1f s",
                  fitted.adapter_pairs, time.perf_counter() - t0)
     return fitted
 
@@ -288,7 +300,8 @@ def _query_vectors(shards, ts: TransformSettings, encode_queries: QueryEncoder,
                    ) -> tuple[np.ndarray | None, str | None, QueryPairs | None]:
     """Query-like vectors for the query shift (example queries, or the documents' first
     sentences), where they came from, and (first sentences only, where the settings ask for
-    the query adapter) the passage vectors of their documents."""
+    the query adapter) the passage vectors of their documents with the further pseudo-queries
+    (the documents' next sentences; they are not part of the shift's mean)."""
     if ts.kind == "none":
         return None, None, None
     if ts.query_examples:
@@ -298,8 +311,15 @@ def _query_vectors(shards, ts: TransformSettings, encode_queries: QueryEncoder,
               else first_sentences(shards, QUERY_SAMPLE))
     if not firsts:
         return None, "first-sentences", None
-    pairs = query_pairs(shards, firsts) if ts.query_adapter else None
-    return encode_queries([t for t, _ in firsts]), "first-sentences", pairs
+    texts = [t for t, _ in firsts]
+    if not ts.query_adapter:
+        return encode_queries(texts), "first-sentences", None
+    adapter = DEFAULT_ADAPTER_SETTINGS
+    more = adapter.more_sentences if len(firsts) >= adapter.min_pairs else 0
+    pairs, more, labels = query_pairs(shards, firsts, more)
+    vectors = encode_queries(texts + more)  # one call: a text's vector is its own either way
+    pairs = replace(pairs, more=vectors[len(texts):], more_owner=labels)
+    return vectors[:len(texts)], "first-sentences", pairs
 
 
 def _transform_info(fitted: FittedTransform, ts: TransformSettings, fitted_on: int,
