@@ -134,8 +134,9 @@ COMPARED_LABELS = ["whole document, dense", "whole document, lexical",
                    "passages + centering (0.3 defaults), lexical",
                    "passages + centering (0.3 defaults), hybrid",
                    "+ EmbedFilter, dense", "+ question prompt for queries, dense",
-                   "+ query adapter, dense", "defaults without the query adapter (0.8), dense",
-                   "defaults without the query adapter (0.8), hybrid",
+                   "+ query adapter, dense", "defaults without the query adapter, dense",
+                   "defaults without the query adapter, hybrid",
+                   "defaults, lexical weight 0.6 (0.9's), hybrid",
                    "defaults (all of the above, z-score fusion), dense",
                    "defaults (all of the above, z-score fusion), hybrid"]
 RERANKED = "defaults + decoder rerank, hybrid + rerank 10"
@@ -150,11 +151,13 @@ def test_compare_equals_separate_runs(tiny_model_dir):
     runs = compare_retrieval(BEIR, base)
     assert [r["label"] for r in runs] == COMPARED_LABELS + [RERANKED] + VANILLA
     assert [r["settings"]["transform"] for r in runs] == [
-        "none", "none", "center", "none"] + ["center"] * 13
-    assert [r["settings"]["embed_filter"] for r in runs] == [None] * 7 + [[4, 4]] + [None] * 2 + [[4, 4]] * 7
+        "none", "none", "center", "none"] + ["center"] * 14
+    assert [r["settings"]["embed_filter"] for r in runs] == [None] * 7 + [[4, 4]] + [None] * 2 + [[4, 4]] * 8
     assert [r["settings"]["fusion"]["method"] for r in runs if r["mode"] != "dense" and
-            r["mode"] != "lexical"] == ["minmax", "zscore", "zscore", "zscore", "zscore"]
-    assert [r["settings"]["tp_layers"] is None for r in runs] == [False] * 15 + [True] * 2
+            r["mode"] != "lexical"] == ["minmax"] + ["zscore"] * 5
+    assert [r["settings"]["fusion"]["lexical_weight"] for r in runs if r["mode"] == "hybrid"] == [
+        0.7, 0.5, 0.6, 0.5, 0.5]  # 0.3's, the defaults' (0.5) and 0.9's (0.6)
+    assert [r["settings"]["tp_layers"] is None for r in runs] == [False] * 16 + [True] * 2
     assert runs[0]["passages"] == 25 and runs[3]["passages"] > 25
     alone = {
         "whole document, dense": evaluate_retrieval(
@@ -178,6 +181,6 @@ def test_eval_retrieval_compare_cli(tiny_model_dir):
     assert "9 queries, 25 documents" in lines[0] and "nDCG@10" in lines[1]
     assert [x.split("  ")[0] for x in lines[2:]] == COMPARED_LABELS + VANILLA  # no head: no rerank
     r = CliRunner().invoke(main, args + ["--json"])
-    assert len(json.loads(r.stdout)["runs"]) == 16
+    assert len(json.loads(r.stdout)["runs"]) == 17
     r = CliRunner().invoke(main, args + ["--search-mode", "dense"])
     assert r.exit_code == 2 and "drop --index-dir and --search-mode" in r.output

@@ -13,7 +13,7 @@ FUSIONS = ("rrf", "minmax", "zscore")
 RRF_K = 60
 #: Hybrid defaults, chosen on the dev sets (README, "Retrieval on documents").
 DEFAULT_FUSION = "zscore"
-DEFAULT_LEXICAL_WEIGHT = 0.6
+DEFAULT_LEXICAL_WEIGHT = 0.5  # 0.6 until 0.9 (docs/retrieval-quality.md)
 
 
 @dataclass(frozen=True)
