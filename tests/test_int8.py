@@ -140,10 +140,13 @@ def test_auto_quantize_follows_the_cpu_and_the_model(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("meta")
     monkeypatch.delenv("TPSEARCH_INT8", raising=False)
     monkeypatch.delenv("TPSEARCH_NATIVE_BF16", raising=False)
-    for vnni, amx, want in ((True, False, "int8"), (True, True, None), (False, False, None)):
+    # VNNI alone (Intel Ice Lake, Cascade Lake): int8; with bf16 dot products, AMX or not
+    # (Intel Sapphire Rapids, AMD Zen 4): bfloat16 instead; neither: float32
+    for vnni, amx, bf16, want in ((True, False, False, "int8"), (True, True, True, None),
+                                  (True, False, True, None), (False, False, False, None)):
         monkeypatch.setattr(devices, "cpu_features",
-                            lambda v=vnni, a=amx: {"vnni": v, "amx": a, "avx512_bf16": a})
-        assert resolve_quantize("auto", "auto", cpu, True) == want, (vnni, amx)
+                            lambda v=vnni, a=amx, b=bf16: {"vnni": v, "amx": a, "avx512_bf16": b})
+        assert resolve_quantize("auto", "auto", cpu, True) == want, (vnni, amx, bf16)
         assert resolve_quantize("auto", "auto", cpu, False) is None  # a model not measured
         assert resolve_quantize("auto", "float32", cpu, True) is None  # an explicit dtype
         assert resolve_quantize("auto", "auto", gpu, True) is None

@@ -74,14 +74,15 @@ def test_queries_follow_the_dtype_the_documents_were_encoded_in(tmp_path, tiny_m
 
 
 def test_auto_dtype_follows_the_cpu(monkeypatch):
-    """Both branches, on any machine: the CPU's features are stubbed (AMX with AVX-512 BF16, or
-    not), and the TPSEARCH_NATIVE_BF16 override wins over them."""
+    """Both branches, on any machine: the CPU's features are stubbed (AVX-512 BF16 with AMX, as
+    Intel's, or without, as AMD Zen 4's; or neither), and the TPSEARCH_NATIVE_BF16 override
+    wins over them."""
     from tpsearch import devices
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("TPSEARCH_NATIVE_BF16", raising=False)
     for amx, bf16, want in ((True, True, torch.bfloat16), (True, False, torch.float32),
-                            (False, True, torch.float32), (False, False, torch.float32)):
+                            (False, True, torch.bfloat16), (False, False, torch.float32)):
         monkeypatch.setattr(devices, "cpu_features", lambda a=amx, b=bf16: {"amx": a, "avx512_bf16": b})
         assert native_bf16_cpu() == (want == torch.bfloat16)
         assert resolve_dtype("auto", cpu) == want, (amx, bf16)

@@ -57,12 +57,13 @@ class EncoderOptions:
                          "{default}.")
     dtype: str | None = option(
         AUTO, "float32, bfloat16, float16, or auto: bfloat16 on GPUs and on CPUs with bf16 "
-        "matrix units (AMX), float32 elsewhere (measured harmless on the dev sets). Default: "
+        "dot products (AVX-512 BF16, AMX), float32 elsewhere (measured harmless on the dev "
+        "sets). Default: "
         "{default}.")
     quantize: str | None = option(
         AUTO, "int8: int8 linear layers with per-token activation scales (CPU only; recorded "
         "in the index, and queries are encoded the same way). auto: int8 on CPUs with VNNI int8 "
-        "units and no bf16 matrix units (AMX), when --dtype is auto too, for models measured to "
+        "units and no bf16 dot products (AVX-512 BF16, AMX), when --dtype is auto too, for models measured to "
         "keep their quality in int8 (the default model); none elsewhere. none: float layers. "
         "Default: {default}.", choices=("auto", "int8", "none"))
     batching: str = option(
