@@ -220,8 +220,9 @@ def query_pairs(shards: list[Path], firsts: list[FirstSentence],
             if more:
                 text = t.column("text")[int(local)].as_py() or ""
                 spans = itertools.islice(sentence_spans(text), 1, 1 + more)
-                texts += [text[a:b] for a, b in spans]
-                labels += [i] * (len(texts) - len(labels))
+                found = [text[a:b] for a, b in spans]
+                texts += found
+                labels += [i] * len(found)
     rows_all, owner_all = np.concatenate(rows), np.concatenate(owner)
     order = np.argsort(rows_all, kind="stable")
     return (QueryPairs(gather(shards, counts, rows_all[order]), owner_all[order]), texts,
