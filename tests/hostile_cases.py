@@ -630,7 +630,7 @@ def a_string_where_a_list_of_queries_belongs_is_refused(env: Env):
 @case("one source of truth")
 def the_library_and_the_cli_build_the_same_index(env: Env):
     from tpsearch.config import BuildConfig, ModelConfig
-    from tpsearch.fusion import FusionSettings
+    from tpsearch.fusion import FusionSettings, lexical_weight_for
     from tpsearch.passages import PassageSettings
     from tpsearch.transform import TransformSettings
 
@@ -647,7 +647,8 @@ def the_library_and_the_cli_build_the_same_index(env: Env):
     assert {**a.build.config, "out": ""} == {**c.build.config, "out": ""}
     enc = TPEncoder.from_pretrained(str(env.model))
     assert enc.settings == c.encoder and enc.settings.max_length == 256
-    assert a.passages == PassageSettings() and a.fusion == FusionSettings()
+    assert a.passages == PassageSettings()
+    assert a.fusion == FusionSettings(lexical_weight=lexical_weight_for(a.lexical.mean_length))
     assert a.transform.kind == TransformSettings().kind
     va = Searcher.open(api.out).index.reconstruct_n(0, a.vectors)
     vc = Searcher.open(t / "cli").index.reconstruct_n(0, c.vectors)

@@ -16,7 +16,7 @@ from tpsearch.cli import main
 from tpsearch.config import BuildConfig, ModelConfig
 from tpsearch.embedfilter import kept_basis, parse_filter
 from tpsearch.errors import ConfigMismatch, InputError
-from tpsearch.fusion import fuse
+from tpsearch.fusion import DEFAULT_LEXICAL_WEIGHT, fuse, lexical_weight_for
 from tpsearch.passages import PassageSettings, split_passages
 from tpsearch.pipeline import build_index
 
@@ -334,6 +334,16 @@ def test_embed_filter_is_skipped_and_said_without_an_output_head(tmp_path, tiny_
     t = res.manifest.transform
     assert t.embed_filter is None and t.out_dim == res.manifest.dim
     assert "embed filter skipped" in t.note
+
+
+def test_lexical_weight_by_document_length():
+    """The dev sets' mean BM25 lengths give the weights chosen on them; shorter texts less
+    lexical weight, within 0.25..0.65; an unknown length the fixed default."""
+    assert [lexical_weight_for(x) for x in (6.65, 56.26, 184.9)] == [0.26, 0.49, 0.61]
+    grid = [lexical_weight_for(x) for x in np.geomspace(1, 1e6, 50)]
+    assert grid == sorted(grid) and grid[0] == 0.25 and grid[-1] == 0.65
+    for unknown in (None, 0.0, float("nan")):
+        assert lexical_weight_for(unknown) == DEFAULT_LEXICAL_WEIGHT
 
 
 def test_zscore_fusion_by_hand():

@@ -136,7 +136,7 @@ COMPARED_LABELS = ["whole document, dense", "whole document, lexical",
                    "+ EmbedFilter, dense", "+ question prompt for queries, dense",
                    "+ query adapter, dense", "defaults without the query adapter, dense",
                    "defaults without the query adapter, hybrid",
-                   "defaults, lexical weight 0.6 (0.9's), hybrid",
+                   "defaults, lexical weight 0.5 (0.10's), hybrid",
                    "defaults (all of the above, z-score fusion), dense",
                    "defaults (all of the above, z-score fusion), hybrid"]
 RERANKED = "defaults + decoder rerank, hybrid + rerank 10"
@@ -155,8 +155,11 @@ def test_compare_equals_separate_runs(tiny_model_dir):
     assert [r["settings"]["embed_filter"] for r in runs] == [None] * 7 + [[4, 4]] + [None] * 2 + [[4, 4]] * 8
     assert [r["settings"]["fusion"]["method"] for r in runs if r["mode"] != "dense" and
             r["mode"] != "lexical"] == ["minmax"] + ["zscore"] * 5
-    assert [r["settings"]["fusion"]["lexical_weight"] for r in runs if r["mode"] == "hybrid"] == [
-        0.7, 0.5, 0.6, 0.5, 0.5]  # 0.3's, the defaults' (0.5) and 0.9's (0.6)
+    weights = [r["settings"]["fusion"]["lexical_weight"] for r in runs if r["mode"] == "hybrid"]
+    # 0.3's, the defaults' (by document length: this corpus' short texts get less than 0.10's
+    # fixed 0.5), 0.10's
+    assert weights[0] == 0.7 and weights[2] == 0.5
+    assert weights[1] == weights[3] == weights[4] and 0.25 <= weights[1] < 0.35
     assert [r["settings"]["tp_layers"] is None for r in runs] == [False] * 16 + [True] * 2
     assert runs[0]["passages"] == 25 and runs[3]["passages"] > 25
     alone = {

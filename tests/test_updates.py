@@ -39,7 +39,9 @@ def test_an_update_encodes_only_the_delta_and_equals_a_full_build(tmp_path, tiny
     assert u.base == first.manifest.version and res.manifest.replaces == first.manifest.version
     assert res.encoded_documents == 4  # only the added and changed documents were encoded
     full_cfg = config(tmp_path, model, b, lexical=True, mode="hybrid", transform="none",
-                      passage_tokens=24, passage_overlap=4)
+                      passage_tokens=24, passage_overlap=4,
+                      # the update keeps its base's weight; a new index's follows its lengths
+                      lexical_weight=first.manifest.fusion.lexical_weight)
     full_cfg.out = str(tmp_path / "full")
     full = build_index(full_cfg)
     s, f = Searcher.open(res.out), Searcher.open(full.out)
@@ -319,3 +321,39 @@ def test_an_index_recording_no_fusion_or_filter_searches_as_it_was_built(tmp_pat
     assert old.manifest.transform.embed_filter is None
     after = [[(h.id, round(h.score, 6)) for h in hs] for hs in old.search_batch(queries, k=8)]
     assert after == before
+
+
+def test_the_lexical_weight_follows_document_length_and_updates_keep_it(tmp_path, tiny_model_dir):
+    """Unset, a new index's lexical weight is the one for its BM25 units' mean length (short
+    texts: less lexical weight); its incremental builds and updates keep the recorded weight
+    even when the documents they add are long; a weight given is recorded as given."""
+    import tpsearch
+    from tpsearch.fusion import lexical_weight_for
+    from tpsearch.lexical import words
+
+    model = tiny_model_dir("llama")
+    texts = corpus_texts(40)
+    a = write_corpus(tmp_path / "a.parquet", 40, texts=texts)
+    cfg = config(tmp_path, model, a, lexical=True, mode="hybrid", transform="none")
+    first = build_index(cfg).manifest
+    mean = float(np.mean([len(w) for w in words(texts)]))
+    assert first.lexical.mean_length == pytest.approx(mean, abs=1e-3)
+    assert first.fusion.lexical_weight == lexical_weight_for(mean) < 0.5
+    long_text = " ".join(f"{w} river stone delta {i}." for i, w in enumerate(texts[:20]))
+    res = tpsearch.update(cfg.out, upsert=[{"id": f"long-{i}", "text": long_text} for i in range(40)])
+    assert res.manifest.fusion.lexical_weight == first.fusion.lexical_weight
+    cfg.corpus = str(write_corpus(tmp_path / "b.parquet", 40, texts=[long_text] * 40))
+    assert build_index(cfg).manifest.fusion.lexical_weight == first.fusion.lexical_weight
+    other = build_index(replace(cfg, out=str(tmp_path / "long")))  # a new index of long texts
+    assert other.manifest.fusion.lexical_weight > first.fusion.lexical_weight
+    given = build_index(replace(cfg, out=str(tmp_path / "given"), lexical_weight=0.7))
+    assert given.manifest.fusion.lexical_weight == 0.7
+    assert Searcher.open(cfg.out).manifest.fusion.lexical_weight == first.fusion.lexical_weight
+    from click.testing import CliRunner
+
+    from tpsearch.cli import main
+
+    shown = CliRunner().invoke(main, ["info", str(other.out)]).output
+    assert f"lexical weight {other.manifest.fusion.lexical_weight}, by document length" in shown
+    assert f"of {other.manifest.lexical.mean_length:.1f} terms on average" in shown
+    assert "lexical weight 0.7)" in CliRunner().invoke(main, ["info", str(given.out)]).output

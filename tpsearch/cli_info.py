@@ -47,10 +47,13 @@ def info_rows(index_dir, m: "Manifest") -> list[tuple[str, str]]:
                         + (f" on {ix.recall_queries} queries" if ix.recall_queries else "")),
         ("lexical", f"BM25 ({'term frequencies' if m.lexical.library != 'bm25s' else 'bm25s'}) "
                     f"over {m.lexical.rows} {m.lexical.unit}s"
+                    + (f" of {m.lexical.mean_length:.1f} terms on average"
+                       if m.lexical.mean_length else "")
          if m.lexical else "none"),
         ("metadata", ", ".join(f"{k} ({v})" for k, v in m.metadata.items()) or "none"),
         ("search mode", m.default_mode + (f" ({m.fusion.method}, lexical weight "
-                                          f"{m.fusion.lexical_weight})" if m.default_mode == "hybrid" else "")),
+                                          f"{m.fusion.lexical_weight}{weight_source(m)})"
+                                          if m.default_mode == "hybrid" else "")),
         ("corpus", f"{c.path} ({c.rows} rows, text={c.text_column!r}, id={c.id_column!r}"
                    + (f", title={c.title_column!r}" if c.title_column else "") + ")"),
         ("updates", updates_row(m)),
@@ -58,6 +61,13 @@ def info_rows(index_dir, m: "Manifest") -> list[tuple[str, str]]:
                   f"{f['tpsearch_version']} ({m.build.device}, {m.build.batching})"),
         ("files", f"{len(m.files)} checked against the manifest's sizes and SHA-256"),
     ]
+
+
+def weight_source(m) -> str:
+    """Where the lexical weight came from: the index's first build chose it (none given)."""
+    if m.build.config.get("lexical_weight", 0.5) is None:
+        return ", by document length"
+    return ""
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -13,7 +14,25 @@ FUSIONS = ("rrf", "minmax", "zscore")
 RRF_K = 60
 #: Hybrid defaults, chosen on the dev sets (README, "Retrieval on documents").
 DEFAULT_FUSION = "zscore"
-DEFAULT_LEXICAL_WEIGHT = 0.5  # 0.6 until 0.9 (docs/retrieval-quality.md)
+DEFAULT_LEXICAL_WEIGHT = 0.5  # 0.6 until 0.9; since 0.11 only where the length is unknown
+#: Since 0.11 a build's lexical weight follows its BM25 units' mean length in terms (after
+#: stemming and stop words): ``INTERCEPT + SLOPE * log2(length)`` within ``RANGE``. BM25 has
+#: more evidence in a long text and the last-token vector less; chosen on STS-B dev (6.7 terms:
+#: 0.26), pydoc-dev (56: 0.49) and scifact-dev (185: 0.61) together
+#: (docs/retrieval-quality.md, "A lexical weight by document length").
+WEIGHT_BY_LENGTH_INTERCEPT = 0.05
+WEIGHT_BY_LENGTH_SLOPE = 0.075
+WEIGHT_BY_LENGTH_RANGE = (0.25, 0.65)
+
+
+def lexical_weight_for(mean_length: float | None) -> float:
+    """The default lexical weight of an index whose BM25 units hold ``mean_length`` terms on
+    average (None or 0: unknown, the fixed default), to two decimals."""
+    if not mean_length or not math.isfinite(mean_length) or mean_length <= 0:
+        return DEFAULT_LEXICAL_WEIGHT
+    lo, hi = WEIGHT_BY_LENGTH_RANGE
+    w = WEIGHT_BY_LENGTH_INTERCEPT + WEIGHT_BY_LENGTH_SLOPE * math.log2(mean_length)
+    return round(min(hi, max(lo, w)), 2)
 
 
 @dataclass(frozen=True)

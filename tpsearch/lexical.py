@@ -108,8 +108,9 @@ def write_postings(directory: Path, words_list: list[str], terms: np.ndarray, un
     np.save(out / UNITS_FILE, matrix.indices.astype(np.int32))
     np.save(out / TF_FILE, matrix.data.astype(np.int32))
     np.save(out / LENGTHS_FILE, np.asarray(lengths, dtype=np.int32))
+    mean = round(float(np.mean(lengths)), 3) if len(lengths) else 0.0
     return LexicalInfo(dir=LEXICAL_DIR, unit=unit, rows=len(lengths), vocabulary=len(words_list),
-                       library=TF_LIBRARY, **_PARAMS)
+                       library=TF_LIBRARY, mean_length=mean, **_PARAMS)
 
 
 class TermPostings:

@@ -111,6 +111,9 @@ class LexicalInfo:
     library: str = field(default="bm25s", metadata={"choices": ("bm25s", "tpsearch-tf")})
     stemmer: str = "english"
     stopwords: str = "en"
+    #: its units' mean length in terms (after stemming and stop words): what the default
+    #: lexical weight follows (0: not recorded, before 0.11)
+    mean_length: float = field(default=0.0, metadata={"min": 0.0})
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ COMPARED = (
     ("+ question prompt for queries", {**PREVIOUS, "query_prompt": None}, ("dense",), 0),
     ("+ query adapter", {**PREVIOUS, "query_adapter": None}, ("dense",), 0),
     ("defaults without the query adapter", {"query_adapter": False}, ("dense", "hybrid"), 0),
-    ("defaults, lexical weight 0.6 (0.9's)", {"lexical_weight": 0.6}, ("hybrid",), 0),
+    ("defaults, lexical weight 0.5 (0.10's)", {"lexical_weight": 0.5}, ("hybrid",), 0),
     ("defaults (all of the above, z-score fusion)", {}, ("dense", "hybrid"), 0),
     ("defaults + decoder rerank", {}, ("hybrid",), DEFAULT_RERANK),
     ("defaults without TP (vanilla)", {"tp_layers": "none"}, ("dense", "hybrid"), 0),

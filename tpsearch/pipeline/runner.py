@@ -26,8 +26,9 @@ from ..encoder import TPEncoder
 from ..errors import ConfigMismatch, DiskError, InputError, TPSearchError, UnbuildableIndex
 from ..index import choose_index
 from ..layout import is_index_dir, new_version_name, read_pointer, restore_legacy_aside
-from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, file_digests,
-                        open_manifest, write_manifest)
+from ..fusion import FusionSettings
+from ..manifest import (BuildInfo, CorpusInfo, LexicalInfo, Manifest, ModelRef, UpdateInfo,
+                        file_digests, open_manifest, write_manifest)
 from ..index_encoder import encoder_mismatches
 from ..transform import FIT_SAMPLE
 from .assembler import Assembled, AssemblyOptions, KeptTransform, assemble, index_plan
@@ -386,7 +387,7 @@ def _build(config: BuildConfig, encoder: TPEncoder | None, show_progress: bool, 
     version, replaces = new_version_name(out), read_pointer(out) if out.is_dir() else None
     keep_store(work, keep_shards, config.store_text)
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs, tokens,
-                         query_prompt)
+                         query_prompt, base)
     update = _update_info(base, part) if base else None
     history, dropped = bounded_history(base[1]) if base else ([], 0)
     manifest = replace(manifest, files=file_digests(work.final, manifest.named_files() + [STORE_DIR]),
@@ -543,7 +544,7 @@ def publish_segments(config: BuildConfig, encoder: TPEncoder, work: WorkDir, tim
         shutil.copy2(path, final / query_file)
         own.append(query_file)
     manifest = _manifest(config, encoder, reader, fingerprint, part, times, began, docs,
-                         tokens, qp)
+                         tokens, qp, base)
     history, dropped = bounded_history(base[1]) if base else ([], 0)
     manifest = replace(manifest, files=file_digests(final, own), segments=segments,
                        version=version, replaces=replaces, store=STORE_DIR,
@@ -578,9 +579,18 @@ def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: Sta
                           _query_encoder(config, encoder, qp), config.corpus, config.text_column)
 
 
+def fusion_for(config: BuildConfig, lexical: LexicalInfo | None, base=None) -> FusionSettings:
+    """The fusion an index records: the lexical weight given; unset, an incremental build
+    keeps its base's (what its users have been searching with) and a new index takes the one
+    for its documents' length (:func:`tpsearch.fusion.lexical_weight_for`)."""
+    if config.lexical_weight is None and base is not None:
+        return FusionSettings(config.fusion, base[1].fusion.lexical_weight)
+    return config.fusion_settings(lexical)
+
+
 def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fingerprint: str,
               part: Assembled, times: StageTimes, began: float, docs: int, tokens: int,
-              qp: str | None) -> Manifest:
+              qp: str | None, base=None) -> Manifest:
     src = encoder.source
     return Manifest(
         model=ModelRef(spec=encoder.settings.model, path=src.path if src else None,
@@ -593,7 +603,7 @@ def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fin
         lexical=part.lexical,
         metadata={c: kind for c, (kind, _) in reader.metadata_types.items()},
         default_mode=config.default_mode() if part.lexical else "dense",
-        fusion=config.fusion_settings(),
+        fusion=fusion_for(config, part.lexical, base),
         query_prompt=qp,
         query_templates=encoder.variant(prompt=qp).settings.templates if qp else None,
         skipped_rows=part.skipped, truncated_texts=part.truncated, tokens=part.tokens,

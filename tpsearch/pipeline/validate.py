@@ -116,7 +116,7 @@ def validate_build(config: BuildConfig, overwrite: bool) -> Path:
         raise InputError(f"lexical-unit must be document or passage, got {config.lexical_unit!r}")
     if config.fusion not in FUSIONS:
         raise InputError(f"fusion must be {' or '.join(FUSIONS)}, got {config.fusion!r}")
-    if not 0.0 <= config.lexical_weight <= 1.0:  # NaN fails this too
+    if config.lexical_weight is not None and not 0.0 <= config.lexical_weight <= 1.0:  # NaN too
         raise InputError(f"lexical-weight must lie in 0..1, got {config.lexical_weight}")
     parse_size(config.max_index_memory)
     check_index_spec(config.index)
