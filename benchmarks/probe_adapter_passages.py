@@ -28,11 +28,10 @@ from tpsearch import TPEncoder
 from tpsearch.eval.retrieval import load_beir
 from tpsearch.passages import sentence_spans, split_passages
 from tpsearch.query_adapter import AdapterSettings, document_targets, fit_adapter
-from tpsearch.tp import output_head
 
+from probe_adapter_sentences import probe_encoders
 from probe_dense import SETS, DevSet, cached, encode_probe, l2, transformed, zfuse
 from probe_documents import doc_rank
-from probe_retrieval import edge_filter
 
 
 def sentence_table(data, enc: TPEncoder, n_docs: int, first: int, last: int):
@@ -83,12 +82,7 @@ def main() -> None:
                     help="pseudo-queries per document at most (sentences 1..N)")
     args = ap.parse_args()
     weights = [float(x) for x in args.weights.split(",")]
-    enc = TPEncoder.from_pretrained("gemma-3-270m", tp_layers="1:5", output_layer=-1,
-                                    pooling="mean", max_length=512, quantize="int8",
-                                    compile_layers=True)
-    qenc = enc.variant(prompt="question")
-    head = output_head(enc.model).detach().float().cpu().numpy()[: enc.placeholder_id]
-    filt = edge_filter(head, 32, 32)
+    enc, qenc, filt = probe_encoders("1:5")
     for name in args.sets.split(","):
         ds = DevSet(name, SETS[name], enc, qenc, args.cache)
         data = load_beir(*SETS[name])

@@ -34,6 +34,16 @@ from probe_documents import doc_rank
 from probe_retrieval import edge_filter
 
 
+def probe_encoders(tp_layers: str | None) -> tuple[TPEncoder, TPEncoder, np.ndarray]:
+    """The probe cache's encoders (documents, and queries with the question prompt; Gemma 3
+    270M in int8, compiled) and the EmbedFilter 32:32 projection of its unembedding."""
+    enc = TPEncoder.from_pretrained("gemma-3-270m", tp_layers=tp_layers, output_layer=-1,
+                                    pooling="mean", max_length=512, quantize="int8",
+                                    compile_layers=True)
+    head = output_head(enc.model).detach().float().cpu().numpy()[: enc.placeholder_id]
+    return enc, enc.variant(prompt="question"), edge_filter(head, 32, 32)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, required=True,
@@ -46,13 +56,7 @@ def main() -> None:
     cache = args.cache
     weights = [float(x) for x in args.weights.split(",")]
     pulls = [float(x) for x in args.pulls.split(",")]
-    tp = None if args.tp_layers == "none" else args.tp_layers
-    enc = TPEncoder.from_pretrained("gemma-3-270m", tp_layers=tp, output_layer=-1,
-                                    pooling="mean", max_length=512, quantize="int8",
-                                    compile_layers=True)
-    qenc = enc.variant(prompt="question")
-    head = output_head(enc.model).detach().float().cpu().numpy()[: enc.placeholder_id]
-    filt = edge_filter(head, 32, 32)
+    enc, qenc, filt = probe_encoders(None if args.tp_layers == "none" else args.tp_layers)
     for name in args.sets.split(","):
         ds = DevSet(name, SETS[name], enc, qenc, cache)
         texts, owner = [], []
