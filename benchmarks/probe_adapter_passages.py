@@ -49,6 +49,17 @@ def sentence_table(data, enc: TPEncoder, n_docs: int, first: int, last: int):
     return texts, np.array(doc, np.int64), np.array(part, np.int64)
 
 
+def open_set(name: str, enc: TPEncoder, qenc: TPEncoder, cache: Path, filt: np.ndarray):
+    """(DevSet, its BEIR data, the output layer's index, passages and queries as the build
+    transforms them, each sampled document's target: the unit mean of its passages)."""
+    ds = DevSet(name, SETS[name], enc, qenc, cache)
+    out = ds.passages["last"].shape[0] - 1
+    x, q = transformed(ds, "last", out, filt)
+    n = len(ds.firsts["last"][out])
+    keep = ds.owner < n
+    return ds, load_beir(*SETS[name]), out, x, q, document_targets(x[keep], ds.owner[keep], n)
+
+
 def fit_passage_adapter(queries: np.ndarray, passages: np.ndarray, own: np.ndarray,
                         same_doc: np.ndarray, settings: AdapterSettings) -> np.ndarray:
     """``W`` by InfoNCE of each pseudo-query against every passage, its own (``own``) the
@@ -84,14 +95,10 @@ def main() -> None:
     weights = [float(x) for x in args.weights.split(",")]
     enc, qenc, filt = probe_encoders("1:5")
     for name in args.sets.split(","):
-        ds = DevSet(name, SETS[name], enc, qenc, args.cache)
-        data = load_beir(*SETS[name])
-        out = ds.passages["last"].shape[0] - 1
-        x, q = transformed(ds, "last", out, filt)
+        ds, data, out, x, q, targets = open_set(name, enc, qenc, args.cache, filt)
         mu = (ds.firsts["last"][out] @ filt).mean(0)
-        n = len(ds.firsts["last"][out])
+        n = len(targets)
         keep = ds.owner < n
-        targets = document_targets(x[keep], ds.owner[keep], n)
         # every sentence's vector: the first (cached), 2-4 (cached), 5.. (encoded here)
         t1, d1, p1 = sentence_table(data, enc, n, 0, 1)
         t24, d24, p24 = sentence_table(data, enc, n, 1, 4)
@@ -127,7 +134,7 @@ def main() -> None:
                 base, targets, st, labels=base_lab)
             variants[f"all sentences 1-{args.max_sentences} -> doc" + tag] = fit_adapter(
                 alls, targets, st, labels=all_doc)
-            variants[f"all sentences -> own passage" + tag] = fit_passage_adapter(
+            variants["all sentences -> own passage" + tag] = fit_passage_adapter(
                 alls[ok], xs, own_row[ok], same[ok], st)
         print(f"{name}: {len(alls)} pseudo-queries ({len(t5)} beyond sentence 4) for {n} documents",
               flush=True)

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tpsearch.eval.retrieval import load_beir
 from tpsearch.fusion import lexical_weight_for
 from tpsearch.lexical import TermPostings
-from tpsearch.query_adapter import AdapterSettings, document_targets, fit_adapter
+from tpsearch.query_adapter import AdapterSettings, fit_adapter
 
-from probe_adapter_passages import sentence_table
+from probe_adapter_passages import open_set, sentence_table
 from probe_adapter_sentences import probe_encoders
-from probe_dense import SETS, DevSet, cached, encode_probe, l2, transformed, zfuse
+from probe_dense import cached, encode_probe, l2, zfuse
 from probe_documents import doc_rank
 from probe_retrieval import first_sentence
 
@@ -49,12 +48,8 @@ def main() -> None:
     args = ap.parse_args()
     enc, qenc, filt = probe_encoders("1:5")
     for name in args.sets.split(","):
-        ds = DevSet(name, SETS[name], enc, qenc, args.cache)
-        data = load_beir(*SETS[name])
-        out = ds.passages["last"].shape[0] - 1
-        x, _ = transformed(ds, "last", out, filt)
-        n = len(ds.firsts["last"][out])
-        targets = document_targets(x, ds.owner, n)
+        ds, data, out, x, _, targets = open_set(name, enc, qenc, args.cache, filt)
+        n = len(targets)
         t24, d24, p24 = sentence_table(data, enc, n, 1, 4)
         first = p24 == 0
         pick = lambda z: z["last"][out] @ filt
