@@ -65,7 +65,8 @@ def info_rows(index_dir, m: "Manifest") -> list[tuple[str, str]]:
 
 def weight_source(m) -> str:
     """Where the lexical weight came from: the index's first build chose it (none given)."""
-    if m.build.config.get("lexical_weight", 0.5) is None:
+    config = m.build.config
+    if "lexical_weight" in config and config["lexical_weight"] is None:
         return ", by document length"
     return ""
 

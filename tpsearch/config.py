@@ -144,12 +144,16 @@ class BuildConfig:
     def default_mode(self) -> str:
         return self.mode if self.lexical else "dense"
 
-    def fusion_settings(self, lexical: LexicalInfo | None = None) -> FusionSettings:
-        """The fusion an index built with these options records: the lexical weight given,
-        else the one for its lexical index's mean unit length (``lexical``)."""
+    def fusion_settings(self, lexical: LexicalInfo | None = None,
+                        kept_weight: float | None = None) -> FusionSettings:
+        """The fusion an index built with these options records: the lexical weight given;
+        unset, an incremental build's base weight (``kept_weight``: what its users have been
+        searching with), else the one for its lexical index's mean unit length (``lexical``;
+        :func:`tpsearch.fusion.lexical_weight_for`)."""
         weight = self.lexical_weight
         if weight is None:
-            weight = lexical_weight_for(lexical.mean_length if lexical is not None else None)
+            weight = kept_weight if kept_weight is not None else lexical_weight_for(
+                lexical.mean_length if lexical is not None else None)
         return FusionSettings(self.fusion, weight)
 
 

@@ -9,7 +9,9 @@ A rank that dies leaves its finished shards; the same command run again redoes o
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -88,26 +90,27 @@ class Distributor:
         return merged
 
 
-def run_rank(entry, argv: list[str]) -> None:
-    """Run a torchrun rank's command line (``entry(argv)``, a click command) and end the
-    process with its exit status. Under torchrun (``WORLD_SIZE`` > 1) the process ends without
-    the interpreter's teardown, once its output is flushed: the build is published (or
-    refused) and the process group destroyed by then, and tearing down torch's and gloo's
-    native threads at interpreter exit can abort a rank that has already succeeded ("terminate
-    called without an active exception"), which torchrun reports as a failed job."""
-    import sys
 
+def run_rank(entry, argv: list[str]) -> None:
+    """Run a torchrun rank's command line (``entry(argv)``, a click command, which ends the
+    process with its exit status). Under torchrun the process ends without the interpreter's
+    teardown, once its output is flushed: the build is published (or refused) and the process
+    group destroyed by then, and tearing down torch's and gloo's native threads at
+    interpreter exit can abort a rank that has already succeeded ("terminate called without
+    an active exception"), which torchrun reports as a failed job."""
+    if not Distributor.from_env().active:
+        entry(argv)
+        return
     try:
         entry(argv)
         code = 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, (int, type(None))):
-            print(exc.code, file=sys.stderr)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        sys.exit(code)
-    import logging
-
+        code = exc.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

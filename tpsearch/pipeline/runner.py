@@ -26,9 +26,8 @@ from ..encoder import TPEncoder
 from ..errors import ConfigMismatch, DiskError, InputError, TPSearchError, UnbuildableIndex
 from ..index import choose_index
 from ..layout import is_index_dir, new_version_name, read_pointer, restore_legacy_aside
-from ..fusion import FusionSettings
-from ..manifest import (BuildInfo, CorpusInfo, LexicalInfo, Manifest, ModelRef, UpdateInfo,
-                        file_digests, open_manifest, write_manifest)
+from ..manifest import (BuildInfo, CorpusInfo, Manifest, ModelRef, UpdateInfo, file_digests,
+                        open_manifest, write_manifest)
 from ..index_encoder import encoder_mismatches
 from ..transform import FIT_SAMPLE
 from .assembler import Assembled, AssemblyOptions, KeptTransform, assemble, index_plan
@@ -579,15 +578,6 @@ def _assemble(config: BuildConfig, encoder: TPEncoder, work: WorkDir, times: Sta
                           _query_encoder(config, encoder, qp), config.corpus, config.text_column)
 
 
-def fusion_for(config: BuildConfig, lexical: LexicalInfo | None, base=None) -> FusionSettings:
-    """The fusion an index records: the lexical weight given; unset, an incremental build
-    keeps its base's (what its users have been searching with) and a new index takes the one
-    for its documents' length (:func:`tpsearch.fusion.lexical_weight_for`)."""
-    if config.lexical_weight is None and base is not None:
-        return FusionSettings(config.fusion, base[1].fusion.lexical_weight)
-    return config.fusion_settings(lexical)
-
-
 def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fingerprint: str,
               part: Assembled, times: StageTimes, began: float, docs: int, tokens: int,
               qp: str | None, base=None) -> Manifest:
@@ -603,7 +593,8 @@ def _manifest(config: BuildConfig, encoder: TPEncoder, reader: CorpusReader, fin
         lexical=part.lexical,
         metadata={c: kind for c, (kind, _) in reader.metadata_types.items()},
         default_mode=config.default_mode() if part.lexical else "dense",
-        fusion=fusion_for(config, part.lexical, base),
+        fusion=config.fusion_settings(part.lexical,
+                                      base[1].fusion.lexical_weight if base else None),
         query_prompt=qp,
         query_templates=encoder.variant(prompt=qp).settings.templates if qp else None,
         skipped_rows=part.skipped, truncated_texts=part.truncated, tokens=part.tokens,
