@@ -214,8 +214,9 @@ class CallParameters:
     Holds the Python objects FAISS points to, so they live as long as the call.
 
     ``allowed`` (sorted row ids) restricts the search to those rows (pre-filtering, through
-    an ``IDSelector``); a selective one may move the search to ``target`` (HNSW's exact flat
-    storage, queries through :meth:`prepare`)."""
+    an ``IDSelector``); a selective one moves an HNSW search to its exact flat storage.
+    The search runs on ``target``, the index behind its ``IndexPreTransform``, with queries
+    through :meth:`prepare`, which applies the transform one query at a time."""
 
     def __init__(self, index: faiss.Index, params: dict, allowed: np.ndarray | None = None,
                  allowed_bits: tuple[np.ndarray, int] | None = None):
@@ -224,11 +225,11 @@ class CallParameters:
         search), instead of ``allowed``."""
         self.parts: list = []
         self.params = None
-        self.target: faiss.Index | None = None
-        self.chain: list = []
         outer = faiss.downcast_index(index)
         wrapped = isinstance(outer, faiss.IndexPreTransform)
         inner = faiss.downcast_index(outer.index) if wrapped else outer
+        self.target: faiss.Index = inner
+        self.chain: list = transform_chain(outer)
         sel = None
         selective = False
         n_allowed = None  # rows the search may return (None: all)
@@ -248,7 +249,6 @@ class CallParameters:
             return
         if isinstance(inner, faiss.IndexHNSW) and selective:
             self.target = faiss.downcast_index(inner.storage)
-            self.chain = transform_chain(outer)
             p = faiss.SearchParameters()
             p.sel = sel
             self.parts.append(p)
@@ -269,18 +269,22 @@ class CallParameters:
         if sel is not None:
             p.sel = sel
         self.parts.append(p)
-        if wrapped:
-            pre = faiss.SearchParametersPreTransform()
-            pre.index_params = p
-            self.parts.append(pre)
-            p = pre
         self.params = p
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
-        """Queries as ``target`` takes them (the index's transform applied)."""
-        for vt in self.chain:
-            queries = vt.apply(queries)
-        return queries
+        """Queries as ``target`` takes them: the index's transform applied to each query on
+        its own, so that a query's vector, and so its hits and scores, never depend on the
+        other queries of the call (a matrix product may round a row differently in a batch:
+        the embed filter and partial whitening are matrices)."""
+        if not self.chain:
+            return queries
+        rows = []
+        for row in queries:
+            row = np.ascontiguousarray(row[None])
+            for vt in self.chain:
+                row = vt.apply(row)
+            rows.append(row)
+        return np.vstack(rows) if rows else np.zeros((0, self.target.d), np.float32)
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict | None = None,
@@ -290,9 +294,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict | None 
     each (len(queries), k); rows are -1 past the last match."""
     call = CallParameters(index, params or {}, allowed, allowed_bits)
     x = np.ascontiguousarray(queries, dtype=np.float32)
-    if call.target is not None:
-        return call.target.search(np.ascontiguousarray(call.prepare(x)), k, params=call.params)
-    return index.search(x, k, params=call.params)
+    return call.target.search(np.ascontiguousarray(call.prepare(x)), k, params=call.params)
 
 
 class ExactTopK:

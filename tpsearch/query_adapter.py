@@ -111,8 +111,15 @@ def input_space_map(chain: list, w: np.ndarray, d_in: int) -> np.ndarray:
 
 
 def apply_query_map(x: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Query vectors (rows, already shifted) through a stored map."""
-    return (np.asarray(x, np.float32) @ m[:-1] + m[-1]).astype(np.float32)
+    """Query vectors (rows, already shifted) through a stored map, one row at a time: a
+    query's vector never depends on the others in the batch (a matrix product may round a
+    row differently among others)."""
+    x = np.asarray(x, np.float32)
+    a, b = m[:-1], m[-1]
+    out = np.empty((len(x), a.shape[1]), np.float32)
+    for i, row in enumerate(x):
+        out[i] = row @ a + b
+    return out
 
 
 def read_query_map(path, dim: int) -> np.ndarray:
