@@ -19,6 +19,7 @@ from tpsearch.errors import ConfigMismatch, InputError
 from tpsearch.fusion import DEFAULT_LEXICAL_WEIGHT, fuse, lexical_weight_for
 from tpsearch.passages import PassageSettings, split_passages
 from tpsearch.pipeline import build_index
+from tpsearch.transform import TransformSettings, fit_transform, partial_whitening
 
 
 def words(texts):
@@ -142,13 +143,25 @@ def test_search_returns_documents_scored_by_their_best_passage(doc_index):
     assert enc is s.encoder
 
 
+def flattening(x, power=0.15, shrink=0.05):
+    """Partial whitening by hand: ``V diag((l / l_max)^-power) V^T`` for the eigenpairs of the
+    centred vectors' covariance, shrunk toward their mean variance."""
+    x = np.asarray(x, np.float64)
+    cov = x.T @ x / len(x)
+    cov = (1 - shrink) * cov + shrink * np.trace(cov) / len(cov) * np.eye(len(cov))
+    lam, v = np.linalg.eigh(cov)
+    return (v * (lam / lam.max()) ** -power) @ v.T
+
+
 def test_transform_is_applied_to_documents_and_queries(doc_index):
-    """Scores must equal <l2(q - mu_q), l2(d - mu_d)> with mu_q = mu_d - shift: skipping the
-    transform on either side changes them."""
+    """Scores must equal <l2((q - mu_q) M), l2((d - mu_d) M)> with mu_q = mu_d - shift and M
+    the partial whitening of the centred passages: skipping the transform on either side, or
+    the whitening, changes them."""
     res, texts, _ = doc_index
     s = Searcher.open(res.out)
     m = s.manifest
     assert m.transform.kind == "center" and m.transform.query_stats == "first-sentences"
+    assert m.transform.whiten_power == 0.15
     assert s.query_shift is not None and float(np.abs(s.query_shift).max()) > 0
     t = pq.read_table(version_dir(res.out) / "ids.parquet").to_pydict()
     titles = [f"Title {r}" for r in t["corpus_row"]]
@@ -161,14 +174,17 @@ def test_transform_is_applied_to_documents_and_queries(doc_index):
     def l2(x):
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
+    flat = flattening(docs - mu_d)
     q = s.query_encoder.encode(["a man is playing"])[0]
-    want = np.sort(l2(docs - mu_d) @ l2(q - mu_q))[::-1][:5]
+    want = np.sort(l2((docs - mu_d) @ flat) @ l2((q - mu_q) @ flat))[::-1][:5]
     got = [h.score for h in s.search("a man is playing", k=5, mode="dense", passages=True)]
     np.testing.assert_allclose(got, want, atol=1e-4)
-    no_query_side = np.sort(l2(docs - mu_d) @ l2(q - mu_d))[::-1][:5]
+    no_query_side = np.sort(l2((docs - mu_d) @ flat) @ l2((q - mu_d) @ flat))[::-1][:5]
     assert not np.allclose(got, no_query_side, atol=1e-4)
     no_doc_side = np.sort(docs @ l2(q - mu_q))[::-1][:5]
     assert not np.allclose(got, no_doc_side, atol=1e-4)
+    not_flattened = np.sort(l2(docs - mu_d) @ l2(q - mu_q))[::-1][:5]
+    assert not np.allclose(got, not_flattened, atol=1e-4)
 
 
 def test_lexical_and_hybrid_modes(doc_index):
@@ -297,14 +313,18 @@ def test_kept_basis_is_the_svd_edge_spectrum_complement():
             parse_filter(bad)
 
 
-def test_embed_filter_in_the_index_equals_the_hand_computation(tmp_path, tiny_model_dir):
-    """Index vectors = l2(B^T (x - mu)), B the kept singular directions of the model's tied
-    unembedding; queries go through the same chain; the dimension shrinks by top + bottom."""
+@pytest.mark.parametrize("power", [0.0, 0.3])
+def test_embed_filter_in_the_index_equals_the_hand_computation(tmp_path, tiny_model_dir, power):
+    """Index vectors = l2(B^T (x - mu) M), B the kept singular directions of the model's tied
+    unembedding, M the partial whitening of the filtered vectors (identity at power 0); queries
+    go through the same chain; the dimension shrinks by top + bottom."""
     texts = long_docs(20)
     corpus = write_corpus(tmp_path / "c.parquet", 20, texts=texts)
-    res = build_index(_config(tmp_path, tiny_model_dir("gpt2"), corpus, embed_filter="4:3"))
+    res = build_index(_config(tmp_path, tiny_model_dir("gpt2"), corpus, embed_filter="4:3",
+                              whiten_power=power))
     m = res.manifest
     assert m.transform.embed_filter == [4, 3] and m.transform.out_dim == m.dim - 7
+    assert m.transform.whiten_power == power
     s = Searcher.open(res.out)
     t = pq.read_table(version_dir(res.out) / "ids.parquet").to_pydict()
     docs = s.encoder.encode(t["text"])
@@ -321,11 +341,36 @@ def test_embed_filter_in_the_index_equals_the_hand_computation(tmp_path, tiny_mo
 
     q = s.query_encoder.encode(["a man is playing"])[0]
     mu_q = mu_d - s.query_shift
-    want = np.sort(l2((docs - mu_d) @ b) @ l2((q - mu_q) @ b))[::-1][:5]
+    flat = flattening((docs - mu_d) @ b, power) if power else np.eye(b.shape[1])
+    want = np.sort(l2((docs - mu_d) @ b @ flat) @ l2((q - mu_q) @ b @ flat))[::-1][:5]
     got = [h.score for h in s.search("a man is playing", k=5, mode="dense", passages=True)]
     np.testing.assert_allclose(got, want, atol=1e-4)
-    unfiltered = np.sort(l2(docs - mu_d) @ l2(q - mu_q))[::-1][:5]
+    unfiltered = np.sort(l2((docs - mu_d) @ flattening(docs - mu_d, power))
+                         @ l2((q - mu_q) @ flattening(docs - mu_d, power)))[::-1][:5]
     assert not np.allclose(got, unfiltered, atol=1e-4)
+
+
+def test_partial_whitening_flattens_the_spectrum_and_refuses_bad_powers():
+    """The fitted map lifts the flat directions relative to the dominant one by the power law
+    (their variance ratio shrinks from r to r^(1 - 2p)), keeps directions a small sample does
+    not span finite, and is skipped, with a note, for vectors that do not vary."""
+    rng = np.random.default_rng(0)
+    scales = np.geomspace(10.0, 0.1, 16)  # variance ratio 1e4 between first and last
+    x = rng.normal(size=(4000, 16)) * scales
+    x -= x.mean(0)
+    lt = partial_whitening(x, 0.25, shrink=0.0)
+    y = lt.apply(np.ascontiguousarray(x, dtype=np.float32))
+    var = np.linalg.eigvalsh(np.cov(y.T))
+    assert var.max() / var.min() == pytest.approx(1e4 ** 0.5, rel=0.15)
+    few = rng.normal(size=(5, 16))  # rank 5 of 16: the shrinkage keeps the rest finite
+    m = faiss.vector_to_array(partial_whitening(few - few.mean(0), 0.15).A)
+    assert np.isfinite(m).all() and np.abs(m).max() < 10
+    assert partial_whitening(np.zeros((10, 16)), 0.15) is None
+    fitted = fit_transform(np.ones((10, 16), np.float32), None, TransformSettings())
+    assert fitted.whiten_power == 0.0 and "partial whitening skipped" in fitted.note
+    for bad in (-0.1, 0.6):
+        with pytest.raises(InputError, match="whiten power"):
+            TransformSettings(whiten_power=bad)
 
 
 def test_embed_filter_is_skipped_and_said_without_an_output_head(tmp_path, tiny_model_dir):

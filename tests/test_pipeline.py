@@ -160,6 +160,11 @@ def test_cli_bad_input_one_line_and_exit_code(tmp_path, llama_dir):
     assert "Error:" in result.output and "duplicate id" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+    corpus = write_corpus(tmp_path / "ok.parquet", 4)
+    result = CliRunner().invoke(main, ["build", str(corpus), "--out", str(tmp_path / "o"),
+                                       "--model", str(llama_dir), "--whiten-power", "0.7"])
+    assert result.exit_code == 1 and "whiten power must be within 0..0.5" in result.output
+    assert not (tmp_path / "o").exists() and "Traceback" not in result.output
 
 
 def test_a_build_into_an_index_updates_it_and_overwrite_rebuilds(tmp_path, llama_dir):

@@ -45,7 +45,7 @@ def _config(tmp, model, corpus, out, **kw):
 @pytest.mark.parametrize("index", ["flat", "hnsw", "ivf"])
 def test_ray_build_equals_one_process_build(setup, local_ray, index):
     """Two encoder actors (two segments) give the same documents and, in every mode, the same
-    hits as one process (IVF: every list probed)."""
+    hits as one process (IVF: every list probed; HNSW: a search breadth above the passages)."""
     from tpsearch import Searcher
     from tpsearch.pipeline import build_index
     from tpsearch.pipeline.ray_engine import RayOptions, build_with_ray
@@ -65,6 +65,8 @@ def test_ray_build_equals_one_process_build(setup, local_ray, index):
         import faiss
 
         kw = {"nprobe": faiss.extract_index_ivf(sa.index).nlist}
+    elif index == "hnsw":  # a graph per segment: searched wide enough to be exact
+        kw = {"efSearch": 1024}
     for q in QUERIES:
         for mode in ("dense", "lexical", "hybrid"):
             assert_same_hits(sb.search(q, k=10, mode=mode, **kw),

@@ -134,8 +134,11 @@ COMPARED_LABELS = ["whole document, dense", "whole document, lexical",
                    "passages + centering (0.3 defaults), lexical",
                    "passages + centering (0.3 defaults), hybrid",
                    "+ EmbedFilter, dense", "+ question prompt for queries, dense",
-                   "+ query adapter, dense", "defaults without the query adapter, dense",
+                   "+ query adapter, dense", "+ partial whitening, dense",
+                   "defaults without the query adapter, dense",
                    "defaults without the query adapter, hybrid",
+                   "defaults without partial whitening (0.11's), dense",
+                   "defaults without partial whitening (0.11's), hybrid",
                    "defaults, lexical weight 0.5 (0.10's), hybrid",
                    "defaults (all of the above, z-score fusion), dense",
                    "defaults (all of the above, z-score fusion), hybrid"]
@@ -151,16 +154,19 @@ def test_compare_equals_separate_runs(tiny_model_dir):
     runs = compare_retrieval(BEIR, base)
     assert [r["label"] for r in runs] == COMPARED_LABELS + [RERANKED] + VANILLA
     assert [r["settings"]["transform"] for r in runs] == [
-        "none", "none", "center", "none"] + ["center"] * 14
-    assert [r["settings"]["embed_filter"] for r in runs] == [None] * 7 + [[4, 4]] + [None] * 2 + [[4, 4]] * 8
+        "none", "none", "center", "none"] + ["center"] * 17
+    assert [r["settings"]["embed_filter"] for r in runs] == [None] * 7 + [[4, 4]] + [None] * 3 + [[4, 4]] * 10
+    # partial whitening: alone on 0.3's defaults, in the defaults, and the row without it
+    assert [r["settings"]["whiten_power"] for r in runs] == (
+        [0.0] * 2 + [0.0] * 8 + [0.15] + [0.15] * 2 + [0.0] * 2 + [0.15] * 6)
     assert [r["settings"]["fusion"]["method"] for r in runs if r["mode"] != "dense" and
-            r["mode"] != "lexical"] == ["minmax"] + ["zscore"] * 5
+            r["mode"] != "lexical"] == ["minmax"] + ["zscore"] * 6
     weights = [r["settings"]["fusion"]["lexical_weight"] for r in runs if r["mode"] == "hybrid"]
     # 0.3's, the defaults' (by document length: this corpus' short texts get less than 0.10's
     # fixed 0.5), 0.10's
-    assert weights[0] == 0.7 and weights[2] == 0.5
-    assert weights[1] == weights[3] == weights[4] and 0.25 <= weights[1] < 0.35
-    assert [r["settings"]["tp_layers"] is None for r in runs] == [False] * 16 + [True] * 2
+    assert weights[0] == 0.7 and weights[3] == 0.5
+    assert weights[1] == weights[2] == weights[4] == weights[5] and 0.25 <= weights[1] < 0.35
+    assert [r["settings"]["tp_layers"] is None for r in runs] == [False] * 19 + [True] * 2
     assert runs[0]["passages"] == 25 and runs[3]["passages"] > 25
     alone = {
         "whole document, dense": evaluate_retrieval(
@@ -184,6 +190,6 @@ def test_eval_retrieval_compare_cli(tiny_model_dir):
     assert "9 queries, 25 documents" in lines[0] and "nDCG@10" in lines[1]
     assert [x.split("  ")[0] for x in lines[2:]] == COMPARED_LABELS + VANILLA  # no head: no rerank
     r = CliRunner().invoke(main, args + ["--json"])
-    assert len(json.loads(r.stdout)["runs"]) == 17
+    assert len(json.loads(r.stdout)["runs"]) == 20
     r = CliRunner().invoke(main, args + ["--search-mode", "dense"])
     assert r.exit_code == 2 and "drop --index-dir and --search-mode" in r.output

@@ -68,12 +68,20 @@ def test_the_fitted_transform_is_kept_unless_refit(tmp_path, tiny_model_dir):
         outer = faiss.downcast_index(raw)
         return faiss.vector_to_array(faiss.downcast_VectorTransform(outer.chain.at(0)).mean)
 
-    before = mean(first.out)
+    def whitening(out):  # centering, partial whitening, normalisation (no filter: no head)
+        raw = faiss.read_index(str(version_dir(out) / "index.faiss"))
+        outer = faiss.downcast_index(raw)
+        return faiss.vector_to_array(faiss.downcast_VectorTransform(outer.chain.at(1)).A)
+
+    before, flat = mean(first.out), whitening(first.out)
+    assert first.manifest.transform.whiten_power == 0.15
     shift = np.load(version_dir(first.out) / "query_shift.npy")
     cfg.corpus = str(b)
     res = build_index(cfg)
     assert res.manifest.update.transform == "kept" and res.manifest.update.drift > 0
     np.testing.assert_array_equal(mean(res.out), before)
+    np.testing.assert_array_equal(whitening(res.out), flat)
+    assert res.manifest.transform.whiten_power == 0.15
     np.testing.assert_array_equal(np.load(version_dir(res.out) / "query_shift.npy"), shift)
     cfg.refit = True
     again = build_index(cfg)
@@ -305,7 +313,7 @@ def test_an_index_recording_no_fusion_or_filter_searches_as_it_was_built(tmp_pat
     model = tiny_model_dir("gpt2")
     a, *_ = corpora(tmp_path)
     cfg = config(tmp_path, model, a, lexical=True, mode="hybrid", transform="center",
-                 fusion="minmax", lexical_weight=0.7, embed_filter="none")
+                 fusion="minmax", lexical_weight=0.7, embed_filter="none", whiten_power=0.0)
     res = build_index(cfg)
     s = Searcher.open(res.out)
     queries = ["a quiet river", "music in the evening", "doc"]
@@ -313,12 +321,12 @@ def test_an_index_recording_no_fusion_or_filter_searches_as_it_was_built(tmp_pat
     path = version_dir(res.out) / "manifest.json"
     m = json.loads(path.read_text())
     m.pop("fusion")
-    for key in ("embed_filter", "out_dim"):
+    for key in ("embed_filter", "out_dim", "whiten_power"):
         m["transform"].pop(key)
     path.write_text(json.dumps(m))
     old = Searcher.open(res.out)
     assert old.manifest.fusion.method == "minmax" and old.manifest.fusion.lexical_weight == 0.7
-    assert old.manifest.transform.embed_filter is None
+    assert old.manifest.transform.embed_filter is None and old.manifest.transform.whiten_power == 0
     after = [[(h.id, round(h.score, 6)) for h in hs] for hs in old.search_batch(queries, k=8)]
     assert after == before
 

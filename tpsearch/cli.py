@@ -17,6 +17,7 @@ from .cli_options import (BUILD_KEYS, RETRIEVAL_KEYS, fail_cleanly, model_option
 from .cli_runtime import json_logs, setup_logging, use_all_cores
 from .config import BuildConfig, ModelConfig
 from .fusion import MODES
+from .transform import DEFAULT_WHITEN_POWER
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -115,6 +116,7 @@ def build(corpus, out, overwrite, config_file, no_progress, engine, ray_address,
         f"tokens/s encoding, index {m.index.factory} + {m.transform.kind} transform"
         + (f" + embed filter {m.transform.embed_filter[0]}:{m.transform.embed_filter[1]}"
            if m.transform.embed_filter else "")
+        + (f" + partial whitening {m.transform.whiten_power:g}" if m.transform.whiten_power else "")
         + (" + query adapter" if m.transform.query_map_file else "")
         + f"{' + BM25' if m.lexical else ''} ({size:.1f} MiB on disk)", err=True)
 
@@ -398,9 +400,13 @@ def eval():  # noqa: A001 - the command is called "eval"
 @click.option("--embed-filter", default="none", show_default=True, metavar="TOP:BOTTOM",
               help="Also project out the unembedding's edge directions (EmbedFilter) in the "
               "transform --fit-transform fits.")
+@click.option("--whiten-power", type=float, default=0.0, show_default=True, metavar="P",
+              help="Also whiten 'center' partially (power P; a build's default is "
+              f"{DEFAULT_WHITEN_POWER}) in the transform --fit-transform fits.")
 @model_options
 @fail_cleanly
-def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed_filter, **model_kw):
+def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed_filter,
+             whiten_power, **model_kw):
     """Spearman x 100 of cosine similarity on STS tasks, as in the paper's tables.
 
     \b
@@ -430,7 +436,8 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed
 
         ef = parse_filter(embed_filter)
         fitted = evaluate_fitted(embed, data_dir, chosen, fit_file, transform, transform_dim, ef,
-                                 unembedding_of(enc.model, enc.placeholder_row) if ef else None)
+                                 unembedding_of(enc.model, enc.placeholder_row) if ef else None,
+                                 whiten_power)
     settings = enc.settings.to_dict()
     settings["weights_sha256"] = enc.source.weights_sha256 if enc.source else None
     if as_json:

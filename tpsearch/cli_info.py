@@ -37,6 +37,7 @@ def info_rows(index_dir, m: "Manifest") -> list[tuple[str, str]]:
         ("transform", t.kind + (f" to {t.dim} dims" if t.dim else "")
          + (f", embed filter {t.embed_filter[0]}:{t.embed_filter[1]} (to {t.out_dim} dims)"
             if t.embed_filter else "")
+         + (f", partial whitening power {t.whiten_power:g}" if t.whiten_power else "")
          + (f", fitted on {t.fitted_on} vectors; queries centred on {t.query_samples} "
             f"{t.query_stats}" if t.kind != "none" else "")
          + (f"; query adapter fitted on {t.adapter_pairs} (pseudo-query, document) pairs"

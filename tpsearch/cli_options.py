@@ -75,7 +75,7 @@ def model_options(fn):
 
 #: Passages, transform, lexical index and search mode: shared by build and eval retrieval.
 RETRIEVAL_KEYS = ("passage_tokens", "passage_overlap", "transform", "transform_dim", "embed_filter",
-                  "query_examples", "query_adapter", "lexical", "lexical_unit", "mode", "fusion",
+                  "whiten_power", "query_examples", "query_adapter", "lexical", "lexical_unit", "mode", "fusion",
                   "lexical_weight")
 retrieval_options = options_of(BuildConfig, RETRIEVAL_KEYS)
 #: The rest of the build's own options.

@@ -21,8 +21,8 @@ from .passages import DEFAULT_PASSAGE_SETTINGS, PASSAGE_OVERLAP_SHARE, PassageSe
 from .settings import AUTO, EncoderOptions, option, parse_tp_layers
 from .typed import short
 from .embedfilter import parse_filter
-from .transform import (DEFAULT_EMBED_FILTER, DEFAULT_TRANSFORM_SETTINGS, KINDS as TRANSFORM_KINDS,
-                        TransformSettings)
+from .transform import (DEFAULT_EMBED_FILTER, DEFAULT_TRANSFORM_SETTINGS, DEFAULT_WHITEN_POWER,
+                        KINDS as TRANSFORM_KINDS, TransformSettings)
 
 if TYPE_CHECKING:
     from .manifest import LexicalInfo
@@ -93,6 +93,12 @@ class BuildConfig:
         "directions of the largest and smallest singular values of the model's unembedding "
         "matrix (frequent-token directions), inside the index after centering; 'none' to keep "
         "them. Default: {default}.", metavar="TOP:BOTTOM")
+    whiten_power: float = option(
+        DEFAULT_WHITEN_POWER, "Partial whitening with 'center': after centering and the embed "
+        "filter, scale each principal direction of the corpus' vectors by its variance to the "
+        "power -P (0: none; 0.5 would be full whitening), inside the index; flattens the "
+        "anisotropic spectrum of last-token vectors. Default: {default}.", type=float,
+        metavar="P")
     query_examples: str | None = option(
         None, "Text file, one example query a line: their mean centres queries. Default: the "
         "first sentences of the corpus' documents.", path=True)
@@ -139,7 +145,8 @@ class BuildConfig:
 
     def transform_settings(self) -> TransformSettings:
         return TransformSettings(self.transform, self.transform_dim, self.query_examples,
-                                 parse_filter(self.embed_filter), self.query_adapter)
+                                 parse_filter(self.embed_filter), self.query_adapter,
+                                 self.whiten_power)
 
     def default_mode(self) -> str:
         return self.mode if self.lexical else "dense"

@@ -88,6 +88,9 @@ class TransformInfo:
     # (each sampled document's first sentences)
     query_map_file: str | None = None
     adapter_pairs: int = 0
+    # partial whitening's power after the filter (tpsearch.transform.partial_whitening);
+    # 0: none (indexes before 0.12, and 'whiten', which whitens fully)
+    whiten_power: float = field(default=0.0, metadata={"min": 0.0, "max": 0.5})
 
     def query_files(self) -> list[str]:
         """The query side's files (shift, map) a version holds beside its segments."""

@@ -4,9 +4,10 @@ query-side shift.
 Last-token embeddings of a small LLM are anisotropic, and short questions sit in another region
 of the space than long prompted passages. So the two sides get their own means:
 
-* documents: the transform (``CenteringTransform`` or ``PCAMatrix`` with ``eigen_power=-0.5``,
-  then L2 normalisation) is trained on a sample of the corpus' passage vectors and lives in an
-  ``IndexPreTransform``: every vector added and every query searched goes through it;
+* documents: the transform (``CenteringTransform``, the embed filter and a partial whitening;
+  or ``PCAMatrix`` with ``eigen_power=-0.5``; then L2 normalisation) is trained on a sample of
+  the corpus' passage vectors and lives in an ``IndexPreTransform``: every vector added and
+  every query searched goes through it;
 * queries: before search a query vector ``q`` becomes ``q + (mu_docs - mu_queries)``, so that
   the index's own centering subtracts ``mu_queries`` from it instead of ``mu_docs``.
   ``mu_queries`` is the mean of query-like texts encoded with the query prompt: example queries
@@ -33,6 +34,13 @@ MIN_SAMPLES_PER_DIM = 4
 FIT_SAMPLE = 20_000
 #: Query-like texts (first sentences) encoded for the query mean.
 QUERY_SAMPLE = 1_000
+#: Partial whitening's default power (0.12): each principal direction of the centred passages is
+#: scaled by its variance to the power ``-p`` (0.5 would be full whitening), chosen on the dev
+#: sets (docs/retrieval-quality.md, "Partial whitening").
+DEFAULT_WHITEN_POWER = 0.15
+#: The covariance is shrunk this share toward isotropic before its power is taken, so that
+#: directions a small corpus does not span are not blown up.
+WHITEN_SHRINK = 0.05
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,16 @@ class TransformSettings:
     query_examples: str | None = None  # a text file, one example query per line
     embed_filter: tuple[int, int] | None = None  # EmbedFilter's (top, bottom) directions dropped
     query_adapter: bool = True  # fit a query map on first sentences (tpsearch.query_adapter)
+    # 'center' only: scale the centred (filtered) vectors' principal directions by their
+    # variance to the power -whiten_power; 0: none (indexes before 0.12)
+    whiten_power: float = DEFAULT_WHITEN_POWER
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"transform must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not 0.0 <= self.whiten_power <= 0.5:
+            raise InputError(f"whiten power must be within 0..0.5 (0: none, 0.5: full "
+                             f"whitening), got {self.whiten_power}")
 
         if self.dim < 2:
             raise InputError(f"transform dimension must be at least 2, got {self.dim}")
@@ -72,13 +86,11 @@ class FittedTransform:
     # (d_in + 1, d_in): shifted query vectors become x @ m[:-1] + m[-1] (tpsearch.query_adapter)
     query_map: np.ndarray | None = None
     adapter_pairs: int = 0  # the (pseudo-query, document) pairs the map was fitted on
+    whiten_power: float = 0.0  # the partial whitening in the chain (0: none)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The vectors as the index sees them."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        for vt in self.chain:
-            x = vt.apply(x)
-        return x
+        return _through(self.chain, np.ascontiguousarray(x, dtype=np.float32))
 
     def wrap(self, inner: faiss.Index) -> faiss.Index:
         """``inner`` (of dimension ``out_dim``) behind the chain, or as is for no transform."""
@@ -106,7 +118,7 @@ def fit_transform(docs: np.ndarray, queries: np.ndarray | None,
         kind = "center"
         note = (f"whitening to {dim} dims needs {MIN_SAMPLES_PER_DIM * dim} vectors, the corpus "
                 f"has {len(docs)}: centred instead")
-    chain, basis = [], None
+    chain, basis, power = [], None, 0.0
     if settings.embed_filter is not None:
         basis, skipped = _filter_basis(unembedding, settings.embed_filter, d)
         note = "; ".join(x for x in (note, skipped) if x) or None
@@ -117,6 +129,14 @@ def fit_transform(docs: np.ndarray, queries: np.ndarray | None,
         if basis is not None:  # centred, then the kept directions
             chain.append(filter_transform(basis))
             out = basis.shape[1]
+        if settings.whiten_power > 0:  # then flatter: partial whitening
+            flat = partial_whitening(_through(chain, docs), settings.whiten_power)
+            if flat is None:
+                note = "; ".join(x for x in (note, "partial whitening skipped: the vectors do "
+                                             "not vary") if x)
+            else:
+                chain.append(flat)
+                power = settings.whiten_power
     else:
         if basis is not None:  # the kept directions, then whitening within them
             chain.append(filter_transform(basis))
@@ -130,7 +150,38 @@ def fit_transform(docs: np.ndarray, queries: np.ndarray | None,
     shift = None
     if queries is not None and len(queries):
         shift = (mu_docs - np.asarray(queries, dtype=np.float32).mean(0)).astype(np.float32)
-    return FittedTransform(kind, chain, out, shift, note, filtered=basis is not None)
+    return FittedTransform(kind, chain, out, shift, note, filtered=basis is not None,
+                           whiten_power=power)
+
+
+def partial_whitening(x: np.ndarray, power: float,
+                      shrink: float = WHITEN_SHRINK) -> faiss.LinearTransform | None:
+    """A trained FAISS ``LinearTransform`` (square, symmetric) that scales each principal
+    direction of the centred vectors ``x`` by its variance to the power ``-power``, relative to
+    the largest: ``V diag((l / l_max)^-power) V^T`` for the eigenpairs ``(l, V)`` of their
+    covariance shrunk ``shrink`` toward its mean variance. The largest direction keeps its
+    scale, the flattest are lifted at most ``(l_max / (shrink * mean l))^power`` times. None
+    when the vectors do not vary."""
+    x = np.asarray(x, dtype=np.float64)
+    d = x.shape[1]
+    cov = x.T @ x / max(1, len(x))
+    mean_var = float(np.trace(cov)) / d
+    if not mean_var > 0.0:
+        return None
+    cov = (1.0 - shrink) * cov + shrink * mean_var * np.eye(d)
+    lam, v = np.linalg.eigh(cov)
+    lam = np.maximum(lam, shrink * mean_var)  # eigh's rounding below the shrunk floor
+    m = (v * (lam / lam.max()) ** -power) @ v.T
+    lt = faiss.LinearTransform(d, d, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(m.T, dtype=np.float32).ravel(), lt.A)
+    lt.is_trained = True
+    return lt
+
+
+def _through(chain: list, x: np.ndarray) -> np.ndarray:
+    for vt in chain:
+        x = vt.apply(np.ascontiguousarray(x, dtype=np.float32))
+    return x
 
 
 def with_query_map(fitted: FittedTransform, queries: np.ndarray | None,

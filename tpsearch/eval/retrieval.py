@@ -164,6 +164,7 @@ def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress
                          "passages": m.passages.to_dict() if m.passages else None,
                          "transform": m.transform.kind, "transform_dim": m.transform.dim,
                          "embed_filter": m.transform.embed_filter,
+                         "whiten_power": m.transform.whiten_power,
                          "query_adapter": m.transform.adapter_pairs or None,
                          "fusion": asdict(m.fusion) if mode == "hybrid" else None,
                          "rerank": rerank or None},
@@ -177,7 +178,7 @@ def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress
 #: with the same passage setting shares one encoding (the shards are kept between builds:
 #: transforms, the query shift and the lexical index are made at assembly, queries at search).
 PREVIOUS = {"embed_filter": "none", "query_prompt": "same", "fusion": "minmax",
-            "lexical_weight": 0.7, "query_adapter": False}  # tpsearch 0.3's retrieval defaults
+            "lexical_weight": 0.7, "query_adapter": False, "whiten_power": 0.0}  # tpsearch 0.3's retrieval defaults
 COMPARED = (
     ("whole document", {**PREVIOUS, "passage_tokens": 0, "transform": "none"}, ("dense", "lexical"), 0),
     ("whole document + transform", {**PREVIOUS, "passage_tokens": 0}, ("dense",), 0),
@@ -186,7 +187,9 @@ COMPARED = (
     ("+ EmbedFilter", {**PREVIOUS, "embed_filter": None}, ("dense",), 0),
     ("+ question prompt for queries", {**PREVIOUS, "query_prompt": None}, ("dense",), 0),
     ("+ query adapter", {**PREVIOUS, "query_adapter": None}, ("dense",), 0),
+    ("+ partial whitening", {**PREVIOUS, "whiten_power": None}, ("dense",), 0),
     ("defaults without the query adapter", {"query_adapter": False}, ("dense", "hybrid"), 0),
+    ("defaults without partial whitening (0.11's)", {"whiten_power": 0.0}, ("dense", "hybrid"), 0),
     ("defaults, lexical weight 0.5 (0.10's)", {"lexical_weight": 0.5}, ("hybrid",), 0),
     ("defaults (all of the above, z-score fusion)", {}, ("dense", "hybrid"), 0),
     ("defaults + decoder rerank", {}, ("hybrid",), DEFAULT_RERANK),
@@ -205,11 +208,14 @@ def _changed(build: BuildConfig, changes: dict) -> BuildConfig:
 
 
 def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "test",
-                      show_progress: bool = False, rerank: int | None = None) -> list[dict]:
+                      show_progress: bool = False, rerank: int | None = None,
+                      rows: Sequence[tuple[str, dict, tuple[str, ...], int]] = COMPARED) -> list[dict]:
     """tpsearch 0.1's dense whole documents, 0.3's passages, transform, lexical and hybrid, each
     method added since on its own, the defaults, the defaults reranked by the decoder, and the
     defaults without TP (vanilla): side by side in one run, on one loaded model. ``build`` gives the settings the rows
-    depart from (the defaults, unless changed); ``rerank``: the reranked row's depth."""
+    depart from (the defaults, unless changed); ``rerank``: the reranked row's depth.
+    ``rows`` replaces that list (as :data:`COMPARED` spells it: rows that change only what
+    assembly fits share one encoding, kept between them)."""
     from ..encoder import TPEncoder
 
     from ..tp import output_head
@@ -220,10 +226,11 @@ def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "te
         output_head(encoder.model)
     except InputError:
         rerank = 0  # a base model without its head cannot score tokens: no reranked row
+    table = list(rows)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tpsearch-compare-") as tmp:
         corpus = corpus_to_parquet(data, Path(tmp) / "corpus.parquet")
-        for i, (label, changes, modes, depth) in enumerate(COMPARED):
+        for i, (label, changes, modes, depth) in enumerate(table):
             if depth and rerank is not None:
                 if rerank == 0:
                     continue  # no reranked row
@@ -236,9 +243,9 @@ def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "te
                     continue  # the defaults are vanilla already
                 row_encoder = encoder.variant(tp_layers=None)
                 cfg = replace(cfg, fresh=True)  # the shards so far are TP's
-            last_of_encoding = i + 1 == len(COMPARED) or \
-                COMPARED[i + 1][1].get("passage_tokens") != changes.get("passage_tokens") or \
-                COMPARED[i + 1][1].get("tp_layers") != changes.get("tp_layers")
+            last_of_encoding = i + 1 == len(table) or \
+                table[i + 1][1].get("passage_tokens") != changes.get("passage_tokens") or \
+                table[i + 1][1].get("tp_layers") != changes.get("tp_layers")
             for run in _build_and_search(data, cfg, row_encoder, show_progress, modes,
                                          keep_shards=not last_of_encoding, rerank=depth):
                 rows.append({"label": f"{label}, {run['mode']}", **run})

@@ -155,18 +155,20 @@ def evaluate(
 def evaluate_fitted(embed: Callable[[list[str]], np.ndarray], data_dir: str | Path,
                     tasks: Sequence[str], fit_file: str | Path, kind: str = "center",
                     dim: int = 256, embed_filter: tuple[int, int] | None = None,
-                    unembedding=None) -> dict:
+                    unembedding=None, whiten_power: float = 0.0) -> dict:
     """``evaluate`` after a transform fitted on the unlabeled sentences of ``fit_file`` (one a
     line; none of them should be test sentences). Adds ``transform`` and ``fit_sentences``."""
     from ..transform import TransformSettings, fit_transform, read_example_queries
 
     fit = read_example_queries(str(fit_file))
-    fitted = fit_transform(embed(fit), None, TransformSettings(kind, dim, None, embed_filter),
-                           unembedding)
+    fitted = fit_transform(embed(fit), None, TransformSettings(
+        kind, dim, None, embed_filter, whiten_power=whiten_power), unembedding)
     result = evaluate(lambda s: fitted.apply(embed(s)), data_dir, tasks)
     label = fitted.kind + (f" to {fitted.out_dim} dims" if fitted.kind == "whiten" else "")
     if fitted.filtered:
         label += f" + embed filter {embed_filter[0]}:{embed_filter[1]}"
+    if fitted.whiten_power:
+        label += f" + partial whitening {fitted.whiten_power:g}"
     return {**result, "transform": label, "fit_sentences": len(fit), "note": fitted.note}
 
 

@@ -248,7 +248,7 @@ def _kept(sample: np.ndarray, opts: AssemblyOptions):
     qmap = read_query_map(kept.map_path, kept.dim) if kept.map_path else None
     fitted = FittedTransform(info.kind, chain, out_dim, shift, info.note,
                              filtered=info.embed_filter is not None, query_map=qmap,
-                             adapter_pairs=info.adapter_pairs)
+                             adapter_pairs=info.adapter_pairs, whiten_power=info.whiten_power)
     drift = None
     if chain and hasattr(chain[0], "mean") and len(sample):
         drift = mean_drift(sample, faiss.vector_to_array(
@@ -334,7 +334,7 @@ def _transform_info(fitted: FittedTransform, ts: TransformSettings, fitted_on: i
                          query_shift_file=QUERY_SHIFT_FILE if fitted.query_shift is not None else None,
                          query_map_file=QUERY_MAP_FILE if fitted.query_map is not None else None,
                          adapter_pairs=fitted.adapter_pairs if fitted.query_map is not None else 0,
-                         note=fitted.note)
+                         whiten_power=fitted.whiten_power, note=fitted.note)
 
 
 def save_query_files(fitted: FittedTransform, folder: Path) -> None:
