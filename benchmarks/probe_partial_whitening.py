@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--filters", default="32:32", help="EmbedFilter TOP:BOTTOM sizes, comma-separated")
     ap.add_argument("--powers", default="0,0.1,0.15,0.2,0.25")
     ap.add_argument("--shrinks", default="0.02,0.05,0.1")
+    ap.add_argument("--adapters", default="0.05:0.01", metavar="T:P,...",
+                    help="the query adapter's temperature:pull pairs (0.10's: 0.05:0.01)")
     args = ap.parse_args()
     enc, qenc, _ = probe_encoders(None if args.tp_layers == "none" else args.tp_layers)
     head = output_head(enc.model).detach().float().cpu().numpy()[: enc.placeholder_id]
@@ -66,7 +68,10 @@ def main() -> None:
             centred = p - p.mean(0)
             firsts = ds.firsts["last"][out] @ filt
             mu = firsts.mean(0)
-            for power, shrink in settings:
+            for (power, shrink), (temp, pull) in [
+                    (ps, tuple(map(float, a.split(":"))))
+                    for ps in settings for a in args.adapters.split(",")]:
+                st = AdapterSettings(temperature=temp, pull=pull)
                 flat = partial_whitening(centred, power, shrink) if power else None
                 m = (faiss_matrix(flat) if flat is not None
                      else np.eye(p.shape[1], dtype=np.float32))
@@ -77,15 +82,16 @@ def main() -> None:
                 targets = document_targets(x[keep], ds.owner[keep], n)
                 if more is not None:
                     e = l2((more["last"][out] @ filt - mu) @ m)
-                    w = fit_adapter(np.vstack([f, e]), targets, AdapterSettings(pull=0.01),
+                    w = fit_adapter(np.vstack([f, e]), targets, st,
                                     labels=np.r_[np.arange(n), np.array(owner)])
                 else:
-                    w = fit_adapter(f, targets, AdapterSettings(pull=0.01))
+                    w = fit_adapter(f, targets, st)
                 plain = doc_rank(q @ x.T, ds.owner, len(ds.ids))
                 r = doc_rank(l2(q @ w) @ x.T, ds.owner, len(ds.ids))
                 hybrid = " ".join(f"h{v:.2f}={ds.ndcg(zfuse([r, ds.lexical], [1 - v, v])):6.2f}"
                                   for v in (lw - 0.1, lw - 0.05, lw, lw + 0.05))
-                print(f"{name} filter {fname} power {power:g} shrink {shrink:g}: "
+                print(f"{name} filter {fname} power {power:g} shrink {shrink:g} "
+                      f"adapter {temp:g}:{pull:g}: "
                       f"dense-no-adapter={ds.ndcg(plain):6.2f} dense={ds.ndcg(r):6.2f} {hybrid}",
                       flush=True)
 
