@@ -44,6 +44,18 @@ def probe_encoders(tp_layers: str | None) -> tuple[TPEncoder, TPEncoder, np.ndar
     return enc, enc.variant(prompt="question"), edge_filter(head, 32, 32)
 
 
+def further_sentences(name: str) -> tuple[list[str], list[int]]:
+    """Sentences 2-4 of each sampled document (the first 1,000) and the document each belongs
+    to: the further pseudo-queries a build fits the adapter on."""
+    texts, owner = [], []
+    for i, doc in enumerate(load_beir(*SETS[name]).corpus[:1000]):
+        text = doc.get("text") or ""
+        for a, b in list(sentence_spans(text))[1:4]:
+            texts.append(text[a:b])
+            owner.append(i)
+    return texts, owner
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, required=True,
@@ -59,12 +71,7 @@ def main() -> None:
     enc, qenc, filt = probe_encoders(None if args.tp_layers == "none" else args.tp_layers)
     for name in args.sets.split(","):
         ds = DevSet(name, SETS[name], enc, qenc, cache)
-        texts, owner = [], []
-        for i, doc in enumerate(load_beir(*SETS[name]).corpus[:1000]):
-            text = doc.get("text") or ""
-            for a, b in list(sentence_spans(text))[1:4]:
-                texts.append(text[a:b])
-                owner.append(i)
+        texts, owner = further_sentences(name)
         out = ds.passages["last"].shape[0] - 1
         x, q = transformed(ds, "last", out, filt)
         firsts = ds.firsts["last"][out] @ filt

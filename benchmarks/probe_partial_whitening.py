@@ -19,13 +19,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from tpsearch.eval.retrieval import load_beir
-from tpsearch.passages import sentence_spans
 from tpsearch.query_adapter import AdapterSettings, document_targets, fit_adapter
 from tpsearch.tp import output_head
 from tpsearch.transform import partial_whitening
 
-from probe_adapter_sentences import probe_encoders
+from probe_adapter_sentences import further_sentences, probe_encoders
 from probe_dense import SETS, DevSet, cached, encode_probe, l2, zfuse
 from probe_documents import doc_rank
 from probe_retrieval import edge_filter
@@ -53,12 +51,7 @@ def main() -> None:
                                for s in args.shrinks.split(",")]
     for name in args.sets.split(","):
         ds = DevSet(name, SETS[name], enc, qenc, args.cache)
-        texts, owner = [], []
-        for i, doc in enumerate(load_beir(*SETS[name]).corpus[:1000]):
-            text = doc.get("text") or ""
-            for a, b in list(sentence_spans(text))[1:4]:
-                texts.append(text[a:b])
-                owner.append(i)
+        texts, owner = further_sentences(name)
         out = ds.passages["last"].shape[0] - 1
         more = cached(args.cache / f"{name}-sentences-2-4.npz",
                       lambda: encode_probe(qenc, texts)) if texts else None
