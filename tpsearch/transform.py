@@ -171,11 +171,7 @@ def partial_whitening(x: np.ndarray, power: float,
     cov = (1.0 - shrink) * cov + shrink * mean_var * np.eye(d)
     lam, v = np.linalg.eigh(cov)
     lam = np.maximum(lam, shrink * mean_var)  # eigh's rounding below the shrunk floor
-    m = (v * (lam / lam.max()) ** -power) @ v.T
-    lt = faiss.LinearTransform(d, d, False)
-    faiss.copy_array_to_vector(np.ascontiguousarray(m.T, dtype=np.float32).ravel(), lt.A)
-    lt.is_trained = True
-    return lt
+    return filter_transform((v * (lam / lam.max()) ** -power) @ v.T)  # m^T x = m x
 
 
 def _through(chain: list, x: np.ndarray) -> np.ndarray:
