@@ -90,7 +90,6 @@ class Distributor:
         return merged
 
 
-
 def run_rank(entry, argv: list[str]) -> None:
     """Run a torchrun rank's command line (``entry(argv)``, a click command, which ends the
     process with its exit status). Under torchrun the process ends without the interpreter's
