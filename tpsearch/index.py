@@ -208,6 +208,13 @@ def transform_chain(index: faiss.Index) -> list:
     return [faiss.downcast_VectorTransform(outer.chain.at(i)) for i in range(outer.chain.size())]
 
 
+def apply_chain(chain: list, x: np.ndarray) -> np.ndarray:
+    """Rows ``x`` through FAISS vector transforms in order (float32, as FAISS takes them)."""
+    for vt in chain:
+        x = vt.apply(np.ascontiguousarray(x, dtype=np.float32))
+    return x
+
+
 class CallParameters:
     """FAISS ``SearchParameters`` for one search call: the shared index object is never
     changed, so concurrent searches with different parameters (or filters) need no lock.
@@ -278,12 +285,7 @@ class CallParameters:
         the embed filter and partial whitening are matrices)."""
         if not self.chain:
             return queries
-        rows = []
-        for row in queries:
-            row = np.ascontiguousarray(row[None])
-            for vt in self.chain:
-                row = vt.apply(row)
-            rows.append(row)
+        rows = [apply_chain(self.chain, row[None]) for row in queries]
         return np.vstack(rows) if rows else np.zeros((0, self.target.d), np.float32)
 
 

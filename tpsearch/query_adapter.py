@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from .index import apply_chain
 from .npyfile import read_float32
 
 
@@ -92,9 +93,7 @@ def affine_part(chain: list, d_in: int) -> tuple[np.ndarray, np.ndarray]:
     if steps and isinstance(steps[-1], faiss.NormalizationTransform):
         steps = steps[:-1]
     def run(x: np.ndarray) -> np.ndarray:
-        for vt in steps:
-            x = vt.apply(np.ascontiguousarray(x, dtype=np.float32))
-        return x.astype(np.float64)
+        return apply_chain(steps, x).astype(np.float64)
     c = run(np.zeros((1, d_in), np.float32))[0]
     return run(np.eye(d_in, dtype=np.float32)) - c, c
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from .embedfilter import filter_transform, kept_basis
 from .errors import InputError
+from .index import apply_chain
 from .npyfile import read_float32
 from .query_adapter import DEFAULT_ADAPTER_SETTINGS, document_targets, fit_adapter, input_space_map
 
@@ -90,7 +91,7 @@ class FittedTransform:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The vectors as the index sees them."""
-        return _through(self.chain, np.ascontiguousarray(x, dtype=np.float32))
+        return apply_chain(self.chain, np.ascontiguousarray(x, dtype=np.float32))
 
     def wrap(self, inner: faiss.Index) -> faiss.Index:
         """``inner`` (of dimension ``out_dim``) behind the chain, or as is for no transform."""
@@ -130,7 +131,7 @@ def fit_transform(docs: np.ndarray, queries: np.ndarray | None,
             chain.append(filter_transform(basis))
             out = basis.shape[1]
         if settings.whiten_power > 0:  # then flatter: partial whitening
-            flat = partial_whitening(_through(chain, docs), settings.whiten_power)
+            flat = partial_whitening(apply_chain(chain, docs), settings.whiten_power)
             if flat is None:
                 note = "; ".join(x for x in (note, "partial whitening skipped: the vectors do "
                                              "not vary") if x)
@@ -172,12 +173,6 @@ def partial_whitening(x: np.ndarray, power: float,
     lam, v = np.linalg.eigh(cov)
     lam = np.maximum(lam, shrink * mean_var)  # eigh's rounding below the shrunk floor
     return filter_transform((v * (lam / lam.max()) ** -power) @ v.T)  # m^T x = m x
-
-
-def _through(chain: list, x: np.ndarray) -> np.ndarray:
-    for vt in chain:
-        x = vt.apply(np.ascontiguousarray(x, dtype=np.float32))
-    return x
 
 
 def with_query_map(fitted: FittedTransform, queries: np.ndarray | None,
