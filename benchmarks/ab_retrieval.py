@@ -8,7 +8,9 @@ the lexical weight...) reuse the first row's encoded shards, through the same
         --vary whiten_power=0.15,0 --json runs/ab-pydoc.json
 
 Values are read as numbers where they parse as one; ``none`` is None (the option's automatic
-default where it has one). Each row is scored in dense, lexical and hybrid mode.
+default where it has one). Each row is scored in dense, lexical and hybrid mode, and set
+against the first value's row in the same mode, query by query (bootstrap interval, paired
+randomisation p-value: ``tpsearch.eval.significance``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from tpsearch.config import BuildConfig, ModelConfig
 from tpsearch.eval.retrieval import compare_retrieval
+from tpsearch.eval.significance import describe
 
 
 def value(text: str):
@@ -58,8 +61,11 @@ def main() -> None:
     for r in runs:
         fusion = r["settings"]["fusion"]
         weight = f" (lexical weight {fusion['lexical_weight']})" if fusion else ""
+        vs = r["vs_reference"]
+        paired = (f"  vs first row {describe(vs['mean'], vs['low'], vs['high'], vs['p_value'])}"
+                  if vs else "")
         print(f"  {r['label']:<40s} {r['metrics']['ndcg@10'] * 100:6.2f}  "
-              f"{r['ms_per_query']:7.1f} ms/query{weight}", flush=True)
+              f"{r['ms_per_query']:7.1f} ms/query{weight}{paired}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
 

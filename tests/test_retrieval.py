@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 import math
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -179,6 +181,23 @@ def test_compare_equals_separate_runs(tiny_model_dir):
     for r in runs:
         if r["label"] in alone:
             assert r["metrics"] == pytest.approx(alone[r["label"]]["metrics"], abs=1e-9), r["label"]
+    # each row against the defaults in its own mode, query by query (no defaults row is
+    # lexical or reranked: those rows have nothing to be compared with)
+    by_label = {r["label"]: r for r in runs}
+    for r in runs:
+        assert np.mean(list(r["per_query_ndcg@10"].values())) == pytest.approx(
+            r["metrics"]["ndcg@10"], abs=1e-6)
+        vs = r["vs_reference"]
+        if (r["label"].startswith("defaults (all of the above") or r["label"] == RERANKED
+                or r["mode"] == "lexical"):
+            assert vs is None, r["label"]
+            continue
+        ref = by_label[vs["reference"]]
+        assert ref["mode"] == r["mode"] and ref["label"].startswith("defaults (all of the above")
+        assert vs["mean"] == pytest.approx(r["metrics"]["ndcg@10"] - ref["metrics"]["ndcg@10"],
+                                           abs=1e-5)
+        assert vs["low"] <= vs["mean"] + 1e-12 and vs["mean"] <= vs["high"] + 1e-12
+        assert 0 < vs["p_value"] <= 1
 
 
 def test_eval_retrieval_compare_cli(tiny_model_dir):
@@ -188,7 +207,14 @@ def test_eval_retrieval_compare_cli(tiny_model_dir):
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()  # the progress bars go to stderr
     assert "9 queries, 25 documents" in lines[0] and "nDCG@10" in lines[1]
-    assert [x.split("  ")[0] for x in lines[2:]] == COMPARED_LABELS + VANILLA  # no head: no rerank
+    rows, footer = lines[2:-1], lines[-1]
+    assert [x.split("  ")[0] for x in rows] == COMPARED_LABELS + VANILLA  # no head: no rerank
+    # every row but the defaults' says how far it is from them, with an interval and a p-value
+    assert "vs defaults [95% CI], p" in lines[1] and footer.startswith("vs defaults:")
+    for x in rows:
+        paired = re.search(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] p \d\.\d{3}$", x)
+        assert bool(paired) != (x.startswith("defaults (all of the above")
+                                or x.split("  ")[0].endswith(", lexical")), x
     r = CliRunner().invoke(main, args + ["--json"])
     assert len(json.loads(r.stdout)["runs"]) == 20
     r = CliRunner().invoke(main, args + ["--search-mode", "dense"])

@@ -488,6 +488,7 @@ def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, rer
     Other settings: tpsearch eval retrieval --data-dir DIR --passage-tokens 0 --search-mode dense,lexical"""
     from .config import build_config_from
     from .eval.retrieval import compare_retrieval, evaluate_retrieval
+    from .eval.significance import describe
 
     options = {k: v for k, v in ((k, kw.pop(k)) for k in RETRIEVAL_KEYS) if v is not None}
     options.update(model_settings(**kw))
@@ -519,11 +520,20 @@ def eval_retrieval(data_dir, split, index, index_dir, search_modes, compare, rer
     keys = ["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"]
     width = max([len(r.get("label", "")) for r in runs] + [0])
     pad = f"{'':<{width}}  " if width else ""
-    click.echo(pad + "  ".join(f"{n:>8s}" for n in names + ["ms/query"]))
+    paired = any(r.get("vs_reference") for r in runs)
+    click.echo(pad + "  ".join(f"{n:>8s}" for n in names + ["ms/query"])
+               + ("  nDCG@10 vs defaults [95% CI], p" if paired else ""))
     for r in runs:
         label = f"{r['label']:<{width}}  " if width else ""
+        vs = r.get("vs_reference")
         click.echo(label + "  ".join([f"{r['metrics'][k] * 100:8.2f}" for k in keys]
-                                     + [f"{r['ms_per_query']:8.1f}"]))
+                                     + [f"{r['ms_per_query']:8.1f}"])
+                   + (f"  {describe(vs['mean'], vs['low'], vs['high'], vs['p_value'])}"
+                      if vs else ""))
+    if paired:
+        click.echo("vs defaults: the row's nDCG@10 minus the defaults' in the same mode, on the "
+                   "same queries; bootstrap interval and paired randomisation p-value "
+                   "(p < 0.05: unlikely to be chance)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,6 +107,14 @@ def score_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> di
     return {name: sum(v) / len(v) for name, v in metrics.items()}
 
 
+def per_query_ndcg(run: dict[str, list[str]], qrels: dict[str, dict[str, int]],
+                   k: int = 10) -> dict[str, float]:
+    """nDCG@k of each query that has a relevant document (what :func:`score_run` averages),
+    for paired tests between runs (:mod:`tpsearch.eval.significance`)."""
+    return {q: ndcg_at_k(run.get(q, []), rels, k) for q, rels in qrels.items()
+            if any(r > 0 for r in rels.values())}
+
+
 def corpus_to_parquet(data: BeirData, path: Path) -> Path:
     pq.write_table(pa.table({
         "id": pa.array([str(d["_id"]) for d in data.corpus], pa.string()),
@@ -156,6 +164,7 @@ def _build_and_search(data: BeirData, build: BuildConfig, encoder, show_progress
         runs.append({
             "mode": mode + (f" + rerank {rerank}" if rerank else ""),
             "metrics": score_run(run, data.qrels), "queries": len(judged),
+            "per_query_ndcg@10": {q: round(v, 6) for q, v in per_query_ndcg(run, data.qrels).items()},
             "documents": m.documents, "passages": m.vectors,
             "search_seconds": round(time.perf_counter() - t0, 2),
             "ms_per_query": round(1000 * (time.perf_counter() - t0) / max(1, len(judged)), 1),
@@ -227,6 +236,7 @@ def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "te
     except InputError:
         rerank = 0  # a base model without its head cannot score tokens: no reranked row
     table = list(rows)
+    has_defaults = any(not changes and not depth for _, changes, _, depth in table)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tpsearch-compare-") as tmp:
         corpus = corpus_to_parquet(data, Path(tmp) / "corpus.parquet")
@@ -248,5 +258,29 @@ def compare_retrieval(data_dir: str | Path, build: BuildConfig, split: str = "te
                 table[i + 1][1].get("tp_layers") != changes.get("tp_layers")
             for run in _build_and_search(data, cfg, row_encoder, show_progress, modes,
                                          keep_shards=not last_of_encoding, rerank=depth):
-                rows.append({"label": f"{label}, {run['mode']}", **run})
-    return rows
+                rows.append({"label": f"{label}, {run['mode']}", **run,
+                             "reference": (not changes and not depth) if has_defaults else i == 0})
+    return against_reference(rows)
+
+
+def against_reference(rows: list[dict]) -> list[dict]:
+    """Each row with ``vs_reference``: its nDCG@10 minus that of the row marked ``reference``
+    in the same mode (the defaults; the first row where no row keeps them), over the same
+    queries, with a bootstrap interval and a randomisation p-value
+    (:func:`tpsearch.eval.significance.paired_difference`). None for the reference itself and
+    for a mode without one."""
+    from .significance import paired_difference
+
+    ref = {r["mode"]: r for r in rows if r.get("reference")}
+    out = []
+    for r in rows:
+        base = ref.get(r["mode"], r)
+        diff = None
+        if r is not base:
+            qs = sorted(base["per_query_ndcg@10"])
+            d = paired_difference([r["per_query_ndcg@10"][q] for q in qs],
+                                  [base["per_query_ndcg@10"][q] for q in qs])
+            diff = {"reference": base["label"], "mean": d.mean, "low": d.low, "high": d.high,
+                    "p_value": d.p_value}
+        out.append({**r, "vs_reference": diff})
+    return out
