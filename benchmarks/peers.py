@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tpsearch.eval.retrieval import load_beir, score_run
+from tpsearch.eval.retrieval import load_beir, per_query_ndcg, score_run
 from tpsearch.eval.sts import evaluate as evaluate_sts
 from tpsearch.fusion import fuse
 from tpsearch.lexical import LexicalBuilder, LexicalSegments, TermPostings
@@ -90,8 +90,12 @@ def best_docs(scores: np.ndarray, owner: np.ndarray, n_docs: int, k: int = TOP):
     return [[(d, d, s) for d, s in ranking] for ranking in doc_rank(scores, owner, n_docs, k)]
 
 
-def ndcg(rankings, ids, judged, qrels) -> float:
+def ndcg(rankings, ids, judged, qrels, per_query: dict | None = None, label: str = "") -> float:
+    """nDCG@10 x 100; with ``per_query``, each query's nDCG@10 is kept there under ``label``
+    (for paired tests against tpsearch's own runs: benchmarks/paired_gap.py)."""
     run = {q: [ids[d] for d, _, _ in r] for q, r in zip(judged, rankings)}
+    if per_query is not None:
+        per_query[label] = {q: round(v, 6) for q, v in per_query_ndcg(run, qrels).items()}
     return round(100 * score_run(run, qrels)["ndcg@10"], 2)
 
 
@@ -108,7 +112,8 @@ def run_set(name: str, where: Path, split: str, model: MiniLM) -> dict:
         lex = LexicalSegments([(TermPostings(Path(tmp) / "lexical"), None)])
         lexical = best_docs(np.stack([lex.scores(q) for q in queries]), np.arange(len(ids)), len(ids))
     lexical = [[t for t in r if t[2] > 0] for r in lexical]  # BM25 lists only matching documents
-    rows = {"lexical (BM25)": ndcg(lexical, ids, judged, qrels)}
+    per_query: dict[str, dict[str, float]] = {}
+    rows = {"lexical (BM25)": ndcg(lexical, ids, judged, qrels, per_query, "lexical (BM25)")}
     t0 = time.perf_counter()
     whole = model.encode([doc_text(d) for d in data.corpus])
     docs_per_s = len(ids) / (time.perf_counter() - t0)
@@ -121,12 +126,15 @@ def run_set(name: str, where: Path, split: str, model: MiniLM) -> dict:
     ms = 1000 * (time.perf_counter() - t0) / min(50, len(queries))
     for unit, x, own in (("whole", whole, np.arange(len(ids))), ("passages", parts, np.array(owner))):
         dense = best_docs(q @ x.T, own, len(ids))
-        rows[f"MiniLM dense ({unit})"] = ndcg(dense, ids, judged, qrels)
+        label = f"MiniLM dense ({unit})"
+        rows[label] = ndcg(dense, ids, judged, qrels, per_query, label)
         for method, w in (("minmax", 0.7), ("zscore", 0.6)):
             fused = [fuse(d, lx, method, w)[:TOP] for d, lx in zip(dense, lexical)]
-            rows[f"MiniLM ({unit}) + BM25 {method} {w}"] = ndcg(fused, ids, judged, qrels)
+            label = f"MiniLM ({unit}) + BM25 {method} {w}"
+            rows[label] = ndcg(fused, ids, judged, qrels, per_query, label)
     return {"ndcg@10": rows, "queries": len(judged), "documents": len(ids), "passages": len(texts),
-            "docs_per_s": round(docs_per_s, 1), "ms_per_query": round(ms, 2)}
+            "docs_per_s": round(docs_per_s, 1), "ms_per_query": round(ms, 2),
+            "per_query_ndcg@10": per_query}
 
 
 def main() -> None:
