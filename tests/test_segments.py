@@ -9,8 +9,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
+import faiss
+import numpy as np
 import pytest
+
+import tpsearch.index
 
 from helpers import assert_same_hits, config, corpus_texts, write_corpus
 from tpsearch import IndexWriter, Searcher
@@ -18,6 +23,7 @@ from tpsearch.errors import InputError
 from tpsearch.layout import locate, referenced_segments
 from tpsearch.merging import TieredMergePolicy
 from tpsearch.pipeline import build_index
+from tpsearch.segments import DenseSegments, OpenSegment
 
 QUERIES = ("river", "Children are playing football in the park.", "brand new text", "gamma stone")
 #: Passages, BM25 over whole documents, a fitted transform kept by every segment.
@@ -296,3 +302,37 @@ def test_info_shows_the_segments_and_compact_folds_them(built):
     r = CliRunner().invoke(main, ["compact", str(index)])
     assert r.exit_code == 0 and "nothing to compact" in r.output
     assert "1: live documents 60" in CliRunner().invoke(main, ["info", str(index)]).output
+
+
+def _segment(vectors: np.ndarray, matrix: np.ndarray) -> OpenSegment:
+    """A segment holding ``vectors``' images under ``matrix`` (x -> x A^T) in a flat index."""
+    d = vectors.shape[1]
+    lt = faiss.LinearTransform(d, d, False)
+    faiss.copy_array_to_vector(matrix.astype(np.float32).ravel(), lt.A)
+    lt.is_trained = True
+    index = faiss.IndexPreTransform(lt, faiss.IndexFlatIP(d))
+    index.add(vectors)
+    info = SimpleNamespace(index=SimpleNamespace(search_params={}, factory="Flat", data_file=None))
+    return OpenSegment(info=info, directory=Path("."), index=index, idmap=None, lexical=None)
+
+
+def test_queries_go_through_each_distinct_transform_once_and_segments_with_their_own_keep_it(
+        monkeypatch):
+    rng = np.random.default_rng(0)
+    d = 8
+    shared, other = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    parts = [rng.normal(size=(5, d)).astype(np.float32) for _ in range(3)]
+    dense = DenseSegments([_segment(parts[0], shared), _segment(parts[1], other),
+                           _segment(parts[2], shared)])
+    calls = []
+    real = tpsearch.index.apply_chain
+    monkeypatch.setattr(tpsearch.index, "apply_chain", lambda c, x: calls.append(1) or real(c, x))
+    queries = rng.normal(size=(4, d)).astype(np.float32)
+    scores, rows = dense.search(queries, k=15, params={})
+    assert len(calls) == 2 * len(queries)  # two distinct transforms, one query at a time
+    # each segment scored in its own transformed space: global rows follow segment order
+    by_hand = np.hstack([(queries @ m.T) @ (p @ m.T).T
+                         for p, m in zip(parts, (shared, other, shared))])
+    want = np.argsort(-by_hand, axis=1, kind="stable")
+    assert (rows == want).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(by_hand, want, 1), rtol=1e-4, atol=1e-4)

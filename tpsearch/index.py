@@ -279,24 +279,45 @@ class CallParameters:
         self.params = p
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
-        """Queries as ``target`` takes them: the index's transform applied to each query on
-        its own, so that a query's vector, and so its hits and scores, never depend on the
-        other queries of the call (a matrix product may round a row differently in a batch:
-        the embed filter and partial whitening are matrices)."""
-        if not self.chain:
-            return queries
-        rows = [apply_chain(self.chain, row[None]) for row in queries]
-        return np.vstack(rows) if rows else np.zeros((0, self.target.d), np.float32)
+        """Queries as ``target`` takes them (:func:`prepare_queries`)."""
+        return prepare_queries(self.chain, queries)
+
+
+def prepare_queries(chain: list, queries: np.ndarray) -> np.ndarray:
+    """Queries through ``chain`` (an index's transforms), each query on its own, so that a
+    query's vector, and so its hits and scores, never depend on the other queries of the call
+    (a matrix product may round a row differently in a batch: the embed filter and partial
+    whitening are matrices)."""
+    x = np.ascontiguousarray(queries, dtype=np.float32)
+    if not chain:
+        return x
+    rows = [apply_chain(chain, row[None]) for row in x]
+    return np.vstack(rows) if rows else np.zeros((0, chain[-1].d_out), np.float32)
+
+
+def chain_key(index: faiss.Index) -> bytes:
+    """The index's transforms as bytes (FAISS's own serialisation): two indexes with the same
+    key transform a query identically, so it need go through the chain once for both."""
+    out = []
+    for vt in transform_chain(index):
+        writer = faiss.VectorIOWriter()
+        faiss.write_VectorTransform(vt, writer)
+        out.append(faiss.vector_to_array(writer.data).tobytes())
+    return b"".join(len(b).to_bytes(8, "little") + b for b in out)
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict | None = None,
-           allowed: np.ndarray | None = None, allowed_bits: tuple[np.ndarray, int] | None = None):
+           allowed: np.ndarray | None = None, allowed_bits: tuple[np.ndarray, int] | None = None,
+           transformed: bool = False):
     """``index.search`` with per-call parameters and, with ``allowed`` (sorted rows) or
     ``allowed_bits`` (a packed bitmap and its count), only over those rows: (scores, rows),
-    each (len(queries), k); rows are -1 past the last match."""
+    each (len(queries), k); rows are -1 past the last match. ``transformed``: the queries
+    went through the index's transforms already (:func:`prepare_queries`)."""
     call = CallParameters(index, params or {}, allowed, allowed_bits)
     x = np.ascontiguousarray(queries, dtype=np.float32)
-    return call.target.search(np.ascontiguousarray(call.prepare(x)), k, params=call.params)
+    if not transformed:
+        x = np.ascontiguousarray(call.prepare(x))
+    return call.target.search(x, k, params=call.params)
 
 
 class ExactTopK:

@@ -34,8 +34,8 @@ import pyarrow as pa
 
 from .errors import ConfigMismatch, IndexDamaged, InputError
 from .idmap import IdMap
-from .index import (ONDISK_FILE, SEARCH_PARAMS, check_search_params, read_index_file,
-                    search as faiss_search)
+from .index import (ONDISK_FILE, SEARCH_PARAMS, chain_key, check_search_params,
+                    prepare_queries, read_index_file, search as faiss_search, transform_chain)
 from .integrity import file_digests, inside, inside_name, verify_entries
 from .ondisk import MappedLists
 from .layout import SEGMENT_DIR, SEGMENTS, IndexLocation, fsync_dir, fsync_tree, next_name
@@ -247,6 +247,10 @@ class DenseSegments:
         # segments whose lists are on disk: their mapped pages are released now and then
         self.mapped = [MappedLists.of(s.index) if s.info.index.data_file else None
                        for s in segments]
+        # segments share the version's transform (unless built apart and refitted): queries
+        # go through each distinct chain once per search, not once per segment
+        self.chains = [transform_chain(s.index) for s in segments]
+        self.chain_keys = [chain_key(s.index) for s in segments]
 
     def _searched(self, i: int, queries: int, params: dict) -> None:
         if self.mapped[i] is not None:
@@ -282,6 +286,7 @@ class DenseSegments:
             self._searched(0, len(x), p)
             return found
         scores, rows = [], []
+        through: dict[bytes, np.ndarray] = {}  # the queries through each distinct chain
         for i, index in enumerate(self.indexes):
             lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
             local, bits = None, self.live_bits[i]
@@ -297,7 +302,11 @@ class DenseSegments:
             if not available:
                 continue
             p = self._params_for(i, params)
-            s, r = faiss_search(index, x, min(k, available), p, local, bits)
+            key = self.chain_keys[i]
+            if key not in through:
+                through[key] = prepare_queries(self.chains[i], x)
+            s, r = faiss_search(index, through[key], min(k, available), p, local, bits,
+                                transformed=True)
             self._searched(i, len(x), p)
             scores.append(s)
             rows.append(np.where(r >= 0, r + lo, -1))
