@@ -23,11 +23,12 @@ import numpy as np
 from tpsearch.segments import DenseSegments, OpenSegment
 
 
-def segment(rows: int, matrix: np.ndarray, rng: np.random.Generator) -> OpenSegment:
+def segment(rows: int, matrix: np.ndarray, bias: np.ndarray,
+            rng: np.random.Generator) -> OpenSegment:
     d = matrix.shape[0]
     lt = faiss.LinearTransform(d, d, True)
     faiss.copy_array_to_vector(matrix.ravel(), lt.A)
-    faiss.copy_array_to_vector(rng.normal(size=d).astype(np.float32), lt.b)
+    faiss.copy_array_to_vector(bias, lt.b)
     lt.is_trained = True
     index = faiss.IndexPreTransform(lt, faiss.IndexFlatIP(d))
     index.add(rng.normal(size=(rows, d)).astype(np.float32))
@@ -45,14 +46,15 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(args.dim, args.dim)).astype(np.float32)
+    bias = rng.normal(size=args.dim).astype(np.float32)
     queries = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
     print(f"{faiss.omp_get_max_threads()} threads; {args.rows} rows x {args.dim} dims per "
           f"segment; ms per query, one query at a time (median of {args.rounds} rounds)")
     print(f"{'segments':>8s}  {'once per segment':>16s}  {'once per chain':>14s}  saved")
     for n in map(int, args.segments.split(",")):
-        new = DenseSegments([segment(args.rows, matrix, rng) for _ in range(n)])
+        new = DenseSegments([segment(args.rows, matrix, bias, rng) for _ in range(n)])
         old = DenseSegments(new.segments)
-        old.chain_keys = [bytes([i % 256, i // 256]) for i in range(n)]  # 0.12: one per segment
+        old.chain_of = list(range(n))  # 0.12: each segment's chain applied on its own
         times = {"old": [], "new": []}
         for _ in range(args.rounds):
             for arm, dense in (("old", old), ("new", new)):

@@ -250,7 +250,8 @@ class DenseSegments:
         # segments share the version's transform (unless built apart and refitted): queries
         # go through each distinct chain once per search, not once per segment
         self.chains = [transform_chain(s.index) for s in segments]
-        self.chain_keys = [chain_key(s.index) for s in segments]
+        distinct: dict[bytes, int] = {}
+        self.chain_of = [distinct.setdefault(chain_key(s.index), len(distinct)) for s in segments]
 
     def _searched(self, i: int, queries: int, params: dict) -> None:
         if self.mapped[i] is not None:
@@ -286,7 +287,7 @@ class DenseSegments:
             self._searched(0, len(x), p)
             return found
         scores, rows = [], []
-        through: dict[bytes, np.ndarray] = {}  # the queries through each distinct chain
+        through: dict[int, np.ndarray] = {}  # the queries through each distinct chain
         for i, index in enumerate(self.indexes):
             lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
             local, bits = None, self.live_bits[i]
@@ -302,10 +303,10 @@ class DenseSegments:
             if not available:
                 continue
             p = self._params_for(i, params)
-            key = self.chain_keys[i]
-            if key not in through:
-                through[key] = prepare_queries(self.chains[i], x)
-            s, r = faiss_search(index, through[key], min(k, available), p, local, bits,
+            c = self.chain_of[i]
+            if c not in through:
+                through[c] = prepare_queries(self.chains[i], x)
+            s, r = faiss_search(index, through[c], min(k, available), p, local, bits,
                                 transformed=True)
             self._searched(i, len(x), p)
             scores.append(s)
