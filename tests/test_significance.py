@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tpsearch.errors import InputError
+from tpsearch.eval.retrieval import against_reference
 from tpsearch.eval.significance import describe, paired_difference
 
 
@@ -67,3 +68,29 @@ def test_describe_in_points():
 def test_bad_input_is_refused(a, b, message):
     with pytest.raises(InputError, match=message):
         paired_difference(a, b)
+
+
+def _row(label, mode, scores, reference=False):
+    return {"label": label, "mode": mode, "reference": reference,
+            "per_query_ndcg@10": dict(zip(["q1", "q2", "q3", "q4"], scores))}
+
+
+def test_compare_rows_are_set_against_the_defaults_of_their_own_mode():
+    rows = against_reference([
+        _row("old, dense", "dense", [0.2, 0.4, 0.6, 0.8]),
+        _row("old, lexical", "lexical", [1, 1, 1, 1]),
+        _row("defaults, dense", "dense", [0.5, 0.5, 0.5, 0.5], reference=True),
+        _row("defaults, hybrid", "hybrid", [1, 0, 1, 0], reference=True),
+        _row("other, hybrid", "hybrid", [1, 1, 1, 1]),
+    ])
+    vs = [r["vs_reference"] for r in rows]
+    assert vs[0]["reference"] == "defaults, dense" and vs[0]["mean"] == pytest.approx(0.0)
+    assert vs[1] is None  # no defaults row in lexical mode: nothing to set it against
+    assert vs[2] is None and vs[3] is None  # the defaults themselves
+    assert vs[4]["reference"] == "defaults, hybrid" and vs[4]["mean"] == pytest.approx(0.5)
+
+
+def test_one_judged_query_gets_no_paired_test_instead_of_an_error():
+    one = [{"label": x, "mode": "dense", "reference": x == "defaults",
+            "per_query_ndcg@10": {"q1": v}} for x, v in (("a", 0.3), ("defaults", 0.5))]
+    assert [r["vs_reference"] for r in against_reference(one)] == [None, None]

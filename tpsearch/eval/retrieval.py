@@ -267,8 +267,8 @@ def against_reference(rows: list[dict]) -> list[dict]:
     """Each row with ``vs_reference``: its nDCG@10 minus that of the row marked ``reference``
     in the same mode (the defaults; the first row where no row keeps them), over the same
     queries, with a bootstrap interval and a randomisation p-value
-    (:func:`tpsearch.eval.significance.paired_difference`). None for the reference itself and
-    for a mode without one."""
+    (:func:`tpsearch.eval.significance.paired_difference`). None for the reference itself, for
+    a mode without one, and where fewer than two queries are judged."""
     from .significance import paired_difference
 
     ref = {r["mode"]: r for r in rows if r.get("reference")}
@@ -276,8 +276,8 @@ def against_reference(rows: list[dict]) -> list[dict]:
     for r in rows:
         base = ref.get(r["mode"], r)
         diff = None
-        if r is not base:
-            qs = sorted(base["per_query_ndcg@10"])
+        qs = sorted(base["per_query_ndcg@10"])
+        if r is not base and len(qs) >= 2:  # a paired test needs two queries
             d = paired_difference([r["per_query_ndcg@10"][q] for q in qs],
                                   [base["per_query_ndcg@10"][q] for q in qs])
             diff = {"reference": base["label"], "mean": d.mean, "low": d.low, "high": d.high,
