@@ -470,7 +470,8 @@ def eval_sts(data_dir, tasks, as_json, fit_file, transform, transform_dim, embed
 @click.option("--compare", is_flag=True, help="tpsearch 0.1's whole documents, 0.3's passages, "
               "transform, lexical and hybrid, each method added since on its own, the defaults, "
               "the defaults reranked and the defaults without TP (vanilla, encoded anew): side "
-              "by side, one loaded model.")
+              "by side, one loaded model; each row against the defaults in its mode, query by "
+              "query (95% bootstrap interval, paired randomisation p-value).")
 @click.option("--rerank", type=int, default=None, metavar="N",
               help="Rerank the best N documents with the decoder (with --compare: the reranked "
               "row's depth, 0 leaves it out; default there: 10).")
