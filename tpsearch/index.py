@@ -236,7 +236,7 @@ class CallParameters:
         wrapped = isinstance(outer, faiss.IndexPreTransform)
         inner = faiss.downcast_index(outer.index) if wrapped else outer
         self.target: faiss.Index = inner
-        self.chain: list = transform_chain(outer)
+        self.outer = outer
         sel = None
         selective = False
         n_allowed = None  # rows the search may return (None: all)
@@ -280,7 +280,7 @@ class CallParameters:
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
         """Queries as ``target`` takes them (:func:`prepare_queries`)."""
-        return prepare_queries(self.chain, queries)
+        return prepare_queries(transform_chain(self.outer), queries)
 
 
 def prepare_queries(chain: list, queries: np.ndarray) -> np.ndarray:
@@ -295,11 +295,12 @@ def prepare_queries(chain: list, queries: np.ndarray) -> np.ndarray:
     return np.vstack(rows) if rows else np.zeros((0, chain[-1].d_out), np.float32)
 
 
-def chain_key(index: faiss.Index) -> bytes:
-    """The index's transforms as bytes (FAISS's own serialisation): two indexes with the same
-    key transform a query identically, so it need go through the chain once for both."""
+def chain_key(chain: list) -> bytes:
+    """An index's transforms (:func:`transform_chain`) as bytes (FAISS's own serialisation):
+    two chains with the same key transform a query identically, so it need go through one of
+    them only."""
     out = []
-    for vt in transform_chain(index):
+    for vt in chain:
         writer = faiss.VectorIOWriter()
         faiss.write_VectorTransform(vt, writer)
         out.append(faiss.vector_to_array(writer.data).tobytes())

@@ -26,7 +26,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .index import c_stdout_silenced, mapped_list_bytes, release_mapped_lists, transform_chain
+from .index import (apply_chain, c_stdout_silenced, mapped_list_bytes, release_mapped_lists,
+                    transform_chain)
 
 #: Bytes of run records :meth:`ListWriter.finish` reads, sorts and writes out at a time.
 DEFAULT_CHUNK_BYTES = 256 << 20
@@ -61,9 +62,7 @@ class ListWriter:
 
     def add(self, vecs: np.ndarray) -> None:
         """Assign and encode a batch (ids: the next row numbers) and append its records."""
-        x = np.ascontiguousarray(vecs, dtype=np.float32)
-        for vt in self.chain:
-            x = np.ascontiguousarray(vt.apply(x), dtype=np.float32)
+        x = np.ascontiguousarray(apply_chain(self.chain, vecs), dtype=np.float32)
         n = len(x)
         if not n:
             return

@@ -251,7 +251,7 @@ class DenseSegments:
         # go through each distinct chain once per search, not once per segment
         self.chains = [transform_chain(s.index) for s in segments]
         distinct: dict[bytes, int] = {}
-        self.chain_of = [distinct.setdefault(chain_key(s.index), len(distinct)) for s in segments]
+        self.chain_of = [distinct.setdefault(chain_key(c), len(distinct)) for c in self.chains]
 
     def _searched(self, i: int, queries: int, params: dict) -> None:
         if self.mapped[i] is not None:
