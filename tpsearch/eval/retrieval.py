@@ -94,13 +94,13 @@ def recall_at_k(ranked: Sequence[str], rels: dict[str, int], k: int) -> float:
 
 def score_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """Mean metrics over the queries that have a relevant document."""
-    judged = [q for q, rels in qrels.items() if any(r > 0 for r in rels.values())]
-    if not judged:
+    ndcg = per_query_ndcg(run, qrels)
+    if not ndcg:
         raise InputError("no query has a relevant document in the qrels")
-    metrics = {"ndcg@10": [], "mrr@10": [], "recall@1": [], "recall@10": [], "recall@100": []}
-    for q in judged:
+    metrics = {"ndcg@10": list(ndcg.values()), "mrr@10": [], "recall@1": [], "recall@10": [],
+               "recall@100": []}
+    for q in ndcg:
         ranked, rels = run.get(q, []), qrels[q]
-        metrics["ndcg@10"].append(ndcg_at_k(ranked, rels, 10))
         metrics["mrr@10"].append(mrr_at_k(ranked, rels, 10))
         for k in (1, 10, 100):
             metrics[f"recall@{k}"].append(recall_at_k(ranked, rels, k))
