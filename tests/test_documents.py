@@ -363,7 +363,8 @@ def test_partial_whitening_flattens_the_spectrum_and_refuses_bad_powers():
     var = np.linalg.eigvalsh(np.cov(y.T))
     assert var.max() / var.min() == pytest.approx(1e4 ** 0.5, rel=0.15)
     few = rng.normal(size=(5, 16))  # rank 5 of 16: the shrinkage keeps the rest finite
-    m = faiss.vector_to_array(partial_whitening(few - few.mean(0), 0.15).A)
+    few_lt = partial_whitening(few - few.mean(0), 0.15)  # held: .A is a view into it
+    m = faiss.vector_to_array(few_lt.A)
     assert np.isfinite(m).all() and np.abs(m).max() < 10
     assert partial_whitening(np.zeros((10, 16)), 0.15) is None
     fitted = fit_transform(np.ones((10, 16), np.float32), None, TransformSettings())
